@@ -1,0 +1,41 @@
+# churnwatch developer commands. `make help` lists them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+.PHONY: help install run test lint typecheck check schemas clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install churnwatch with its dev tools
+
+run: $(STAMP) ## Start the whole pipeline on the embedded broker + PostgreSQL and feed the sample
+	$(BIN)/churnwatch up --sample
+
+test: $(STAMP) ## Run the test suite (starts its own broker and PostgreSQL)
+	$(BIN)/pytest -q
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP) ## mypy --strict
+	$(BIN)/mypy
+
+check: lint typecheck ## Lint and typecheck
+
+schemas: $(STAMP) ## Regenerate docs/schemas/*.json from the event models
+	$(BIN)/churnwatch schemas --out docs/schemas
+
+clean: ## Remove the venv and the embedded stack's data
+	rm -rf $(VENV) .churnwatch .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""churnwatch tooling: the CLI, the embedded stack, the SMS gateway stand-in, the sample."""

@@ -1,0 +1,260 @@
+"""The ``churnwatch`` command line: up, migrate, sms-gateway, sample, schemas."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="churnwatch: churn early warning for telecom operators.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True, soft_wrap=True)
+
+
+@dataclass
+class Child:
+    """A service process started by ``up``."""
+
+    name: str
+    port: int
+    probe: str
+    process: subprocess.Popen[bytes]
+    log: IO[Any]
+
+    @property
+    def url(self) -> str:
+        """Where it serves."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _wait_ready(children: list[Child], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = list(children)
+    with httpx.Client(timeout=2) as client:
+        while pending:
+            for child in list(pending):
+                if child.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{child.name} exited with {child.process.returncode}; see {child.log.name}"
+                    )
+                try:
+                    if client.get(child.url + child.probe).status_code == 200:
+                        pending.remove(child)
+                except httpx.HTTPError:
+                    pass
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(c.name for c in pending)
+                raise TimeoutError(f"not ready after {timeout_s:.0f}s: {names}")
+            time.sleep(0.2)
+
+
+def _stop_children(children: list[Child]) -> None:
+    # Services first (each finishes its batch and commits), then nothing is left.
+    for child in children:
+        if child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.process.wait(30)
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()
+        child.log.close()
+
+
+@app.command()
+def up(
+    sample: Annotated[bool, typer.Option(help="Feed the built-in sample once ready.")] = False,
+    data_dir: Annotated[Path, typer.Option(help="Embedded data and logs.")] = Path(".churnwatch"),
+    broker_port: Annotated[int, typer.Option(help="Embedded broker port.")] = 9092,
+    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 90,
+) -> None:
+    """Start the broker, PostgreSQL, the four services and the SMS gateway; Ctrl-C stops all.
+
+    With KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL set, those are used and no
+    embedded broker / database is started.
+    """
+    from churnwatch.embedded import EmbeddedBroker, EmbeddedPostgres
+    from churnwatch.gateway import GatewaySettings
+    from churnwatch.migrate import upgrade
+    from services.alerting.settings import AlertingSettings
+    from services.ingest.settings import IngestSettings
+    from services.outreach.settings import OutreachSettings
+    from services.scoring.settings import ScoringSettings
+
+    stopping = False
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+    data_dir = data_dir.resolve()
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    broker: EmbeddedBroker | None = None
+    postgres: EmbeddedPostgres | None = None
+    children: list[Child] = []
+    try:
+        if "KAFKA_BOOTSTRAP_SERVERS" not in env:
+            broker = EmbeddedBroker(broker_port, logs / "broker.log").start()
+            env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
+            console.print(
+                f"broker      [green]{broker.bootstrap_servers}[/] "
+                "(embedded Tansu, in-memory: messages are lost when it stops)"
+            )
+        if "DATABASE_URL" not in env:
+            postgres = EmbeddedPostgres(data_dir / "postgres").start()
+            env["DATABASE_URL"] = postgres.url
+            console.print(f"postgres    [green]{data_dir / 'postgres'}[/] (embedded)")
+        upgrade(env["DATABASE_URL"])
+        env.setdefault("LOG_JSON", "true")
+
+        specs = [
+            (
+                "sms-gateway",
+                GatewaySettings().sms_gateway_port,
+                "/healthz",
+                ["-m", "churnwatch", "sms-gateway"],
+            ),
+            ("ingest", IngestSettings().ingest_port, "/readyz", ["-m", "services.ingest"]),
+            ("scoring", ScoringSettings().scoring_port, "/readyz", ["-m", "services.scoring"]),
+            ("alerting", AlertingSettings().alerting_port, "/readyz", ["-m", "services.alerting"]),
+            ("outreach", OutreachSettings().outreach_port, "/readyz", ["-m", "services.outreach"]),
+        ]
+        for name, port, probe, args in specs:
+            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in _stop_children
+            process = subprocess.Popen(
+                [sys.executable, *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            children.append(Child(name, port, probe, process, log))
+        _wait_ready(children, ready_timeout)
+        for child in children:
+            console.print(f"{child.name:<11} [green]{child.url}[/]")
+        console.print(f"logs        {logs}")
+        if sample:
+            _feed_sample(children)
+        console.print("[bold]churnwatch is up.[/] Press Ctrl-C to stop.")
+        while not stopping:
+            for child in children:
+                if child.process.poll() is not None:
+                    console.print(
+                        f"[red]{child.name} exited ({child.process.returncode})[/]; "
+                        f"see {child.log.name}"
+                    )
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        console.print("stopping...")
+        _stop_children(children)
+        if broker is not None:
+            broker.stop()
+        if postgres is not None:
+            postgres.stop()
+        console.print("stopped.")
+
+
+def _feed_sample(children: list[Child]) -> None:
+    from churnwatch.sample import AT_RISK_ID, VIP_ID, sample_events
+
+    urls = {c.name: c.url for c in children}
+    events = sample_events()
+    with httpx.Client(timeout=30) as client:
+        response = client.post(urls["ingest"] + "/v1/events", json=events)
+        response.raise_for_status()
+        console.print(f"sample      posted {response.json()['accepted']} events")
+        deadline = time.monotonic() + 60
+        sms: list[Any] = []
+        retention: list[Any] = []
+        while (not sms or not retention) and time.monotonic() < deadline:
+            sms = client.get(urls["sms-gateway"] + "/v1/messages").json()["messages"]
+            retention = client.get(
+                urls["outreach"] + "/v1/tasks", params={"kind": "retention"}
+            ).json()["items"]
+            time.sleep(0.5)
+    console.print(f"sample      {len(sms)} SMS at the gateway, {len(retention)} retention task(s)")
+    console.print(f"  reminder SMS:    curl {urls['sms-gateway']}/v1/messages")
+    console.print(f"  VIP's tasks:     curl '{urls['outreach']}/v1/tasks?subscriber_id={VIP_ID}'")
+    console.print(f"  retention tasks: curl '{urls['outreach']}/v1/tasks?kind=retention'")
+    console.print(f"  risk score:      curl {urls['scoring']}/v1/scores/{AT_RISK_ID}")
+    console.print(f"  call queue:      curl {urls['outreach']}/v1/call-queue")
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database migrations to DATABASE_URL."""
+    from churnwatch.migrate import upgrade
+    from shared.settings import BaseServiceSettings
+
+    upgrade(BaseServiceSettings().database_url)
+    console.print("migrated to head")
+
+
+@app.command("sms-gateway")
+def sms_gateway() -> None:
+    """Run the SMS provider stand-in (records messages; never sends a real SMS)."""
+    import uvicorn
+
+    from churnwatch.gateway import GatewaySettings, create_gateway_app
+    from shared.logging import configure_logging
+
+    settings = GatewaySettings()
+    configure_logging("INFO", service="sms-gateway")
+    uvicorn.run(
+        create_gateway_app(settings),
+        host=settings.host,
+        port=settings.sms_gateway_port,
+        log_config=None,
+        access_log=False,
+    )
+
+
+@app.command("sample")
+def post_sample(
+    ingest_url: Annotated[str, typer.Option(help="Ingest base URL.")] = "http://127.0.0.1:8081",
+) -> None:
+    """Post the built-in sample events to ingest."""
+    from churnwatch.sample import sample_events
+
+    response = httpx.post(ingest_url + "/v1/events", json=sample_events(), timeout=30)
+    console.print(response.status_code, response.json())
+
+
+@app.command()
+def schemas(
+    out: Annotated[Path, typer.Option(help="Directory for the JSON Schema files.")] = Path(
+        "docs/schemas"
+    ),
+) -> None:
+    """Write the JSON Schema of every event type to OUT/<type>.json."""
+    from shared.events import json_schemas
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (out / f"{name}.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+    console.print(f"wrote {len(json_schemas())} schemas to {out}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""Alembic migrations for every churnwatch table (one history, one schema per service)."""

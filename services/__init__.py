@@ -1,0 +1,1 @@
+"""The four churnwatch services: ingest, scoring, alerting, outreach."""

@@ -1,0 +1,1 @@
+"""Alerting: turns scores and events into outreach tasks."""

@@ -1,0 +1,1 @@
+"""Ingest: validates billing-system events and streams them into Kafka."""

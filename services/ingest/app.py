@@ -1,0 +1,67 @@
+"""Ingest app factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.ingest.settings import IngestSettings
+from services.ingest.views import router
+from shared.errors import install_error_handlers
+from shared.events import EVENT_ADAPTER
+from shared.health import health_router
+from shared.kafka import ensure_topics, make_producer, ping_broker, topics_for
+from shared.metrics import install_metrics
+
+
+def create_app(settings: IngestSettings) -> FastAPI:
+    """The ingest service: ``POST /v1/events``, schemas, probes, metrics."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await ensure_topics(settings)
+        producer = make_producer(settings)
+        await producer.start()
+        app.state.producer = producer
+        try:
+            yield
+        finally:
+            await producer.stop()
+
+    app = FastAPI(
+        title="churnwatch ingest",
+        version="1",
+        description="Validates billing-system events and streams them into Kafka.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.topics = topics_for(settings)
+
+    async def broker() -> bool:
+        return await ping_broker(settings)
+
+    install_error_handlers(app)
+    install_metrics(app, "ingest")
+    app.include_router(health_router({"broker": broker}))
+    app.include_router(router)
+    # Publish the event union in the OpenAPI document so POST /v1/events is documented.
+    schema = EVENT_ADAPTER.json_schema(ref_template="#/components/schemas/{model}")
+    defs = schema.pop("$defs", {})
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            doc = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            components = doc.setdefault("components", {}).setdefault("schemas", {})
+            components.update(defs)
+            components["Event"] = schema
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

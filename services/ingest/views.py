@@ -1,0 +1,107 @@
+"""Ingest HTTP routes: ``POST /v1/events`` and the JSON Schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from services.ingest import metrics
+from services.ingest.schemas import IngestResult
+from services.ingest.service import produce_events, split_body, validate_items
+from services.ingest.settings import IngestSettings
+from shared.errors import NotFound, PayloadTooLarge, UnprocessableEntity
+from shared.events import json_schemas
+
+router = APIRouter(prefix="/v1", tags=["events"])
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"body is {declared} bytes; the limit is {limit} (INGEST_MAX_BODY_BYTES)",
+            details={"limit": limit, "setting": "INGEST_MAX_BODY_BYTES"},
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # chunked bodies have no Content-Length to check up front
+            raise PayloadTooLarge(
+                f"body exceeds the limit of {limit} bytes (INGEST_MAX_BODY_BYTES)",
+                details={"limit": limit, "setting": "INGEST_MAX_BODY_BYTES"},
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/events",
+    status_code=202,
+    response_model=IngestResult,
+    responses={
+        413: {"description": "Body or batch over its limit"},
+        422: {"description": "No valid event in the request"},
+        503: {"description": "Broker unreachable; nothing accepted; see Retry-After"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Event"}},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def post_events(request: Request) -> JSONResponse:
+    """Accept one event, a JSON array of events, or NDJSON (one event per line).
+
+    Each event is validated on its own. The valid ones are produced to Kafka and
+    the answer is 202 only after the broker acknowledged all of them.
+    """
+    settings: IngestSettings = request.app.state.settings
+    body = await _read_body(request, settings.ingest_max_body_bytes)
+    items = split_body(
+        body, request.headers.get("content-type", ""), max_events=settings.ingest_max_batch_events
+    )
+    metrics.BATCH_SIZE.observe(len(items))
+    valid, rejected = validate_items(items)
+    metrics.EVENTS.labels("unknown", "rejected").inc(len(rejected))
+    result = IngestResult(accepted=len(valid), rejected=rejected)
+    if not valid:
+        raise UnprocessableEntity(
+            "no valid event in the request", details=result.model_dump(mode="json")
+        )
+    try:
+        await produce_events(
+            producer=request.app.state.producer,
+            topics=request.app.state.topics,
+            events=valid,
+            timeout_s=settings.ingest_produce_timeout_s,
+            retry_after_s=settings.ingest_retry_after_s,
+        )
+    except Exception:
+        for event in valid:
+            metrics.EVENTS.labels(event.event_type, "unavailable").inc()
+        raise
+    for event in valid:
+        metrics.EVENTS.labels(event.event_type, "accepted").inc()
+    return JSONResponse(result.model_dump(mode="json"), status_code=202)
+
+
+@router.get("/schemas", tags=["schemas"])
+async def list_schemas() -> dict[str, Any]:
+    """JSON Schema of every event type (and of the messages between services)."""
+    return json_schemas()
+
+
+@router.get("/schemas/{name}", tags=["schemas"])
+async def get_schema(name: str) -> dict[str, Any]:
+    """JSON Schema of one event type, e.g. ``stop_notice``."""
+    schemas = json_schemas()
+    if name not in schemas:
+        raise NotFound(f"no schema named {name!r}", details={"known": sorted(schemas)})
+    return schemas[name]

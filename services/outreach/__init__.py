@@ -1,0 +1,1 @@
+"""Outreach: sends SMS, runs the call queue, and serves the tasks REST API."""

@@ -1,0 +1,267 @@
+"""Outreach's database work. Keyword-only; never commits: the caller owns the transaction."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.outreach.models import task_transitions, tasks
+from services.outreach.schemas import CallStatus, SmsStatus
+from shared.errors import BadRequest
+from shared.events import Channel, OutreachTask
+
+
+def initial_status(channel: Channel) -> str:
+    """Where a new task starts: SMS wait to be sent, calls wait in the queue."""
+    return SmsStatus.PENDING if channel is Channel.SMS else CallStatus.QUEUED
+
+
+async def store_tasks(
+    conn: AsyncConnection, *, new_tasks: Sequence[OutreachTask], now: datetime
+) -> list[OutreachTask]:
+    """Store tasks idempotently on ``task_id``; return the ones that were new."""
+    if not new_tasks:
+        return []
+    unique = list({t.task_id: t for t in new_tasks}.values())
+    rows = await conn.execute(
+        insert(tasks)
+        .values(
+            [
+                {
+                    "task_id": t.task_id,
+                    "kind": t.kind.value,
+                    "channel": t.channel.value,
+                    "status": initial_status(t.channel),
+                    "subscriber_id": t.subscriber_id,
+                    "tier": t.tier.value,
+                    "phone": t.phone,
+                    "language": t.language,
+                    "account_manager_id": t.account_manager_id,
+                    "priority": t.priority,
+                    "due_at": t.due_at,
+                    "reasons": t.reasons,
+                    "params": t.params,
+                    "cause_event_id": t.cause_event_id,
+                    "created_at": t.created_at,
+                    "updated_at": now,
+                }
+                for t in unique
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["task_id"])
+        .returning(tasks.c.task_id)
+    )
+    fresh = set(rows.scalars())
+    stored = [t for t in unique if t.task_id in fresh]
+    await record_transitions(
+        conn,
+        rows=[
+            (t.task_id, None, initial_status(t.channel), "alerting", "task created") for t in stored
+        ],
+        now=now,
+    )
+    return stored
+
+
+async def record_transitions(
+    conn: AsyncConnection,
+    *,
+    rows: Sequence[tuple[uuid.UUID, str | None, str, str, str | None]],
+    now: datetime,
+) -> None:
+    """Append audit rows ``(task_id, from, to, actor, reason)``."""
+    if rows:
+        await conn.execute(
+            insert(task_transitions).values(
+                [
+                    {
+                        "task_id": t,
+                        "from_status": f,
+                        "to_status": to,
+                        "actor": a,
+                        "reason": r,
+                        "at": now,
+                    }
+                    for t, f, to, a, r in rows
+                ]
+            )
+        )
+
+
+async def transition(
+    conn: AsyncConnection,
+    *,
+    task_id: uuid.UUID,
+    from_status: str,
+    to_status: str,
+    actor: str,
+    reason: str | None,
+    now: datetime,
+    **values: Any,
+) -> bool:
+    """Move a task from one state to another if it is still in ``from_status``."""
+    result = await conn.execute(
+        update(tasks)
+        .where(tasks.c.task_id == task_id, tasks.c.status == from_status)
+        .values(status=to_status, updated_at=now, **values)
+        .returning(tasks.c.task_id)
+    )
+    if result.first() is None:
+        return False
+    await record_transitions(conn, rows=[(task_id, from_status, to_status, actor, reason)], now=now)
+    return True
+
+
+async def expire_overdue_sms(conn: AsyncConnection, *, now: datetime) -> int:
+    """Pending SMS past their due time expire: a reminder after the suspension is useless."""
+    rows = await conn.execute(
+        update(tasks)
+        .where(
+            tasks.c.channel == Channel.SMS.value,
+            tasks.c.status == SmsStatus.PENDING,
+            tasks.c.due_at.is_not(None),
+            tasks.c.due_at < now,
+        )
+        .values(status=SmsStatus.EXPIRED, updated_at=now)
+        .returning(tasks.c.task_id)
+    )
+    expired = list(rows.scalars())
+    await record_transitions(
+        conn,
+        rows=[
+            (t, SmsStatus.PENDING, SmsStatus.EXPIRED, "dispatcher", "past due time")
+            for t in expired
+        ],
+        now=now,
+    )
+    return len(expired)
+
+
+async def claim_sms(
+    conn: AsyncConnection, *, limit: int, now: datetime, stale_before: datetime
+) -> list[dict[str, Any]]:
+    """Claim SMS tasks ready to send and mark them ``sending``.
+
+    ``FOR UPDATE SKIP LOCKED`` lets several outreach replicas dispatch without
+    taking the same task. A task stuck in ``sending`` since before
+    ``stale_before`` (a crash mid-send) is claimed again; the provider's
+    idempotency key makes the resend harmless.
+    """
+    ready = or_(
+        and_(
+            tasks.c.status == SmsStatus.PENDING,
+            or_(tasks.c.next_attempt_at.is_(None), tasks.c.next_attempt_at <= now),
+        ),
+        and_(tasks.c.status == SmsStatus.SENDING, tasks.c.updated_at < stale_before),
+    )
+    candidates = (
+        select(tasks.c.task_id)
+        .where(tasks.c.channel == Channel.SMS.value, ready)
+        .order_by(tasks.c.priority.desc(), tasks.c.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    old = select(tasks.c.task_id, tasks.c.status).where(tasks.c.task_id.in_(candidates)).cte()
+    rows = await conn.execute(
+        update(tasks)
+        .where(tasks.c.task_id == old.c.task_id)
+        .values(status=SmsStatus.SENDING, attempts=tasks.c.attempts + 1, updated_at=now)
+        .returning(*tasks.c, old.c.status.label("previous_status"))
+    )
+    claimed = [dict(r._mapping) for r in rows]
+    await record_transitions(
+        conn,
+        rows=[
+            (
+                r["task_id"],
+                r["previous_status"],
+                SmsStatus.SENDING,
+                "dispatcher",
+                f"attempt {r['attempts']}",
+            )
+            for r in claimed
+        ],
+        now=now,
+    )
+    return claimed
+
+
+def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
+    """An opaque cursor for keyset pagination."""
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{task_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Read a cursor from ``encode_cursor``; a malformed one is a 400."""
+    try:
+        created, task_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(created), uuid.UUID(task_id)
+    except ValueError as exc:
+        raise BadRequest("cursor is malformed") from exc
+
+
+async def list_tasks(
+    conn: AsyncConnection,
+    *,
+    subscriber_id: str | None = None,
+    kind: str | None = None,
+    status: str | None = None,
+    channel: str | None = None,
+    limit: int,
+    cursor: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of tasks, newest first, and the cursor of the next page (None at the end)."""
+    query = select(tasks)
+    for column, value in (
+        ("subscriber_id", subscriber_id),
+        ("kind", kind),
+        ("status", status),
+        ("channel", channel),
+    ):
+        if value is not None:
+            query = query.where(tasks.c[column] == value)
+    if cursor:
+        created_at, task_id = decode_cursor(cursor)
+        query = query.where(tuple_(tasks.c.created_at, tasks.c.task_id) < (created_at, task_id))
+    query = query.order_by(tasks.c.created_at.desc(), tasks.c.task_id.desc()).limit(limit + 1)
+    rows = [dict(r._mapping) for r in await conn.execute(query)]
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["task_id"])
+    return rows, next_cursor
+
+
+async def get_task(conn: AsyncConnection, *, task_id: uuid.UUID) -> dict[str, Any] | None:
+    """One task with its transitions, or None."""
+    row = (await conn.execute(select(tasks).where(tasks.c.task_id == task_id))).first()
+    if row is None:
+        return None
+    task = dict(row._mapping)
+    trail = await conn.execute(
+        select(task_transitions)
+        .where(task_transitions.c.task_id == task_id)
+        .order_by(task_transitions.c.id)
+    )
+    task["transitions"] = [dict(t._mapping) for t in trail]
+    return task
+
+
+async def count_queued_calls(conn: AsyncConnection) -> int:
+    """How many call tasks wait in the queue."""
+    return int(
+        await conn.scalar(
+            select(func.count()).where(
+                tasks.c.channel == Channel.CALL.value, tasks.c.status == CallStatus.QUEUED
+            )
+        )
+        or 0
+    )

@@ -1,0 +1,1 @@
+"""Scoring: per-subscriber features and an online River churn model."""

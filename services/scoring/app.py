@@ -1,0 +1,47 @@
+"""Scoring app factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.scoring.consumer import ScoringHandler, parse_record
+from services.scoring.settings import ScoringSettings
+from services.scoring.views import router
+from shared.errors import install_error_handlers
+from shared.health import health_router
+from shared.metrics import install_metrics
+from shared.runtime import ServiceRuntime
+
+
+def create_app(settings: ScoringSettings) -> FastAPI:
+    """The scoring service: the event consumer, scores API, probes, metrics."""
+    runtime = ServiceRuntime(settings, "scoring")
+    handler = ScoringHandler(settings, runtime.topics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await handler.load(runtime.engine)
+        await runtime.start(
+            topics=[runtime.topics.usage, runtime.topics.account],
+            group_id=settings.scoring_consumer_group,
+            parser=parse_record,
+            handler=handler,
+            on_failure=lambda: handler.load(runtime.engine),
+        )
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="churnwatch scoring", version="1", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.runtime = runtime
+    app.state.handler = handler
+    install_error_handlers(app)
+    install_metrics(app, "scoring")
+    app.include_router(health_router(runtime.checks()))
+    app.include_router(router)
+    return app

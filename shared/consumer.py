@@ -1,0 +1,298 @@
+"""The one consumer loop every service runs (after quix-streams' run loop).
+
+For each batch from ``getmany``:
+
+1. parse every record; a record that fails to parse goes to the dead-letter
+   topic with the reason and is committed past;
+2. handle the parsed records in **one** database transaction;
+3. inside that transaction, wait until every message the handler produced is
+   acknowledged by the broker, then commit the transaction;
+4. commit the Kafka offsets.
+
+Any failure in 2-4 rolls the transaction back and does not commit offsets: the
+consumer seeks back to its committed offsets (a failing consumer is closed and
+re-created instead), so the batch is redelivered. Handlers are
+idempotent on a natural key (``event_id``, ``task_id``), which turns this
+at-least-once delivery into exactly-once effects. ``stop()`` lets the batch in
+hand finish before the loop exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from shared import metrics
+from shared.dlq import DeadLetter
+from shared.kafka import client_options, topics_for
+from shared.settings import BaseServiceSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Outbox:
+    """Messages produced while a batch is handled; ``flush()`` waits for every ack."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self._pending: list[asyncio.Future[Any]] = []
+
+    async def send(
+        self,
+        topic: str,
+        *,
+        key: str | None,
+        value: BaseModel | bytes,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Queue a message; it is acknowledged (or the batch fails) before commit."""
+        payload = value if isinstance(value, bytes) else value.model_dump_json().encode()
+        future = await self._producer.send(
+            topic, value=payload, key=key.encode() if key else None, headers=headers
+        )
+        self._pending.append(future)
+
+    @property
+    def pending(self) -> int:
+        """How many messages wait for an acknowledgement."""
+        return len(self._pending)
+
+    async def flush(self) -> None:
+        """Wait for every queued message to be acknowledged; raise on the first failure."""
+        pending, self._pending = self._pending, []
+        if pending:
+            await asyncio.gather(*pending)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound(Generic[T]):
+    """A parsed record with where it came from."""
+
+    value: T
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+Parser = Callable[[ConsumerRecord[bytes, bytes]], T]
+Handler = Callable[[AsyncConnection, Sequence[Inbound[T]], Outbox], Awaitable[None]]
+
+
+class ConsumerLoop(Generic[T]):
+    """Consume ``topics`` in ``group_id``, handle batches transactionally, commit after."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        settings: BaseServiceSettings,
+        topics: list[str],
+        group_id: str,
+        parser: Parser[T],
+        handler: Handler[T],
+        engine: AsyncEngine,
+        producer: AIOKafkaProducer,
+        on_failure: Callable[[], Awaitable[None]] | None = None,
+        restart_backoff_s: float = 1.0,
+        lag_interval_s: float = 5.0,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.topics = topics
+        self.group_id = group_id
+        self.parser = parser
+        self.handler = handler
+        self.engine = engine
+        self.producer = producer
+        self.on_failure = on_failure
+        self.restart_backoff_s = restart_backoff_s
+        self.lag_interval_s = lag_interval_s
+        self._stopping = asyncio.Event()
+        self._healthy = False
+        self._last_lag_at = 0.0
+        self.batches_handled = 0
+
+    @property
+    def healthy(self) -> bool:
+        """True while the consumer is joined and its last batch succeeded."""
+        return self._healthy
+
+    def stop(self) -> None:
+        """Ask the loop to exit after the batch in hand."""
+        self._stopping.set()
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            *self.topics,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **client_options(self.settings),
+        )
+
+    async def run(self) -> None:
+        """Run until ``stop()``; on a failed batch, rejoin and let it be redelivered."""
+        while not self._stopping.is_set():
+            consumer = self._new_consumer()
+            try:
+                await consumer.start()
+                self._healthy = True
+                await self._consume(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._healthy = False
+                log.exception(
+                    "consumer failed; rejoining without commit", extra={"service": self.service}
+                )
+                if self.on_failure is not None:
+                    with contextlib.suppress(Exception):
+                        await self.on_failure()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.restart_backoff_s)
+            finally:
+                self._healthy = False
+                # No commit on stop: offsets were committed after each stored batch.
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        while not self._stopping.is_set():
+            batch = await consumer.getmany(
+                timeout_ms=self.settings.kafka_poll_timeout_ms,
+                max_records=self.settings.kafka_batch_max_records,
+            )
+            records = [r for part in batch.values() for r in part]
+            if records:
+                try:
+                    await self._handle_batch(consumer, records)
+                except Exception:
+                    self._healthy = False
+                    log.exception(
+                        "batch failed; rewinding to the last committed offsets",
+                        extra={"service": self.service},
+                    )
+                    if self.on_failure is not None:
+                        await self.on_failure()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), self.restart_backoff_s)
+                    await self._rewind(consumer)
+                    continue
+                self._healthy = True
+            await self._update_lag(consumer)
+
+    async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
+        """Seek every assigned partition back to its committed offset: redelivery.
+
+        Cheaper than leaving and rejoining the group, which costs a rebalance.
+        """
+        for tp in consumer.assignment():
+            committed = await consumer.committed(tp)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)  # as auto_offset_reset=earliest
+            else:
+                consumer.seek(tp, committed)
+
+    async def _handle_batch(
+        self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> None:
+        start = time.perf_counter()
+        parsed: list[Inbound[T]] = []
+        dead: list[DeadLetter] = []
+        for record in records:
+            metrics.CONSUMER_RECORDS.labels(self.service, record.topic).inc()
+            try:
+                value = self.parser(record)
+            except (ValidationError, ValueError, orjson.JSONDecodeError) as exc:
+                dead.append(self._dead_letter(record, exc))
+                continue
+            parsed.append(
+                Inbound(value, record.topic, record.partition, record.offset, record.timestamp)
+            )
+        try:
+            async with self.engine.begin() as conn:
+                outbox = Outbox(self.producer)
+                dlq_topic = topics_for(self.settings).dlq
+                for letter in dead:
+                    await outbox.send(
+                        dlq_topic,
+                        key=letter.key.decode(errors="replace") if letter.key else None,
+                        value=letter.value or b"",
+                        headers=letter.headers(),
+                    )
+                if parsed:
+                    await self.handler(conn, parsed, outbox)
+                # Acks before the DB commit: if the broker refuses, the transaction
+                # rolls back and the whole batch is redone, so nothing is half-done.
+                await outbox.flush()
+            await consumer.commit()
+        except Exception:
+            metrics.CONSUMER_BATCHES.labels(self.service, "failed").inc()
+            raise
+        for letter in dead:
+            metrics.DLQ_MESSAGES.labels(self.service, letter.topic, letter.reason_class).inc()
+            log.warning(
+                "dead-lettered a message",
+                extra={
+                    "service": self.service,
+                    "source_topic": letter.topic,
+                    "partition": letter.partition,
+                    "offset": letter.offset,
+                    "reason": letter.reason[:300],
+                },
+            )
+        self.batches_handled += 1
+        metrics.CONSUMER_BATCHES.labels(self.service, "ok").inc()
+        metrics.CONSUMER_BATCH_SIZE.labels(self.service).observe(len(records))
+        metrics.CONSUMER_BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - start)
+
+    def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: Exception) -> DeadLetter:
+        if isinstance(exc, ValidationError):
+            reason = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            # pydantic reports unparseable JSON as a validation error; tell them apart.
+            not_json = any(e["type"] == "json_invalid" for e in exc.errors())
+            reason_class = "decode" if not_json else "validation"
+        else:
+            reason, reason_class = str(exc), "decode"
+        return DeadLetter(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            reason=reason or type(exc).__name__,
+            reason_class=reason_class,
+            service=self.service,
+        )
+
+    async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        # Computed here from end offsets and our position: the embedded broker
+        # closes the connection on the admin call list_consumer_group_offsets.
+        now = time.monotonic()
+        if now - self._last_lag_at < self.lag_interval_s:
+            return
+        self._last_lag_at = now
+        assigned: set[TopicPartition] = consumer.assignment()
+        if not assigned:
+            return
+        ends = await consumer.end_offsets(list(assigned))
+        for tp in assigned:
+            position = await consumer.position(tp)
+            metrics.CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(
+                max(0, ends.get(tp, position) - position)
+            )

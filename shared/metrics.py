@@ -1,0 +1,85 @@
+"""Prometheus metrics shared by every service, and the ``/metrics`` endpoint.
+
+Labels are bounded: service, route template, method, status class, topic,
+partition, event type, result. Never a subscriber id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import Match
+
+HTTP_REQUESTS = Counter(
+    "churnwatch_http_requests_total",
+    "HTTP requests by route template, method and status",
+    ["service", "route", "method", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "churnwatch_http_request_duration_seconds",
+    "HTTP request latency by route template",
+    ["service", "route", "method"],
+)
+CONSUMER_BATCHES = Counter(
+    "churnwatch_consumer_batches_total",
+    "Batches handled by a consumer loop, by result (ok, failed)",
+    ["service", "result"],
+)
+CONSUMER_RECORDS = Counter(
+    "churnwatch_consumer_records_total", "Records consumed", ["service", "topic"]
+)
+CONSUMER_BATCH_SIZE = Histogram(
+    "churnwatch_consumer_batch_size",
+    "Records per handled batch",
+    ["service"],
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000),
+)
+CONSUMER_BATCH_SECONDS = Histogram(
+    "churnwatch_consumer_batch_duration_seconds",
+    "Time to handle one batch: DB transaction, produce acks, offset commit",
+    ["service"],
+)
+CONSUMER_LAG = Gauge(
+    "churnwatch_consumer_lag",
+    "End offset minus consumer position, per assigned partition",
+    ["service", "topic", "partition"],
+)
+DLQ_MESSAGES = Counter(
+    "churnwatch_dlq_messages_total",
+    "Messages sent to the dead-letter topic, by source topic and reason class",
+    ["service", "topic", "reason"],
+)
+
+
+def _route_template(request: Request) -> str:
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", "other"))
+    return "unmatched"
+
+
+def install_metrics(app: FastAPI, service: str) -> None:
+    """Add request metrics middleware and the ``GET /metrics`` endpoint."""
+
+    @app.middleware("http")
+    async def _measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        route = _route_template(request)
+        start = time.perf_counter()
+        status = "5xx"
+        try:
+            response = await call_next(request)
+            status = f"{response.status_code // 100}xx"
+            return response
+        finally:
+            HTTP_REQUESTS.labels(service, route, request.method, status).inc()
+            HTTP_LATENCY.labels(service, route, request.method).observe(time.perf_counter() - start)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

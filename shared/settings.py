@@ -1,0 +1,64 @@
+"""Settings base: one frozen object built at start-up from environment variables.
+
+Field names are the environment variable names, lower-cased
+(``KAFKA_BOOTSTRAP_SERVERS`` -> ``kafka_bootstrap_servers``). Nothing reads the
+environment at import time: ``create_app(settings)`` and the consumers get the
+object passed in, so tests build their own.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_KAFKA = "localhost:9092"
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://churnwatch:churnwatch@localhost:5432/churnwatch"
+
+
+class BaseServiceSettings(BaseSettings):
+    """Settings every service shares: environment, Kafka, PostgreSQL, logging."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    environment: Literal["development", "test", "production"] = "development"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+    host: str = "127.0.0.1"
+
+    kafka_bootstrap_servers: str = DEFAULT_KAFKA
+    kafka_topic_prefix: str = Field(default="churnwatch", pattern=r"^[A-Za-z0-9._-]+$")
+    kafka_topic_partitions: int = Field(default=6, ge=1, le=1024)
+    kafka_replication_factor: int = Field(default=1, ge=1, le=16)
+    # Off by default: the embedded broker (Tansu) fails InitProducerId. Consumers
+    # are idempotent on event_id, so duplicates from producer retries are harmless.
+    kafka_enable_idempotence: bool = False
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_request_timeout_ms: int = Field(default=10_000, ge=500)
+    kafka_batch_max_records: int = Field(default=500, ge=1, le=100_000)
+    kafka_poll_timeout_ms: int = Field(default=200, ge=10, le=60_000)
+
+    database_url: str = DEFAULT_DATABASE_URL
+    database_pool_size: int = Field(default=5, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production_defaults(self) -> Self:
+        """In production, the local development defaults are a misconfiguration."""
+        if self.environment == "production":
+            unsafe = []
+            if self.kafka_bootstrap_servers == DEFAULT_KAFKA:
+                unsafe.append("KAFKA_BOOTSTRAP_SERVERS")
+            if self.database_url == DEFAULT_DATABASE_URL:
+                unsafe.append("DATABASE_URL")
+            if unsafe:
+                raise ValueError(
+                    "ENVIRONMENT=production needs explicit "
+                    + ", ".join(unsafe)
+                    + " (the development defaults are not allowed)"
+                )
+        return self

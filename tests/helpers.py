@@ -1,0 +1,167 @@
+"""Test helpers: event builders and polling with a deadline (never a bare sleep)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, timeout_s: float = 30.0, what: str = "condition"
+) -> T:
+    """Await ``probe()`` until it returns something truthy, or fail after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def sid() -> str:
+    """A fresh subscriber id."""
+    return f"S-{uuid.uuid4().hex[:12]}"
+
+
+def event(
+    event_type: str,
+    subscriber_id: str,
+    payload: dict[str, Any],
+    *,
+    at: datetime | None = None,
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """A JSON-ready event."""
+    return {
+        "event_id": event_id or str(uuid.uuid4()),
+        "event_type": event_type,
+        "subscriber_id": subscriber_id,
+        "occurred_at": (at or datetime.now(UTC)).isoformat(),
+        "source": "test",
+        "payload": payload,
+    }
+
+
+def profile(
+    subscriber_id: str,
+    *,
+    tier: str = "standard",
+    phone: str | None = "+15550001111",
+    monthly_value: str = "20",
+    manager: str | None = None,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """A ``subscriber`` event."""
+    return event(
+        "subscriber",
+        subscriber_id,
+        {
+            "tier": tier,
+            "phone": phone,
+            "monthly_value": monthly_value,
+            "account_manager_id": manager,
+        },
+        at=at or datetime.now(UTC) - timedelta(days=30),
+    )
+
+
+def stop_notice(
+    subscriber_id: str, *, in_hours: float = 48, amount: str = "50.00", event_id: str | None = None
+) -> dict[str, Any]:
+    """A stop-notice with the suspension ``in_hours`` from now."""
+    return event(
+        "stop_notice",
+        subscriber_id,
+        {
+            "reason": "arrears",
+            "suspension_at": (datetime.now(UTC) + timedelta(hours=in_hours)).isoformat(),
+            "amount_to_pay": amount,
+        },
+        event_id=event_id,
+    )
+
+
+def calls(subscriber_id: str, *, n: int, competitor: bool, days_ago: float) -> list[dict[str, Any]]:
+    """``n`` voice calls spread over the day ``days_ago``."""
+    base = datetime.now(UTC) - timedelta(days=days_ago)
+    return [
+        event(
+            "cdr",
+            subscriber_id,
+            {
+                "service": "voice",
+                "direction": "outgoing",
+                "duration_s": 120,
+                "counterpart_network": "competitor" if competitor else "own",
+            },
+            at=base + timedelta(minutes=i),
+        )
+        for i in range(n)
+    ]
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, count: int, timeout_s: float = 20.0
+) -> list[Any]:
+    """Read ``count`` records from the start of ``topic`` (all partitions)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(records) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for part in batch.values():
+                records.extend(part)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def committed_offsets(bootstrap: str, group_id: str, topic: str) -> dict[int, int | None]:
+    """The consumer group's committed offset per partition of ``topic``."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in sorted(partitions)}
+    finally:
+        await consumer.stop()
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The end offset of each partition of ``topic``."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic) or set()
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()

@@ -1,0 +1,216 @@
+"""The shared consumer loop on the real broker and database: DLQ, no commit on failure, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from shared.consumer import ConsumerLoop, Inbound, Outbox
+from shared.db import create_engine
+from shared.events import Event, parse_event
+from shared.kafka import ensure_topics, make_producer
+from shared.settings import BaseServiceSettings
+from shared.topics import Topics
+from tests.helpers import committed_offsets, end_offsets, eventually, read_topic, sid, stop_notice
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+class Recorder:
+    """A handler that stores event ids in a table, and can be told to fail or to wait."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self.calls = 0
+        self.fail = False
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+
+    async def __call__(
+        self, conn: AsyncConnection, batch: Sequence[Inbound[Event]], outbox: Outbox
+    ) -> None:
+        self.calls += 1
+        for item in batch:
+            await conn.execute(
+                text(f"INSERT INTO {self.table} VALUES (:id)"),  # noqa: S608
+                {"id": str(item.value.event_id)},
+            )
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise RuntimeError("handler failed on purpose")
+
+
+@pytest.fixture
+async def setup(env: dict[str, Any]) -> AsyncIterator[tuple[BaseServiceSettings, AsyncEngine, str]]:
+    settings = BaseServiceSettings(**env)
+    await ensure_topics(settings)
+    engine = create_engine(settings)
+    table = f"loop_{uuid.uuid4().hex[:8]}"
+    async with engine.begin() as conn:
+        await conn.execute(text(f"CREATE TABLE {table} (event_id text)"))
+    yield settings, engine, table
+    async with engine.begin() as conn:
+        await conn.execute(text(f"DROP TABLE {table}"))
+    await engine.dispose()
+
+
+async def _rows(engine: AsyncEngine, table: str) -> list[str]:
+    async with engine.connect() as conn:
+        return list((await conn.execute(text(f"SELECT event_id FROM {table}"))).scalars())  # noqa: S608
+
+
+async def _produce(
+    settings: BaseServiceSettings, topic: str, values: list[bytes], key: str
+) -> None:
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value=value, key=key.encode())
+    finally:
+        await producer.stop()
+
+
+def _loop(
+    settings: BaseServiceSettings, engine: AsyncEngine, handler: Recorder, group: str, producer: Any
+) -> ConsumerLoop[Event]:
+    topics = Topics(settings.kafka_topic_prefix)
+    return ConsumerLoop(
+        service="test",
+        settings=settings,
+        topics=[topics.account],
+        group_id=group,
+        parser=lambda r: parse_event(r.value),
+        handler=handler,
+        engine=engine,
+        producer=producer,
+        restart_backoff_s=0.2,
+    )
+
+
+async def test_poison_messages_go_to_the_dlq_and_the_loop_goes_on(setup: Any) -> None:
+    settings, engine, table = setup
+    topics = Topics(settings.kafka_topic_prefix)
+    subscriber = sid()
+    good = [stop_notice(subscriber), stop_notice(subscriber)]
+    invalid = stop_notice(subscriber) | {"payload": {"reason": "arrears"}}
+    await _produce(
+        settings,
+        topics.account,
+        [
+            orjson.dumps(good[0]),
+            b"\xff not json",
+            orjson.dumps(invalid),
+            orjson.dumps(good[1]),
+        ],
+        subscriber,
+    )
+    producer = make_producer(settings)
+    await producer.start()
+    handler = Recorder(table)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    loop = _loop(settings, engine, handler, group, producer)
+    task = asyncio.create_task(loop.run())
+    try:
+        await eventually(lambda: _rows(engine, table), what="good events stored")
+        rows = await eventually(lambda: _has(engine, table, 2), what="both good events stored")
+        assert sorted(rows) == sorted(e["event_id"] for e in good)
+        dead = await read_topic(settings.kafka_bootstrap_servers, topics.dlq, count=2)
+        assert len(dead) == 2
+        headers = [dict(r.headers) for r in dead]
+        assert sorted(int(h["dlq.source_offset"]) for h in headers) == [1, 2]
+        assert {h["dlq.reason_class"] for h in headers} == {b"decode", b"validation"}
+        assert any(b"suspension_at" in h["dlq.reason"] for h in headers)
+        assert dead[0].key == subscriber.encode()
+        ends = await end_offsets(settings.kafka_bootstrap_servers, topics.account)
+        await eventually(
+            lambda: _committed_equals(settings, group, topics.account, ends),
+            what="offsets committed past the poison messages",
+        )
+    finally:
+        loop.stop()
+        await task
+        await producer.stop()
+
+
+async def _has(engine: AsyncEngine, table: str, n: int) -> list[str] | None:
+    rows = await _rows(engine, table)
+    return rows if len(rows) >= n else None
+
+
+async def _committed_equals(
+    settings: BaseServiceSettings, group: str, topic: str, ends: dict[int, int]
+) -> bool:
+    committed = await committed_offsets(settings.kafka_bootstrap_servers, group, topic)
+    return all(committed.get(p) == end for p, end in ends.items() if end > 0)
+
+
+async def test_a_failed_batch_is_not_committed_and_is_redelivered(setup: Any) -> None:
+    settings, engine, table = setup
+    topics = Topics(settings.kafka_topic_prefix)
+    subscriber = sid()
+    good = stop_notice(subscriber)
+    await _produce(settings, topics.account, [orjson.dumps(good)], subscriber)
+    producer = make_producer(settings)
+    await producer.start()
+    handler = Recorder(table)
+    handler.fail = True
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    loop = _loop(settings, engine, handler, group, producer)
+    task = asyncio.create_task(loop.run())
+    try:
+        await eventually(lambda: _async(handler.calls >= 2), what="the batch to be redelivered")
+        # Failed twice: nothing stored (rolled back), nothing committed.
+        assert await _rows(engine, table) == []
+        committed = await committed_offsets(settings.kafka_bootstrap_servers, group, topics.account)
+        assert all(offset is None for offset in committed.values()), committed
+        handler.fail = False
+        rows = await eventually(lambda: _has(engine, table, 1), what="the batch to succeed")
+        assert rows == [good["event_id"]]  # stored once, not once per delivery
+        ends = await end_offsets(settings.kafka_bootstrap_servers, topics.account)
+        await eventually(
+            lambda: _committed_equals(settings, group, topics.account, ends),
+            what="offsets committed after success",
+        )
+    finally:
+        loop.stop()
+        await task
+        await producer.stop()
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_stop_lets_the_batch_in_hand_finish_and_commit(setup: Any) -> None:
+    settings, engine, table = setup
+    topics = Topics(settings.kafka_topic_prefix)
+    subscriber = sid()
+    await _produce(settings, topics.account, [orjson.dumps(stop_notice(subscriber))], subscriber)
+    producer = make_producer(settings)
+    await producer.start()
+    handler = Recorder(table)
+    handler.gate = asyncio.Event()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    loop = _loop(settings, engine, handler, group, producer)
+    task = asyncio.create_task(loop.run())
+    try:
+        await asyncio.wait_for(handler.entered.wait(), 20)
+        loop.stop()  # while the handler is mid-batch
+        handler.gate.set()
+        await asyncio.wait_for(task, 20)
+        assert len(await _rows(engine, table)) == 1
+        ends = await end_offsets(settings.kafka_bootstrap_servers, topics.account)
+        assert await _committed_equals(settings, group, topics.account, ends)
+    finally:
+        loop.stop()
+        await producer.stop()
