@@ -96,10 +96,15 @@ def up(
     from services.scoring.settings import ScoringSettings
 
     stopping = False
+    running = False
 
     def _on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
+        if not running:
+            # Still starting (waiting for readiness, feeding the sample): unwind now;
+            # the finally below stops whatever was started.
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
@@ -155,6 +160,7 @@ def up(
         if sample:
             _feed_sample(children)
         console.print("[bold]churnwatch is up.[/] Press Ctrl-C to stop.")
+        running = True
         while not stopping:
             for child in children:
                 if child.process.poll() is not None:
@@ -164,7 +170,10 @@ def up(
                     )
                     stopping = True
             time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("interrupted during start-up")
     finally:
+        running = True  # a second Ctrl-C must not interrupt the clean-up
         console.print("stopping...")
         _stop_children(children)
         if broker is not None:
@@ -219,7 +228,7 @@ def sms_gateway() -> None:
     from shared.logging import configure_logging
 
     settings = GatewaySettings()
-    configure_logging("INFO", service="sms-gateway")
+    configure_logging(settings.log_level, json=settings.log_json, service="sms-gateway")
     uvicorn.run(
         create_gateway_app(settings),
         host=settings.host,

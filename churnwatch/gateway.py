@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, Query, Response
 from pydantic import BaseModel, Field
@@ -27,6 +27,8 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     host: str = "127.0.0.1"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
     sms_gateway_port: int = 8085
     sms_gateway_token: str = "dev-gateway-token"  # noqa: S105 - matches outreach's default
 

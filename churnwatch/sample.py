@@ -4,8 +4,8 @@ It is enough to see the whole pipeline work: a gold VIP with a stop-notice
 (a reminder SMS, and a call task for the account manager), a subscriber whose
 usage drifts to a competitor network with complaints and arrears (a risk score
 over the threshold and a retention task), and a handful of ordinary subscribers.
-Event ids are derived from the events themselves, so posting the same list twice
-changes nothing (the services drop the repeats by ``event_id``).
+Event ids depend only on ``seed`` and each event's position, so posting the sample
+twice changes nothing (the services drop the repeats by ``event_id``).
 """
 
 from __future__ import annotations
@@ -21,15 +21,11 @@ VIP_ID = "S-VIP-0001"
 AT_RISK_ID = "S-STD-0002"
 
 
-def _id(*parts: object) -> str:
-    return str(uuid.uuid5(NAMESPACE, "|".join(map(str, parts))))
-
-
 def _event(
-    event_type: str, subscriber_id: str, at: datetime, payload: dict[str, Any], *key: object
+    event_type: str, subscriber_id: str, at: datetime, payload: dict[str, Any]
 ) -> dict[str, Any]:
     return {
-        "event_id": _id(event_type, subscriber_id, at.isoformat(), *key),
+        "event_id": "",  # numbered at the end of sample_events()
         "event_type": event_type,
         "subscriber_id": subscriber_id,
         "occurred_at": at.isoformat(),
@@ -68,7 +64,6 @@ def calls(
                         "counterpart_network": network,
                         "duration_s": rng.randrange(30, 600),
                     },
-                    n,
                 )
             )
     return out
@@ -146,4 +141,8 @@ def sample_events(now: datetime | None = None, *, seed: int = 7) -> list[dict[st
             },
         )
     )
+    # Ids from the seed and the position only, not from the time: posting the sample
+    # again later repeats the same ids, and the services drop the repeats.
+    for index, item in enumerate(events):
+        item["event_id"] = str(uuid.uuid5(NAMESPACE, f"{seed}|{index}"))
     return events

@@ -29,6 +29,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -53,14 +54,17 @@ class Outbox:
         self,
         topic: str,
         *,
-        key: str | None,
+        key: str | bytes | None,
         value: BaseModel | bytes,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Queue a message; it is acknowledged (or the batch fails) before commit."""
         payload = value if isinstance(value, bytes) else value.model_dump_json().encode()
         future = await self._producer.send(
-            topic, value=payload, key=key.encode() if key else None, headers=headers
+            topic,
+            value=payload,
+            key=key.encode() if isinstance(key, str) else key,
+            headers=headers,
         )
         self._pending.append(future)
 
@@ -140,6 +144,10 @@ class ConsumerLoop(Generic[T]):
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # Range assignment gives one member the same partition numbers of every
+            # topic it reads; with co-partitioned topics that keeps all of one
+            # subscriber's usage and account events on one replica.
+            partition_assignment_strategy=(RangePartitionAssignor,),
             **client_options(self.settings),
         )
 
@@ -229,7 +237,7 @@ class ConsumerLoop(Generic[T]):
                 for letter in dead:
                     await outbox.send(
                         dlq_topic,
-                        key=letter.key.decode(errors="replace") if letter.key else None,
+                        key=letter.key,
                         value=letter.value or b"",
                         headers=letter.headers(),
                     )

@@ -1,7 +1,8 @@
 """The dead-letter topic: where messages no consumer can parse go, with the reason.
 
-A dead letter keeps the original key and value untouched; the reason and the
-source coordinates travel in headers, so a replay tool can put it back.
+A dead letter keeps the original key and value byte for byte; the reason and
+the source coordinates travel in headers, so an operator can inspect it and
+produce it back to its source topic once the cause is fixed.
 """
 
 from __future__ import annotations

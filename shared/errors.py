@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -114,6 +115,18 @@ def install_error_handlers(app: FastAPI) -> None:
             error_body("validation_error", "request is invalid", details), status_code=422
         )
 
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback; the client gets the one body shape and no
+        # internals. A lost database or broker connection is a 503, not a 500.
+        if isinstance(exc, (OperationalError, InterfaceError, ConnectionError, TimeoutError)):
+            return JSONResponse(
+                error_body("service_unavailable", "a dependency is unavailable; retry later"),
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )
+        return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+
     app.add_exception_handler(ChurnwatchError, _churnwatch)
+    app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)

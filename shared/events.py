@@ -206,63 +206,63 @@ class _Envelope(_Model):
 class CdrEvent(_Envelope):
     """Usage: a call, SMS or data session."""
 
-    event_type: Literal["cdr"] = "cdr"
+    event_type: Literal["cdr"]
     payload: CdrPayload
 
 
 class BillingEvent(_Envelope):
     """A monthly bill."""
 
-    event_type: Literal["billing"] = "billing"
+    event_type: Literal["billing"]
     payload: BillingPayload
 
 
 class PaymentEvent(_Envelope):
     """A payment."""
 
-    event_type: Literal["payment"] = "payment"
+    event_type: Literal["payment"]
     payload: PaymentPayload
 
 
 class ArrearsEvent(_Envelope):
     """Money overdue."""
 
-    event_type: Literal["arrears"] = "arrears"
+    event_type: Literal["arrears"]
     payload: ArrearsPayload
 
 
 class StopNoticeEvent(_Envelope):
     """A scheduled suspension."""
 
-    event_type: Literal["stop_notice"] = "stop_notice"
+    event_type: Literal["stop_notice"]
     payload: StopNoticePayload
 
 
 class SubscriberEvent(_Envelope):
     """A subscriber profile (new or changed)."""
 
-    event_type: Literal["subscriber"] = "subscriber"
+    event_type: Literal["subscriber"]
     payload: SubscriberPayload
 
 
 class ComplaintEvent(_Envelope):
     """A complaint."""
 
-    event_type: Literal["complaint"] = "complaint"
+    event_type: Literal["complaint"]
     payload: ComplaintPayload
 
 
 class ChurnEvent(_Envelope):
     """A port-out or cancellation."""
 
-    event_type: Literal["churn"] = "churn"
+    event_type: Literal["churn"]
     payload: ChurnPayload
 
 
 class ReactivationEvent(_Envelope):
     """A churned subscriber reactivated."""
 
-    event_type: Literal["reactivation"] = "reactivation"
+    event_type: Literal["reactivation"]
     payload: ReactivationPayload
 
 
@@ -309,7 +309,7 @@ def parse_event(data: bytes | str | dict[str, Any]) -> Event:
 
 
 class RiskScore(_Model):
-    """Published by scoring on the scores topic after every scored event."""
+    """Published by scoring on the scores topic: one per subscriber per handled batch."""
 
     message_type: Literal["risk_score"] = "risk_score"
     score_id: uuid.UUID = Field(description="Deterministic: derived from the triggering event.")
@@ -341,11 +341,11 @@ class OutreachTask(_Model):
     subscriber_id: SubscriberId
     tier: Tier = Tier.STANDARD
     phone: PhoneNumber | None = None
-    language: str = "en"
-    account_manager_id: str | None = None
+    language: str = Field(default="en", pattern=r"^[a-z]{2}$")
+    account_manager_id: str | None = Field(default=None, max_length=64)
     priority: int = Field(default=50, ge=0, le=100, description="Higher is more urgent.")
     due_at: AwareDatetime | None = Field(default=None, description="Act before this time.")
-    reasons: list[str] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list, max_length=10)
     params: dict[str, str] = Field(default_factory=dict, description="Template variables.")
     cause_event_id: uuid.UUID
     created_at: AwareDatetime

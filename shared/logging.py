@@ -17,8 +17,9 @@ from typing import Any
 
 import orjson
 
-# E.164 numbers and long digit runs (national numbers written without '+').
-_PHONE_RE = re.compile(r"\+?\d[\d\s-]{6,}\d")
+# International numbers (a '+' then digits, maybe spaced) and national numbers
+# written as a run of 9-15 digits. Not dates, not the digit groups of a UUID.
+_PHONE_RE = re.compile(r"\+\d[\d\s-]{5,}\d|(?<![\w-])\d{9,15}(?![\w-])")
 _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
 
 

@@ -67,8 +67,7 @@ COMMANDS = {
 
 SERVICE_PROBES = {getattr(r, "path", None) for r in health_router({}).routes}
 GATEWAY_ROUTES = {getattr(r, "path", None) for r in create_gateway_app(GatewaySettings()).routes}
-# The stand-in gateway has no dependencies and serves no /readyz; it is ready when alive.
-READINESS_PATH = {**dict.fromkeys(SERVICES, "/readyz"), "sms-gateway": "/healthz"}
+READINESS_PATH = dict.fromkeys([*SERVICES, "sms-gateway"], "/readyz")
 SERVED_PATHS = {**dict.fromkeys(SERVICES, SERVICE_PROBES), "sms-gateway": GATEWAY_ROUTES}
 
 USER_ID = 10001

@@ -226,9 +226,12 @@ async def test_provider_errors_retry_then_fail(env: dict[str, Any]) -> None:
 @pytest.fixture
 async def api(env: dict[str, Any]) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(OutreachSettings(**env))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://outreach"
-    ) as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://outreach"
+        ) as client,
+    ):
         yield client
 
 

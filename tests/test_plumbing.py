@@ -72,4 +72,7 @@ def test_logs_are_json_without_phone_numbers_or_raw_subscriber_ids() -> None:
         assert secret not in text
     assert line["subscriber_id"] == mask_subscriber("S-42")
     assert line["msg"] == "sending to ***23 now (***34)"
-    assert mask_phone("call 0044 7700 900123") == "call ***23"
+    assert mask_phone("call 07700900123 or +44 7700 900123") == "call ***23 or ***23"
+    # Dates, times and UUIDs are not phone numbers: ids stay searchable in logs.
+    kept = "task 123e4567-e89b-12d3-a456-426614174000 at 2026-11-25T10:00:00"
+    assert mask_phone(kept) == kept

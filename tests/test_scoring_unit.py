@@ -80,6 +80,19 @@ def test_payment_covering_the_amount_clears_the_stop_notice() -> None:
     assert vector(state)["stop_notice_pending"] == 1.0  # not enough
     apply_event(state, parse_event(event("payment", "S", {"amount": "50"})))
     assert vector(state)["stop_notice_pending"] == 0.0
+    # A later payment after the notice was cleared is just a payment.
+    apply_event(state, parse_event(event("payment", "S", {"amount": "5"})))
+    assert vector(state)["stop_notice_pending"] == 0.0
+
+
+def test_a_payment_clears_debts_whichever_arrives_first() -> None:
+    arrears = event(
+        "arrears", "S", {"overdue_amount": "30", "days_overdue": 12}, at=NOW - timedelta(days=2)
+    )
+    payment = event("payment", "S", {"amount": "30"}, at=NOW - timedelta(days=1))
+    for order in ([arrears, payment], [payment, arrears]):
+        x = vector(state_of(parsed(order)))
+        assert (x["arrears_amount"], x["arrears_days"]) == (0.0, 0.0)
 
 
 def test_churn_then_reactivation() -> None:

@@ -99,8 +99,11 @@ class SmsClient:
                 f"provider unreachable: {type(exc).__name__}", retryable=True
             ) from exc
         if response.status_code in (200, 201, 202):
-            body: dict[str, Any] = response.json()
-            return str(body["message_id"])
+            try:
+                return str(response.json()["message_id"])
+            except (ValueError, KeyError, TypeError) as exc:
+                # Accepted but unreadable: retrying with the same idempotency key is safe.
+                raise ProviderError("provider answer has no message_id", retryable=True) from exc
         retryable = response.status_code == 429 or response.status_code >= 500
         raise ProviderError(f"provider answered {response.status_code}", retryable=retryable)
 
@@ -140,6 +143,7 @@ class Dispatcher:
         now = datetime.now(UTC)
         async with self.engine.begin() as conn:
             expired = await service.expire_overdue_sms(conn, now=now)
+            metrics.CALL_QUEUE_DEPTH.set(await service.count_queued_calls(conn))
             claimed = await service.claim_sms(
                 conn,
                 limit=self.settings.outreach_dispatch_batch,
@@ -151,7 +155,14 @@ class Dispatcher:
         for task in claimed:
             if self._stopping.is_set():
                 break  # left in 'sending'; reclaimed after the stale interval
-            await self._send(task)
+            try:
+                await self._send(task)
+            except Exception:
+                # One task's surprise must not hold the rest of the batch in 'sending';
+                # this one is reclaimed after OUTREACH_SENDING_STALE_S.
+                log.exception(
+                    "SMS dispatch of one task failed", extra={"task_id": str(task["task_id"])}
+                )
         return len(claimed)
 
     async def _send(self, task: dict[str, Any]) -> None:

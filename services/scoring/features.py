@@ -44,8 +44,11 @@ DECAYED: dict[str, float] = {
     "complaints_30d": 30,
     "bills_90d": 90,
     "bill_amount_90d": 90,
+    "downgrades_90d": 90,
 }
 VIP_TIERS = frozenset({"diamond", "gold", "silver", "vip_guest"})
+# Recent payments kept to decide whether debts are paid (partial payments add up).
+MAX_PAYMENTS = 8
 
 State = dict[str, Any]
 
@@ -122,16 +125,14 @@ def apply_event(state: State, event: Event) -> None:
         _add_decayed(state, "bill_amount_90d", amount, t)
         _set_latest(state, "last_bill", amount, t)
         if event.payload.plan_change == "downgrade":
-            _set_latest(state, "last_downgrade", t, t)
+            _add_decayed(state, "downgrades_90d", 1.0, t)
     elif isinstance(event, PaymentEvent):
-        _set_latest(state, "last_payment", float(event.payload.amount), t)
-        # A payment after the arrears/stop-notice clears them when it covers the debt.
-        arrears = state["latest"].get("arrears")
-        if arrears and t >= arrears[1] and event.payload.amount >= arrears[0][0]:
-            state["latest"]["arrears"] = ((0.0, 0), t)
-        notice = state["latest"].get("stop_notice")
-        if notice and t >= notice[1] and float(event.payload.amount) >= notice[0][1]:
-            state["latest"]["stop_notice"] = (None, t)
+        # Whether payments clear arrears or a stop-notice is decided in vector(), from
+        # the most recent payments: the same answer whichever arrived first.
+        payments = state.setdefault("payments", [])
+        payments.append((float(event.payload.amount), t))
+        payments.sort(key=lambda p: p[1])
+        del payments[:-MAX_PAYMENTS]
     elif isinstance(event, ArrearsEvent):
         _set_latest(
             state,
@@ -163,13 +164,26 @@ def is_churned(state: State) -> bool:
     return bool(_latest(state, "churned", False))
 
 
+def _cleared_by_payment(state: State, name: str, amount: float) -> bool:
+    """True if the payments made at or after the latest ``name`` add up to ``amount``."""
+    item = state["latest"].get(name)
+    if item is None:
+        return False
+    paid = sum(a for a, t in state.get("payments", []) if t >= item[1])
+    return paid > 0 and paid >= amount
+
+
 def vector(state: State) -> dict[str, float]:
     """The model's input, computed as of the subscriber's newest event time."""
     t = state["watermark"] or 0.0
     d = {name: decayed_at(state, name, t) for name in DECAYED}
     tier, monthly_value, activated = _latest(state, "profile", ("standard", 0.0, None))
     arrears_amount, arrears_days = _latest(state, "arrears", (0.0, 0))
+    if _cleared_by_payment(state, "arrears", arrears_amount):
+        arrears_amount, arrears_days = 0.0, 0
     notice = _latest(state, "stop_notice")
+    if notice and _cleared_by_payment(state, "stop_notice", notice[1]):
+        notice = None
     bills = d["bills_90d"]
     avg_bill = d["bill_amount_90d"] / bills if bills > 1e-9 else 0.0
     last_bill = _latest(state, "last_bill", avg_bill)
@@ -189,7 +203,7 @@ def vector(state: State) -> dict[str, float]:
         - d["competitor_calls_30d"] / (d["calls_30d"] + 1.0),
         "days_since_activity": (t - (state["last_activity"] or t)) / DAY,
         "bill_ratio": (last_bill / avg_bill) if avg_bill > 0 else 1.0,
-        "downgraded_90d": 1.0 if _latest(state, "last_downgrade") else 0.0,
+        "downgrades_90d": d["downgrades_90d"],
         "arrears_amount": float(arrears_amount),
         "arrears_days": float(arrears_days),
         "stop_notice_pending": 1.0 if notice else 0.0,

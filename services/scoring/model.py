@@ -27,7 +27,7 @@ _PRIOR_TERMS: list[tuple[str, float, str]] = [
     ("arrears_days_capped", 0.03, "{:.0f} days in arrears"),
     ("usage_drop", 1.5, "usage falling: {:.0%} below the 30-day rate"),
     ("spend_drop", 1.0, "latest bill {:.0%} below own average"),
-    ("downgraded_90d", 0.8, "plan downgraded recently"),
+    ("downgrades_90d", 0.8, "plan downgraded recently"),
 ]
 _PRIOR_INTERCEPT = -2.6
 
@@ -39,7 +39,6 @@ class ModelParams:
     learning_rate: float = 0.05
     l2: float = 0.0
     min_labels: int = 200
-    seed: int = 42
 
 
 def build_model(params: ModelParams) -> compose.Pipeline:
@@ -57,7 +56,7 @@ def _prior_inputs(x: dict[str, float]) -> dict[str, float]:
         "arrears_days_capped": min(x["arrears_days"], 90.0),
         "usage_drop": max(0.0, -x["usage_trend"]),
         "spend_drop": max(0.0, 1.0 - x["bill_ratio"]),
-        "downgraded_90d": x["downgraded_90d"],
+        "downgrades_90d": x["downgrades_90d"],
     }
 
 

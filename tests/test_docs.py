@@ -1,0 +1,168 @@
+"""The documentation keeps up with the code: settings, schemas, topics, metrics, tables.
+
+Each check names what to fix when it fails. These tests need no broker and no
+database.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from prometheus_client.metrics import MetricWrapperBase
+from pydantic_settings import BaseSettings
+
+from churnwatch.gateway import GatewaySettings
+from services.alerting.settings import AlertingSettings
+from services.ingest.settings import IngestSettings
+from services.outreach.settings import OutreachSettings
+from services.scoring.settings import ScoringSettings
+from shared.events import OutreachTask, RiskScore, json_schemas, parse_event
+from shared.settings import BaseServiceSettings
+from shared.topics import Topics
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+ARCHITECTURE = REPO / "docs" / "architecture.md"
+OPERATIONS = REPO / "docs" / "operations.md"
+EVENT_CONTRACT = REPO / "docs" / "event-contract.md"
+SCHEMAS_DIR = REPO / "docs" / "schemas"
+
+SETTINGS_CLASSES: list[type[BaseSettings]] = [
+    BaseServiceSettings,
+    IngestSettings,
+    ScoringSettings,
+    AlertingSettings,
+    OutreachSettings,
+    GatewaySettings,
+]
+METRICS_MODULES = [
+    "shared.metrics",
+    "services.ingest.metrics",
+    "services.scoring.metrics",
+    "services.alerting.metrics",
+    "services.outreach.metrics",
+]
+MODELS_MODULES = [
+    "services.scoring.models",
+    "services.alerting.models",
+    "services.outreach.models",
+]
+
+
+def _read(path: Path) -> str:
+    assert path.is_file(), f"{path.relative_to(REPO)} is missing; write it"
+    return path.read_text(encoding="utf-8")
+
+
+def _settings_fields() -> list[tuple[str, str]]:
+    return [(cls.__name__, field) for cls in SETTINGS_CLASSES for field in cls.model_fields]
+
+
+@pytest.mark.parametrize(("cls_name", "field"), _settings_fields())
+def test_every_setting_is_in_the_readme(cls_name: str, field: str) -> None:
+    env_var = f"`{field.upper()}`"
+    assert env_var in _read(README), (
+        f"{cls_name}.{field} is not documented: add a row for {env_var} (default, used by, "
+        "meaning) to the Configuration table in README.md"
+    )
+
+
+def test_schema_files_are_the_generated_ones() -> None:
+    schemas = json_schemas()
+    fix = "run `make schemas` (churnwatch schemas --out docs/schemas) and commit the result"
+    for name, schema in schemas.items():
+        path = SCHEMAS_DIR / f"{name}.json"
+        assert path.is_file(), f"docs/schemas/{name}.json is missing: {fix}"
+        expected = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+        assert path.read_text(encoding="utf-8") == expected, (
+            f"docs/schemas/{name}.json is out of date with shared/events.py: {fix}"
+        )
+    stale = sorted(p.stem for p in SCHEMAS_DIR.glob("*.json") if p.stem not in schemas)
+    assert not stale, (
+        f"docs/schemas/ has files for schemas that no longer exist: {stale}; delete them"
+    )
+
+
+@pytest.mark.parametrize("topic", Topics().all())
+def test_every_topic_is_in_the_architecture_doc(topic: str) -> None:
+    assert topic in _read(ARCHITECTURE), (
+        f"topic {topic} (shared/topics.py) is not in docs/architecture.md: add it to the "
+        "picture and to the Topics table"
+    )
+
+
+def _metrics() -> list[tuple[str, str]]:
+    found = []
+    for module_name in METRICS_MODULES:
+        module: ModuleType = importlib.import_module(module_name)
+        for value in vars(module).values():
+            if isinstance(value, MetricWrapperBase):
+                found.append((module_name, value._name))
+    return found
+
+
+def test_metric_modules_define_metrics() -> None:
+    modules = {module for module, _ in _metrics()}
+    assert modules == set(METRICS_MODULES), (
+        f"no metric found in {sorted(set(METRICS_MODULES) - modules)}; "
+        "if a module moved, update METRICS_MODULES in tests/test_docs.py"
+    )
+
+
+@pytest.mark.parametrize(("module", "metric"), _metrics())
+def test_every_metric_is_in_the_operations_doc(module: str, metric: str) -> None:
+    assert metric in _read(OPERATIONS), (
+        f"metric {metric} ({module}) is not documented: add a row (type, labels, service, "
+        "meaning) to the Metrics table in docs/operations.md"
+    )
+
+
+def _tables() -> list[tuple[str, str]]:
+    return [
+        (module_name, table)
+        for module_name in MODELS_MODULES
+        for table in importlib.import_module(module_name).metadata.tables
+    ]
+
+
+@pytest.mark.parametrize(("module", "table"), _tables())
+def test_every_table_is_in_the_architecture_doc(module: str, table: str) -> None:
+    assert table in _read(ARCHITECTURE), (
+        f"table {table} ({module}) is not in docs/architecture.md: add it to the picture "
+        "(in its schema's box) and to the Tables table, with its owner"
+    )
+
+
+def test_models_modules_are_all_listed() -> None:
+    on_disk = sorted(
+        f"services.{path.parent.name}.models" for path in (REPO / "services").glob("*/models.py")
+    )
+    assert on_disk == sorted(MODELS_MODULES), (
+        f"services with a models.py: {on_disk}; update MODELS_MODULES in tests/test_docs.py "
+        "and document the new tables in docs/architecture.md"
+    )
+
+
+def test_event_contract_examples_are_valid() -> None:
+    blocks = re.findall(r"```json\n(.*?)```", _read(EVENT_CONTRACT), re.DOTALL)
+    checked = 0
+    for block in blocks:
+        example = json.loads(block)
+        if "event_type" in example:
+            parse_event(example)
+        elif example.get("message_type") == "risk_score":
+            RiskScore.model_validate(example)
+        elif example.get("message_type") == "outreach_task":
+            OutreachTask.model_validate(example)
+        else:
+            continue
+        checked += 1
+    assert checked >= len(json_schemas()) - 1, (
+        "docs/event-contract.md should show a valid JSON example of every event type, "
+        "RiskScore and OutreachTask; fix the example that fails to parse above"
+    )
