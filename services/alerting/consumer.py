@@ -10,8 +10,10 @@ from aiokafka import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.alerting import metrics, rules, service
+from services.alerting.models import processed_messages
 from services.alerting.settings import AlertingSettings
 from shared.consumer import Inbound, Outbox
+from shared.db import keep_new
 from shared.events import (
     Event,
     OutreachTask,
@@ -55,21 +57,15 @@ class AlertingHandler:
         """Store profiles, evaluate rules, record and publish new tasks."""
         now = datetime.now(UTC)
         messages = [item.value for item in batch]
-        fresh = await service.claim_messages(
-            conn, message_ids=[_message_id(m) for m in messages], now=now
+        todo = await keep_new(
+            conn, table=processed_messages, items=messages, key=_message_id, now=now
         )
-        todo = []
-        for message in messages:
-            if _message_id(message) in fresh:
-                fresh.discard(_message_id(message))
-                todo.append(message)
         metrics.MESSAGES.labels("handled").inc(len(todo))
         metrics.MESSAGES.labels("duplicate").inc(len(messages) - len(todo))
         # Profiles first, in event-time order, so tasks in this batch see them.
-        for message in sorted(
-            (m for m in todo if isinstance(m, SubscriberEvent)), key=lambda m: m.occurred_at
-        ):
-            await service.upsert_profile(conn, event=message)
+        new_profiles = [m for m in todo if isinstance(m, SubscriberEvent)]
+        for profile_event in sorted(new_profiles, key=lambda m: m.occurred_at):
+            await service.upsert_profile(conn, event=profile_event)
         profiles = await service.load_profiles(conn, subscriber_ids={m.subscriber_id for m in todo})
         candidates: list[OutreachTask] = []
         for message in todo:

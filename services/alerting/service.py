@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Iterable
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.alerting.models import processed_messages, subscribers, tasks
+from services.alerting.models import subscribers, tasks
 from services.alerting.rules import Profile
 from shared.events import OutreachTask, SubscriberEvent, Tier
-
-
-async def claim_messages(
-    conn: AsyncConnection, *, message_ids: Sequence[uuid.UUID], now: datetime
-) -> set[uuid.UUID]:
-    """Record the message ids; return those not handled before."""
-    if not message_ids:
-        return set()
-    rows = await conn.execute(
-        insert(processed_messages)
-        .values([{"message_id": m, "processed_at": now} for m in dict.fromkeys(message_ids)])
-        .on_conflict_do_nothing(index_elements=["message_id"])
-        .returning(processed_messages.c.message_id)
-    )
-    return set(rows.scalars())
 
 
 async def upsert_profile(conn: AsyncConnection, *, event: SubscriberEvent) -> None:

@@ -13,8 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.scoring import metrics, service
 from services.scoring.features import apply_event, is_churned, new_state, vector
 from services.scoring.model import ChurnModel
+from services.scoring.models import processed_events
 from services.scoring.settings import ScoringSettings
 from shared.consumer import Inbound, Outbox
+from shared.db import keep_new
 from shared.events import Event, RiskScore, derive_id, parse_event
 from shared.topics import Topics
 
@@ -55,16 +57,14 @@ class ScoringHandler:
         """Apply new events, learn labels, store features and scores, publish scores."""
         now = datetime.now(UTC)
         events = [item.value for item in batch]
-        fresh_ids = await service.claim_events(
-            conn, event_ids=[e.event_id for e in events], now=now
+        fresh = await keep_new(
+            conn, table=processed_events, items=events, key=lambda e: e.event_id, now=now
         )
         by_subscriber: dict[str, list[Event]] = defaultdict(list)
-        for event in events:
-            if event.event_id in fresh_ids:
-                fresh_ids.discard(event.event_id)  # a duplicate inside the batch counts once
-                by_subscriber[event.subscriber_id].append(event)
-        metrics.EVENTS.labels("applied").inc(sum(map(len, by_subscriber.values())))
-        metrics.EVENTS.labels("duplicate").inc(len(events) - sum(map(len, by_subscriber.values())))
+        for event in fresh:
+            by_subscriber[event.subscriber_id].append(event)
+        metrics.EVENTS.labels("applied").inc(len(fresh))
+        metrics.EVENTS.labels("duplicate").inc(len(events) - len(fresh))
         if not by_subscriber:
             return
 

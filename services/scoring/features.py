@@ -169,7 +169,7 @@ def _cleared_by_payment(state: State, name: str, amount: float) -> bool:
     item = state["latest"].get(name)
     if item is None:
         return False
-    paid = sum(a for a, t in state.get("payments", []) if t >= item[1])
+    paid = float(sum(a for a, t in state.get("payments", []) if t >= item[1]))
     return paid > 0 and paid >= amount
 
 

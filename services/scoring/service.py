@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -12,22 +11,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.scoring.model import ChurnModel, ModelParams
-from services.scoring.models import features, model_state, processed_events, risk_scores
-
-
-async def claim_events(
-    conn: AsyncConnection, *, event_ids: Sequence[uuid.UUID], now: datetime
-) -> set[uuid.UUID]:
-    """Record the event ids; return those not seen before (the ones to apply)."""
-    if not event_ids:
-        return set()
-    rows = await conn.execute(
-        insert(processed_events)
-        .values([{"event_id": e, "processed_at": now} for e in dict.fromkeys(event_ids)])
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(processed_events.c.event_id)
-    )
-    return set(rows.scalars())
+from services.scoring.models import features, model_state, risk_scores
 
 
 async def lock_features(
