@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run test lint typecheck check schemas clean
+.PHONY: help install run test lint typecheck check schemas clean bench
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -39,3 +39,6 @@ schemas: $(STAMP) ## Regenerate docs/schemas/*.json from the event models
 
 clean: ## Remove the venv and the embedded stack's data
 	rm -rf $(VENV) .churnwatch .pytest_cache .mypy_cache .ruff_cache
+
+bench: $(STAMP) ## Benchmarks (scoring throughput vs its bare limit); writes bench/results.{json,md}
+	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -205,7 +205,7 @@ def _feed_sample(children: list[Child]) -> None:
     console.print(f"  reminder SMS:    curl {urls['sms-gateway']}/v1/messages")
     console.print(f"  VIP's tasks:     curl '{urls['outreach']}/v1/tasks?subscriber_id={VIP_ID}'")
     console.print(f"  retention tasks: curl '{urls['outreach']}/v1/tasks?kind=retention'")
-    console.print(f"  risk score:      curl {urls['scoring']}/v1/scores/{AT_RISK_ID}")
+    console.print(f"  risk and why:    curl {urls['scoring']}/v1/subscribers/{AT_RISK_ID}/risk")
     console.print(f"  call queue:      curl {urls['outreach']}/v1/call-queue")
 
 
@@ -217,6 +217,69 @@ def migrate() -> None:
 
     upgrade(BaseServiceSettings().database_url)
     console.print("migrated to head")
+
+
+@app.command()
+def train(
+    file: Annotated[Path, typer.Argument(help="NDJSON history of events (our contract).")],
+    batch_size: Annotated[int, typer.Option(help="Events per engine batch.")] = 500,
+) -> None:
+    """Warm-start the scoring model from a history file, through the same engine code.
+
+    Events are replayed in time order through the features, labels and model the
+    service uses (in memory), and the model is stored as a new checkpoint that
+    scoring replicas resume from (SCORING_MODEL_NAME, SCORING_MODEL).
+    """
+    import asyncio
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from services.scoring import service
+    from services.scoring.engine import Scorer, run_in_memory
+    from services.scoring.settings import ScoringSettings
+    from shared.db import create_engine
+    from shared.events import parse_event
+
+    settings = ScoringSettings()
+    events = []
+    with file.open("rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    events.append(parse_event(orjson.loads(line)))
+                except ValueError as exc:
+                    console.print(f"[red]{file}:{number}: {exc}[/]")
+                    raise typer.Exit(2) from exc
+    events.sort(key=lambda e: e.occurred_at)
+
+    async def _train() -> None:
+        engine = create_engine(settings)
+        try:
+            async with engine.connect() as conn:
+                model = await service.load_model(
+                    conn, name=settings.scoring_model_name, params=settings.model_params()
+                )
+            scorer = Scorer(settings.engine_params(), model)
+            states = run_in_memory(scorer, events, batch_size=batch_size)
+            async with engine.begin() as conn:
+                checkpoint = await service.save_checkpoint(
+                    conn,
+                    name=settings.scoring_model_name,
+                    model=scorer.model,
+                    now=datetime.now(UTC),
+                    keep=settings.scoring_checkpoints_kept,
+                )
+        finally:
+            await engine.dispose()
+        quality = scorer.model.quality.summary() if scorer.model.quality else {}
+        console.print(
+            f"trained on {len(events)} events of {len(states)} subscribers: "
+            f"{scorer.model.labels_seen} labels ({scorer.model.positives_seen} churn), "
+            f"ROC AUC {quality.get('roc_auc')}, checkpoint {checkpoint}"
+        )
+
+    asyncio.run(_train())
 
 
 @app.command("sms-gateway")

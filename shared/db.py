@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import MetaData, Table, text
-from sqlalchemy.dialects.postgresql import insert
+import orjson
+from sqlalchemy import DateTime, MetaData, Table, bindparam, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shared.settings import BaseServiceSettings
@@ -46,6 +47,9 @@ def create_engine(settings: BaseServiceSettings) -> AsyncEngine:
         to_async_url(settings.database_url),
         pool_size=settings.database_pool_size,
         pool_pre_ping=True,
+        # orjson for JSONB columns: several times faster than json on feature states.
+        json_serializer=lambda obj: orjson.dumps(obj).decode(),
+        json_deserializer=orjson.loads,
     )
 
 
@@ -81,12 +85,19 @@ async def keep_new(
         return []
     column = table.primary_key.columns.values()[0]
     ids = list(dict.fromkeys(key(item) for item in items))
-    rows = await conn.execute(
+    # One array parameter, unnested by PostgreSQL: a few microseconds per key, where
+    # one parameter set per key costs SQLAlchemy and asyncpg far more.
+    ids_param = bindparam("ids", type_=ARRAY(column.type))
+    statement = (
         insert(table)
-        .values([{column.name: i, "processed_at": now} for i in ids])
+        .from_select(
+            [column.name, "processed_at"],
+            select(func.unnest(ids_param), bindparam("now", type_=DateTime(True))),
+        )
         .on_conflict_do_nothing(index_elements=[column.name])
         .returning(column)
     )
+    rows = await conn.execute(statement, {"ids": ids, "now": now})
     fresh = set(rows.scalars())
     new: list[T] = []
     for item in items:

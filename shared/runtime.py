@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.consumer import ConsumerLoop, Handler, Parser
@@ -33,6 +33,7 @@ class ServiceRuntime:
         self.producer: AIOKafkaProducer | None = None  # aiokafka needs a running loop
         self.loop: ConsumerLoop[Any] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._on_stop: Callable[[], Awaitable[None]] | None = None
 
     async def start(
         self,
@@ -42,8 +43,16 @@ class ServiceRuntime:
         parser: Parser[Any],
         handler: Handler[Any],
         on_failure: Callable[[], Awaitable[None]] | None = None,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+        on_revoked: Callable[[set[TopicPartition]], None] | None = None,
+        max_records: int | None = None,
     ) -> None:
-        """Create topics if missing, start the producer and the consumer loop."""
+        """Create topics if missing, start the producer and the consumer loop.
+
+        ``on_stop`` runs after the loop's last batch, before the clients close
+        (scoring checkpoints its model there).
+        """
+        self._on_stop = on_stop
         await ensure_topics(self.settings)
         self.producer = make_producer(self.settings)
         await self.producer.start()
@@ -57,6 +66,8 @@ class ServiceRuntime:
             engine=self.engine,
             producer=self.producer,
             on_failure=on_failure,
+            on_revoked=on_revoked,
+            max_records=max_records,
         )
         self._task = asyncio.create_task(self.loop.run(), name=f"{self.service}-consumer")
 
@@ -66,6 +77,8 @@ class ServiceRuntime:
             self.loop.stop()
         if self._task is not None:
             await self._task
+        if self._on_stop is not None:
+            await self._on_stop()
         if self.producer is not None:
             await self.producer.stop()
         await self.engine.dispose()

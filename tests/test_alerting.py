@@ -16,7 +16,7 @@ from services.alerting.consumer import AlertingHandler
 from services.alerting.settings import AlertingSettings
 from shared.consumer import Inbound, Outbox
 from shared.db import create_engine
-from shared.events import Channel, RiskScore, StopNoticeEvent, Tier, parse_event
+from shared.events import Channel, RiskScore, ScoreReason, StopNoticeEvent, Tier, parse_event
 from shared.kafka import ensure_topics, make_producer
 from shared.topics import Topics
 from tests.helpers import profile, read_topic, sid, stop_notice
@@ -32,8 +32,16 @@ def score(subscriber: str, value: float, previous: float | None) -> RiskScore:
         subscriber_id=subscriber,
         score=value,
         previous_score=previous,
+        band="high" if value >= 0.7 else "low",
         model_version="prior-v1",
-        reasons=["calls to competitor networks"],
+        reasons=[
+            ScoreReason(
+                code="COMPETITOR_CALLS_UP",
+                text_en="calls to competitor networks up",
+                text_zh="与竞争对手网络通话占比上升",
+                contribution=1.2,
+            )
+        ],
         cause_event_id=cause,
         event_time=NOW,
         scored_at=NOW,
@@ -84,7 +92,7 @@ async def test_retention_routes_by_value_and_respects_opt_out() -> None:
     high = rules.retention_task(s, rules.Profile(monthly_value=Decimal(80)), settings, now=NOW)
     assert low is not None and low.channel is Channel.SMS
     assert high is not None and high.channel is Channel.CALL
-    assert high.reasons == s.reasons
+    assert high.reasons == ["COMPETITOR_CALLS_UP: calls to competitor networks up"]
     opted_out = rules.Profile(monthly_value=Decimal(10), marketing_opt_out=True)
     assert rules.retention_task(s, opted_out, settings, now=NOW) is None
 

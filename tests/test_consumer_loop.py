@@ -87,7 +87,7 @@ def _loop(
     return ConsumerLoop(
         service="test",
         settings=settings,
-        topics=[topics.account],
+        topics=[topics.events],
         group_id=group,
         parser=lambda r: parse_event(r.value),
         handler=handler,
@@ -105,7 +105,7 @@ async def test_poison_messages_go_to_the_dlq_and_the_loop_goes_on(setup: Any) ->
     invalid = stop_notice(subscriber) | {"payload": {"reason": "arrears"}}
     await _produce(
         settings,
-        topics.account,
+        topics.events,
         [
             orjson.dumps(good[0]),
             b"\xff not json",
@@ -131,9 +131,9 @@ async def test_poison_messages_go_to_the_dlq_and_the_loop_goes_on(setup: Any) ->
         assert {h["dlq.reason_class"] for h in headers} == {b"decode", b"validation"}
         assert any(b"suspension_at" in h["dlq.reason"] for h in headers)
         assert dead[0].key == subscriber.encode()
-        ends = await end_offsets(settings.kafka_bootstrap_servers, topics.account)
+        ends = await end_offsets(settings.kafka_bootstrap_servers, topics.events)
         await eventually(
-            lambda: _committed_equals(settings, group, topics.account, ends),
+            lambda: _committed_equals(settings, group, topics.events, ends),
             what="offsets committed past the poison messages",
         )
     finally:
@@ -159,7 +159,7 @@ async def test_a_failed_batch_is_not_committed_and_is_redelivered(setup: Any) ->
     topics = Topics(settings.kafka_topic_prefix)
     subscriber = sid()
     good = stop_notice(subscriber)
-    await _produce(settings, topics.account, [orjson.dumps(good)], subscriber)
+    await _produce(settings, topics.events, [orjson.dumps(good)], subscriber)
     producer = make_producer(settings)
     await producer.start()
     handler = Recorder(table)
@@ -171,14 +171,14 @@ async def test_a_failed_batch_is_not_committed_and_is_redelivered(setup: Any) ->
         await eventually(lambda: _async(handler.calls >= 2), what="the batch to be redelivered")
         # Failed twice: nothing stored (rolled back), nothing committed.
         assert await _rows(engine, table) == []
-        committed = await committed_offsets(settings.kafka_bootstrap_servers, group, topics.account)
+        committed = await committed_offsets(settings.kafka_bootstrap_servers, group, topics.events)
         assert all(offset is None for offset in committed.values()), committed
         handler.fail = False
         rows = await eventually(lambda: _has(engine, table, 1), what="the batch to succeed")
         assert rows == [good["event_id"]]  # stored once, not once per delivery
-        ends = await end_offsets(settings.kafka_bootstrap_servers, topics.account)
+        ends = await end_offsets(settings.kafka_bootstrap_servers, topics.events)
         await eventually(
-            lambda: _committed_equals(settings, group, topics.account, ends),
+            lambda: _committed_equals(settings, group, topics.events, ends),
             what="offsets committed after success",
         )
     finally:
@@ -195,7 +195,7 @@ async def test_stop_lets_the_batch_in_hand_finish_and_commit(setup: Any) -> None
     settings, engine, table = setup
     topics = Topics(settings.kafka_topic_prefix)
     subscriber = sid()
-    await _produce(settings, topics.account, [orjson.dumps(stop_notice(subscriber))], subscriber)
+    await _produce(settings, topics.events, [orjson.dumps(stop_notice(subscriber))], subscriber)
     producer = make_producer(settings)
     await producer.start()
     handler = Recorder(table)
@@ -209,8 +209,8 @@ async def test_stop_lets_the_batch_in_hand_finish_and_commit(setup: Any) -> None
         handler.gate.set()
         await asyncio.wait_for(task, 20)
         assert len(await _rows(engine, table)) == 1
-        ends = await end_offsets(settings.kafka_bootstrap_servers, topics.account)
-        assert await _committed_equals(settings, group, topics.account, ends)
+        ends = await end_offsets(settings.kafka_bootstrap_servers, topics.events)
+        assert await _committed_equals(settings, group, topics.events, ends)
     finally:
         loop.stop()
         await producer.stop()

@@ -152,3 +152,11 @@ def test_event_contract_examples_are_valid() -> None:
         "docs/event-contract.md should show a valid JSON example of every event type, "
         "RiskScore and OutreachTask; fix the example that fails to parse above"
     )
+
+
+def test_every_feature_is_in_the_features_doc() -> None:
+    from services.scoring.features import FEATURES
+
+    text = (REPO / "docs" / "features.md").read_text()
+    missing = [name for name in FEATURES if f"`{name}`" not in text]
+    assert not missing, f"document these features in docs/features.md: {missing}"

@@ -162,7 +162,7 @@ async def test_warning_signs_push_the_score_over_the_threshold(pipeline: Pipelin
 
     async def score() -> dict[str, Any] | None:
         async with httpx.AsyncClient(timeout=5) as client:
-            r = await client.get(pipeline.urls["scoring"] + f"/v1/scores/{subscriber}")
+            r = await client.get(pipeline.urls["scoring"] + f"/v1/subscribers/{subscriber}/risk")
         return r.json() if r.status_code == 200 else None
 
     baseline = await eventually(score, what="a first score")
@@ -182,7 +182,7 @@ async def test_warning_signs_push_the_score_over_the_threshold(pipeline: Pipelin
         what="a retention task",
     )
     assert task["channel"] == "sms"  # standard tier, low value: care SMS with an offer
-    assert any("competitor" in reason for reason in task["reasons"])
+    assert any(reason.startswith("COMPETITOR_CALLS_UP") for reason in task["reasons"])
     latest = await score()
     assert latest is not None and latest["score"] >= 0.7
     assert latest["previous_score"] is not None

@@ -42,7 +42,7 @@ async def test_single_event_reaches_its_topic_keyed_by_subscriber(
     assert response.status_code == 202
     assert response.json() == {"accepted": 1, "rejected": []}
     topics = Topics(env["kafka_topic_prefix"])
-    [record] = await read_topic(env["kafka_bootstrap_servers"], topics.account, count=1)
+    [record] = await read_topic(env["kafka_bootstrap_servers"], topics.events, count=1)
     assert record.key == subscriber.encode()
     assert orjson.loads(record.value)["event_id"] == body["event_id"]
     assert dict(record.headers)["event_type"] == b"stop_notice"
@@ -62,7 +62,7 @@ async def test_batch_rejects_bad_events_by_index_and_keeps_the_good(
     assert body["rejected"][0]["event_id"] == bad["event_id"]
     assert "payload" in body["rejected"][0]["errors"][0]["loc"]
     records = await read_topic(
-        env["kafka_bootstrap_servers"], Topics(env["kafka_topic_prefix"]).usage, count=3
+        env["kafka_bootstrap_servers"], Topics(env["kafka_topic_prefix"]).events, count=3
     )
     assert sorted(orjson.loads(r.value)["event_id"] for r in records) == sorted(
         e["event_id"] for e in good
@@ -170,6 +170,6 @@ async def test_event_ids_are_kept_verbatim(client: httpx.AsyncClient, env: dict[
     event_id = str(uuid.uuid4())
     await client.post("/v1/events", json=profile(sid()) | {"event_id": event_id})
     [record] = await read_topic(
-        env["kafka_bootstrap_servers"], Topics(env["kafka_topic_prefix"]).account, count=1
+        env["kafka_bootstrap_servers"], Topics(env["kafka_topic_prefix"]).events, count=1
     )
     assert orjson.loads(record.value)["event_id"] == event_id

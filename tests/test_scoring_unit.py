@@ -1,59 +1,101 @@
-"""Features and the model, without Kafka or a database."""
+"""Features, labels, the model and its reasons: the pure engine, no Kafka or database."""
 
 from __future__ import annotations
 
 import pickle
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
-from services.scoring.features import apply_event, is_churned, new_state, vector
-from services.scoring.model import PRIOR_VERSION, ChurnModel, ModelParams, build_model, prior_score
+from services.scoring.engine import DAY, EngineParams, MemorySnapshots, Scorer, run_in_memory
+from services.scoring.features import FEATURES, apply_event, is_churned, new_state, vector
+from services.scoring.model import PRIOR_VERSION, ChurnModel, ModelParams, build_model
 from shared.events import Event, parse_event
 from tests.helpers import calls, event, stop_notice
 
 NOW = datetime.now(UTC)
 
 
-def parsed(items: list[dict[str, object]]) -> list[Event]:
+def parsed(items: list[dict[str, Any]]) -> list[Event]:
     return [parse_event(i) for i in items]
 
 
-def state_of(events: list[Event]) -> dict[str, object]:
+def state_of(events: list[Event]) -> dict[str, Any]:
     state = new_state()
     for e in events:
         apply_event(state, e)
     return state
 
 
-def test_features_do_not_depend_on_arrival_order() -> None:
-    events = parsed(
-        calls("S", n=20, competitor=False, days_ago=20)
-        + calls("S", n=15, competitor=True, days_ago=3)
+def mixed_history(subscriber: str = "S") -> list[dict[str, Any]]:
+    return (
+        calls(subscriber, n=20, competitor=False, days_ago=20)
+        + calls(subscriber, n=15, competitor=True, days_ago=3)
         + [
-            event("complaint", "S", {"severity": "high"}, at=NOW - timedelta(days=2)),
+            event("complaint", subscriber, {"severity": "high"}, at=NOW - timedelta(days=2)),
             event(
                 "arrears",
-                "S",
+                subscriber,
                 {"overdue_amount": "10", "days_overdue": 5},
                 at=NOW - timedelta(days=1),
             ),
             event(
                 "billing",
-                "S",
-                {"period": "2026-10", "amount_due": "30", "plan_id": "P"},
+                subscriber,
+                {
+                    "period": "2026-10",
+                    "amount_due": "30",
+                    "plan_id": "P",
+                    "plan_change": "downgrade",
+                },
                 at=NOW - timedelta(days=25),
+            ),
+            event(
+                "payment", subscriber, {"amount": "4", "late": True}, at=NOW - timedelta(hours=5)
+            ),
+            event(
+                "cdr",
+                subscriber,
+                {"service": "sms", "direction": "outgoing", "count": 4, "counterpart_id": "c-1"},
+                at=NOW - timedelta(days=6),
+            ),
+            event(
+                "cdr",
+                subscriber,
+                {"service": "data", "direction": "outgoing", "bytes": 5_000_000},
+                at=NOW - timedelta(days=9),
+            ),
+            event(
+                "cdr",
+                subscriber,
+                {
+                    "service": "voice",
+                    "direction": "outgoing",
+                    "duration_s": 60,
+                    "counterpart_id": "c-2",
+                },
+                at=NOW - timedelta(days=8),
             ),
         ]
     )
+
+
+def test_every_feature_is_in_the_catalogue() -> None:
+    assert set(vector(new_state())) == set(FEATURES)
+
+
+def test_features_do_not_depend_on_arrival_order() -> None:
+    events = parsed(mixed_history())
     expected = vector(state_of(events))
     rng = random.Random(1)
     for _ in range(5):
         shuffled = events[:]
         rng.shuffle(shuffled)
-        got = vector(state_of(shuffled))
-        assert got == pytest.approx(expected, rel=1e-9, abs=1e-9)
+        assert vector(state_of(shuffled)) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    assert expected["distinct_contacts_30d"] == 2
+    assert expected["downgrades_90d"] > 0 and expected["late_payments_90d"] > 0
 
 
 def test_competitor_share_and_decay() -> None:
@@ -72,15 +114,15 @@ def test_competitor_share_and_decay() -> None:
     assert old["competitor_share_7d"] < x["competitor_share_7d"]
 
 
-def test_payment_covering_the_amount_clears_the_stop_notice() -> None:
-    notice = parse_event(stop_notice("S", amount="50.00"))
+def test_payments_clear_the_stop_notice_and_partial_payments_add_up() -> None:
+    notice = parse_event(stop_notice("S", amount="50.00", in_hours=10))
     state = state_of([notice])
-    assert vector(state)["stop_notice_pending"] == 1.0
+    x = vector(state)
+    assert x["stop_notice_pending"] == 1.0 and x["hours_to_suspension"] == pytest.approx(10, 0.01)
     apply_event(state, parse_event(event("payment", "S", {"amount": "20"})))
-    assert vector(state)["stop_notice_pending"] == 1.0  # not enough
-    apply_event(state, parse_event(event("payment", "S", {"amount": "50"})))
+    assert vector(state)["stop_notice_pending"] == 1.0  # not enough yet
+    apply_event(state, parse_event(event("payment", "S", {"amount": "30"})))
     assert vector(state)["stop_notice_pending"] == 0.0
-    # A later payment after the notice was cleared is just a payment.
     apply_event(state, parse_event(event("payment", "S", {"amount": "5"})))
     assert vector(state)["stop_notice_pending"] == 0.0
 
@@ -96,10 +138,9 @@ def test_a_payment_clears_debts_whichever_arrives_first() -> None:
 
 
 def test_churn_then_reactivation() -> None:
-    churned_at = datetime.now(UTC) - timedelta(days=2)
+    churned_at = NOW - timedelta(days=2)
     state = state_of(parsed([event("churn", "S", {"kind": "port_out"}, at=churned_at)]))
     assert is_churned(state)
-    # A reactivation older than the churn changes nothing; a newer one ends it.
     older = event("reactivation", "S", {}, at=churned_at - timedelta(days=1))
     apply_event(state, parse_event(older))
     assert is_churned(state)
@@ -108,67 +149,177 @@ def test_churn_then_reactivation() -> None:
     assert not is_churned(state)
 
 
-def test_prior_rises_with_warning_signs_and_explains_itself() -> None:
-    calm = vector(state_of(parsed(calls("S", n=30, competitor=False, days_ago=1))))
-    risky_events = parsed(
-        calls("S", n=30, competitor=True, days_ago=1)
-        + [event("complaint", "S", {}, at=NOW - timedelta(hours=i)) for i in range(2)]
-        + [event("arrears", "S", {"overdue_amount": "40", "days_overdue": 40})]
+# --- labels ---------------------------------------------------------------------------
+
+
+def day_of_calls(subscriber: str, day: float) -> list[Event]:
+    at = NOW - timedelta(days=day)
+    return parsed(
+        [
+            event(
+                "cdr",
+                subscriber,
+                {"service": "voice", "direction": "outgoing", "duration_s": 60},
+                at=at,
+            )
+        ]
     )
-    risky = vector(state_of(risky_events))
-    calm_score, _ = prior_score(calm)
-    risky_score, reasons = prior_score(risky)
-    assert calm_score < 0.3 < 0.7 < risky_score
-    assert any("competitor" in r for r in reasons)
+
+
+def scorer(**params: Any) -> Scorer:
+    params.setdefault("min_history_s", 0.0)
+    return Scorer(EngineParams(**params), ChurnModel(ModelParams(min_labels=5)))
+
+
+def test_one_snapshot_per_interval_and_churn_labels_them() -> None:
+    s, store = scorer(horizon_s=30 * DAY, lateness_s=DAY), MemorySnapshots()
+    state = None
+    for day in (50, 45, 45.5, 20, 10):  # 45.5 is within a day of 45: no new snapshot
+        step = s.step(state, day_of_calls("S", day))
+        state = step.state
+        if step.snapshot:
+            store.add("S", step.snapshot)
+        assert s.learn(store.take("S", step.resolved)) is None
+    # Snapshots at -50, -45 expired (older than 30 d + 1 d lateness) as negatives.
+    assert (s.model.labels_seen, s.model.positives_seen) == (2, 0)
+    assert len(state["pending"]) == 2  # -20 and -10
+    churn = parsed([event("churn", "S", {"kind": "port_out"}, at=NOW - timedelta(days=1))])
+    step = s.step(state, churn)
+    assert sorted(label for _, label in step.resolved) == [True, True]
+    assert step.scored is None and step.state["pending"] == []
+    s.learn(store.take("S", step.resolved))
+    assert (s.model.labels_seen, s.model.positives_seen) == (4, 2)
+
+
+def test_a_churn_older_than_the_horizon_is_a_negative() -> None:
+    s = scorer(horizon_s=10 * DAY, lateness_s=40 * DAY)  # lateness keeps it pending
+    state = s.step(None, day_of_calls("S", 40)).state
+    step = s.step(
+        state, parsed([event("churn", "S", {"kind": "cancellation"}, at=NOW - timedelta(days=5))])
+    )
+    assert [label for _, label in step.resolved] == [False]
+
+
+def test_involuntary_churn_after_an_unpaid_suspension() -> None:
+    s = scorer(involuntary_churn_s=7 * DAY)
+    state = s.step(None, day_of_calls("S", 30)).state
+    notice = parse_event(
+        event(
+            "stop_notice",
+            "S",
+            {"suspension_at": (NOW - timedelta(days=20)).isoformat(), "amount_to_pay": "40"},
+            at=NOW - timedelta(days=25),
+        )
+    )
+    state = s.step(state, [notice]).state
+    step = s.step(state, day_of_calls("S", 2))  # 18 days after the suspension, unpaid
+    assert is_churned(step.state) and step.scored is None
+    assert [label for _, label in step.resolved] == [True, True]
+
+
+def test_late_events_are_counted_and_still_applied() -> None:
+    s = scorer(lateness_s=DAY)
+    state = s.step(None, day_of_calls("S", 1)).state
+    step = s.step(state, day_of_calls("S", 5))
+    assert step.late == 1
+    assert step.state["decayed"]["calls_7d"][0] > 1.5
+
+
+# --- the model ------------------------------------------------------------------------
+
+
+def test_prior_rises_with_warning_signs_and_explains_itself_in_two_languages() -> None:
+    model = ChurnModel(ModelParams())
+    calm = vector(state_of(parsed(calls("S", n=30, competitor=False, days_ago=1))))
+    risky = vector(
+        state_of(
+            parsed(
+                calls("S", n=30, competitor=True, days_ago=1)
+                + [event("complaint", "S", {}, at=NOW - timedelta(hours=i)) for i in range(2)]
+                + [event("arrears", "S", {"overdue_amount": "40", "days_overdue": 40})]
+            )
+        )
+    )
+    assert model.score(calm) < 0.3 < 0.7 < model.score(risky)
+    reasons = model.explain(risky)
+    assert len(reasons) == 3 and reasons[0].code == "COMPETITOR_CALLS_UP"
+    assert reasons[0].text_zh == "与竞争对手网络通话占比上升"
+    assert [r.contribution for r in reasons] == sorted(
+        (r.contribution for r in reasons), reverse=True
+    )
+    assert model.explain(calm) == []
 
 
 def _examples(n: int, seed: int) -> list[tuple[dict[str, float], bool]]:
     rng = random.Random(seed)
+    base = vector(new_state())
     out = []
     for _ in range(n):
-        share = rng.random()
-        out.append(
-            (
-                {"competitor_share_7d": share, "complaints_30d": rng.random() * 2},
-                share + rng.random() * 0.3 > 0.8,
-            )
-        )
+        x = dict(base)
+        x["competitor_share_7d"], x["complaints_30d"] = rng.random(), rng.random() * 2
+        out.append((x, x["competitor_share_7d"] + rng.random() * 0.3 > 0.8))
     return out
 
 
-def test_model_uses_prior_until_it_has_enough_labels_of_both_classes() -> None:
+def test_blend_moves_from_prior_to_model_as_labels_accumulate() -> None:
+    model = ChurnModel(ModelParams(min_labels=100))
+    assert model.version == PRIOR_VERSION and model.weight == 0.0
+    data = _examples(100, seed=2)
+    for x, y in data[:50]:
+        model.learn(x, y, model.score(x))
+    assert model.weight == pytest.approx(0.5) and model.version == "logreg@50"
+    for x, y in data[50:]:
+        model.learn(x, y, model.score(x))
+    assert model.weight == 1.0
+
+
+def test_model_reasons_come_from_its_own_weights() -> None:
     model = ChurnModel(ModelParams(min_labels=10))
-    x = vector(new_state())
-    assert model.version == PRIOR_VERSION
-    for _ in range(20):
-        model.learn(x, False)
-    assert not model.trained  # one class only
-    model.learn(x, True)
-    assert model.trained and model.version.startswith("river-lr@")
+    for x, y in _examples(400, seed=4):
+        model.learn(x, y)
+    probe = dict(_examples(1, seed=9)[0][0], competitor_share_7d=0.95)
+    assert model.explain(probe)[0].code == "COMPETITOR_CALLS_UP"
+    assert model.quality is not None
 
 
-def test_pipeline_is_reproducible_and_survives_pickle() -> None:
+@pytest.mark.parametrize("kind", ["logreg", "hat", "arf"])
+def test_pipelines_are_reproducible_and_survive_pickle(kind: str) -> None:
+    params = ModelParams(kind=kind, min_labels=10)  # type: ignore[arg-type]
     data = _examples(300, seed=3)
-    a, b = build_model(ModelParams()), build_model(ModelParams())
+    a, b = build_model(params), build_model(params)
     for x, y in data:
         a.learn_one(x, y)
         b.learn_one(x, y)
-    probe = {"competitor_share_7d": 0.9, "complaints_30d": 1.0}
+    probe = dict(data[0][0], competitor_share_7d=0.9)
     assert a.predict_proba_one(probe) == b.predict_proba_one(probe)
     restored = pickle.loads(pickle.dumps(a))  # noqa: S301 - our own bytes
     assert restored.predict_proba_one(probe) == a.predict_proba_one(probe)
-    # It learned something: high competitor share scores above low.
-    assert (
-        a.predict_proba_one(probe)[True]
-        > a.predict_proba_one({"competitor_share_7d": 0.1, "complaints_30d": 1.0})[True]
-    )
+    low = dict(probe, competitor_share_7d=0.1)
+    assert a.predict_proba_one(probe)[True] > a.predict_proba_one(low)[True]
 
 
-def test_churn_model_round_trip_keeps_counts() -> None:
+def test_churn_model_round_trip_keeps_counts_and_quality() -> None:
     model = ChurnModel(ModelParams(min_labels=2))
     for x, y in _examples(50, seed=5):
-        model.learn(x, y)
-    again = ChurnModel.loads(model.params, model.dumps(), model.labels_seen, model.positives_seen)
-    probe = {"competitor_share_7d": 0.7, "complaints_30d": 0.0}
-    assert again.version == model.version
-    assert again.pipeline.predict_proba_one(probe) == model.pipeline.predict_proba_one(probe)
+        model.learn(x, y, 0.5)
+    again = ChurnModel.loads(model.params, model.dumps(), checkpoint_id=7)
+    probe = _examples(1, seed=6)[0][0]
+    assert again.version == model.version and again.checkpoint_id == 7
+    assert again.score(probe) == model.score(probe)
+    assert again.quality is not None and again.quality.resolved == 50
+
+
+def test_in_memory_run_learns_from_a_history() -> None:
+    events = []
+    for i in range(20):
+        sid = f"S{i}"
+        churner = i % 4 == 0
+        for day in range(60, 0, -3):
+            events += calls(sid, n=2, competitor=churner and day < 25, days_ago=day)
+        if churner:
+            events.append(event("churn", sid, {"kind": "port_out"}, at=NOW - timedelta(hours=1)))
+    parsed_events = sorted(parsed(events), key=lambda e: e.occurred_at)
+    s = scorer()
+    states = run_in_memory(s, parsed_events, batch_size=100)
+    assert len(states) == 20
+    assert s.model.positives_seen > 0 and s.model.labels_seen > s.model.positives_seen

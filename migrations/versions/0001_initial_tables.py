@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 13:59:54.795003
+Create Date: 2026-11-25 14:56:59.581149
 """
 
 from collections.abc import Sequence
@@ -24,24 +24,36 @@ def upgrade() -> None:
         "features",
         sa.Column("subscriber_id", sa.String(length=64), nullable=False),
         sa.Column("state", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
-        sa.Column("snapshot", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
-        sa.Column("snapshot_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("events_applied", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("score", sa.Double(), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("subscriber_id", name=op.f("pk_features")),
         schema="scoring",
-        comment="Incremental per-subscriber feature state and its pending label snapshot.",
+        comment="Per-subscriber feature state, pending snapshot times and the latest score.",
+    )
+    op.create_index(
+        op.f("ix_scoring_features_score"), "features", ["score"], unique=False, schema="scoring"
     )
     op.create_table(
-        "model_state",
+        "model_checkpoints",
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
         sa.Column("name", sa.String(length=64), nullable=False),
-        sa.Column("blob", sa.LargeBinary(), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("labels_seen", sa.Integer(), nullable=False),
         sa.Column("positives_seen", sa.Integer(), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("name", name=op.f("pk_model_state")),
+        sa.Column("metrics", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("blob", sa.LargeBinary(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_model_checkpoints")),
         schema="scoring",
-        comment="The pickled River model, saved in the batch transaction that taught it.",
+        comment="Versioned model checkpoints; a (re)started replica resumes from the latest.",
+    )
+    op.create_index(
+        op.f("ix_scoring_model_checkpoints_name"),
+        "model_checkpoints",
+        ["name"],
+        unique=False,
+        schema="scoring",
     )
     op.create_table(
         "processed_events",
@@ -52,18 +64,16 @@ def upgrade() -> None:
         comment="Event ids already applied: the idempotency key of the scoring consumer.",
     )
     op.create_table(
-        "risk_scores",
+        "snapshots",
         sa.Column("subscriber_id", sa.String(length=64), nullable=False),
-        sa.Column("score", sa.Float(), nullable=False),
-        sa.Column("previous_score", sa.Float(), nullable=True),
-        sa.Column("model_version", sa.String(length=64), nullable=False),
-        sa.Column("reasons", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
-        sa.Column("cause_event_id", sa.Uuid(), nullable=False),
-        sa.Column("event_time", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("subscriber_id", name=op.f("pk_risk_scores")),
+        sa.Column("taken_at", sa.Double(), nullable=False),
+        sa.Column("features", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("predicted", sa.Double(), nullable=False),
+        sa.Column("prior", sa.Double(), nullable=False),
+        sa.Column("model", sa.Double(), nullable=True),
+        sa.PrimaryKeyConstraint("subscriber_id", "taken_at", name=op.f("pk_snapshots")),
         schema="scoring",
-        comment="The latest churn risk per subscriber.",
+        comment="Feature snapshots waiting for their label (churn within the horizon or not).",
     )
     op.create_table(
         "processed_messages",
@@ -187,7 +197,13 @@ def downgrade() -> None:
     op.drop_table("tasks", schema="alerting")
     op.drop_table("subscribers", schema="alerting")
     op.drop_table("processed_messages", schema="alerting")
-    op.drop_table("risk_scores", schema="scoring")
+    op.drop_table("snapshots", schema="scoring")
     op.drop_table("processed_events", schema="scoring")
-    op.drop_table("model_state", schema="scoring")
+    op.drop_index(
+        op.f("ix_scoring_model_checkpoints_name"), table_name="model_checkpoints", schema="scoring"
+    )
+    op.drop_table("model_checkpoints", schema="scoring")
+    op.drop_index(op.f("ix_scoring_features_score"), table_name="features", schema="scoring")
     op.drop_table("features", schema="scoring")
+    for schema in ("outreach", "alerting", "scoring"):
+        op.execute(f"DROP SCHEMA IF EXISTS {schema}")

@@ -16,13 +16,13 @@ from shared.runtime import ServiceRuntime
 
 
 def create_app(settings: AlertingSettings) -> FastAPI:
-    """The alerting service: the consumer of account events and scores, probes, metrics."""
+    """The alerting service: the consumer of events and scores, probes, metrics."""
     runtime = ServiceRuntime(settings, "alerting")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.start(
-            topics=[runtime.topics.account, runtime.topics.scores],
+            topics=[runtime.topics.events, runtime.topics.scores],
             group_id=settings.alerting_consumer_group,
             parser=make_parser(runtime.topics),
             handler=AlertingHandler(settings, runtime.topics),

@@ -27,15 +27,19 @@ from shared.topics import Topics
 Message = Event | RiskScore
 
 
-def make_parser(topics: Topics) -> Callable[[ConsumerRecord[bytes, bytes]], Message]:
+def make_parser(topics: Topics) -> Callable[[ConsumerRecord[bytes, bytes]], Message | None]:
     """A parser that reads scores from the scores topic and events from the others."""
 
-    def parse(record: ConsumerRecord[bytes, bytes]) -> Message:
+    def parse(record: ConsumerRecord[bytes, bytes]) -> Message | None:
         if record.value is None:
             raise ValueError("empty message")
         if record.topic == topics.scores:
             return RiskScore.model_validate_json(record.value)
-        return parse_event(record.value)
+        # Usage records are most of the stream and no rule reads them: ingest's
+        # event_type header lets us skip them without parsing.
+        if dict(record.headers or ()).get("event_type") == b"cdr":
+            return None
+        return parse_event(record.value, check_clock=False)
 
     return parse
 
@@ -52,11 +56,11 @@ class AlertingHandler:
         self.topics = topics
 
     async def __call__(
-        self, conn: AsyncConnection, batch: Sequence[Inbound[Message]], outbox: Outbox
+        self, conn: AsyncConnection, batch: Sequence[Inbound[Message | None]], outbox: Outbox
     ) -> None:
         """Store profiles, evaluate rules, record and publish new tasks."""
         now = datetime.now(UTC)
-        messages = [item.value for item in batch]
+        messages = [item.value for item in batch if item.value is not None]
         todo = await keep_new(
             conn, table=processed_messages, items=messages, key=_message_id, now=now
         )

@@ -124,7 +124,7 @@ def retention_task(
         language=profile.language,
         account_manager_id=profile.account_manager_id,
         priority=min(100, int(score.score * 100)),
-        reasons=score.reasons,
+        reasons=[f"{r.code}: {r.text_en}" for r in score.reasons],
         params=_params(profile, score=f"{score.score:.2f}"),
         cause_event_id=score.cause_event_id,
         created_at=now,

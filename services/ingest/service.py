@@ -120,7 +120,7 @@ async def produce_events(
     async def _send_all() -> None:
         futures = [
             await producer.send(
-                topics.for_event_type(event.event_type),
+                topics.events,
                 value=event.model_dump_json().encode(),
                 key=event.subscriber_id.encode(),
                 headers=[("event_type", event.event_type.encode())],

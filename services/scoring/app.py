@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
@@ -21,15 +22,24 @@ def create_app(settings: ScoringSettings) -> FastAPI:
     runtime = ServiceRuntime(settings, "scoring")
     handler = ScoringHandler(settings, runtime.topics)
 
+    async def final_checkpoint() -> None:
+        # Learning since the last checkpoint is not lost on a clean shutdown.
+        if handler.model.labels_seen > 0 and handler.checkpoint_due(force=True):
+            async with runtime.engine.begin() as conn:
+                await handler.checkpoint(conn, now=datetime.now(UTC))
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await handler.load(runtime.engine)
         await runtime.start(
-            topics=[runtime.topics.usage, runtime.topics.account],
+            topics=[runtime.topics.events],
             group_id=settings.scoring_consumer_group,
             parser=parse_record,
             handler=handler,
             on_failure=lambda: handler.load(runtime.engine),
+            on_stop=final_checkpoint,
+            on_revoked=handler.forget,
+            max_records=settings.scoring_batch_max_records,
         )
         try:
             yield

@@ -1,135 +1,283 @@
-"""The churn model: a River pipeline, with an expert prior until it has learned enough.
+"""The churn model: a River pipeline blended with an expert prior, with explanations.
 
-Until the online model has seen ``SCORING_MIN_LABELS`` labelled examples with
-both classes present, scores come from a transparent prior: a logistic score
-over the operator's documented warning signs (calls to competitors, falling
-usage, complaints, arrears, a pending stop-notice, spend drop). A model that
-says 0.5 for everyone until it has data is worse than the operator's
-spreadsheet; the prior is what the spreadsheet would say.
+Until the online model has learned ``min_labels`` labelled examples (with both
+classes), its weight in the score grows linearly from 0 to 1; the rest comes
+from a transparent prior: a logistic score over the operator's documented
+warning signs (competitor calls, falling usage, complaints, arrears, a pending
+stop-notice, spend drop, downgrades, late payments, inactivity). A fresh
+install gives useful scores from the first event, and a model that has seen
+enough real outcomes takes over.
+
+Reasons are the model's own contributions: for the linear model, weight x
+scaled value; for tree models, how much the probability falls when a feature
+is set to its running mean. Prior and model contributions are blended with the
+same weight as the scores.
 """
 
 from __future__ import annotations
 
 import math
 import pickle
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from river import compose, linear_model, optim, preprocessing
+from river import compose, forest, linear_model, optim, preprocessing, tree
+
+from services.scoring.features import FEATURE_NAMES, FEATURES
+from services.scoring.quality import Quality
 
 PRIOR_VERSION = "prior-v1"
+ModelKind = Literal["logreg", "hat", "arf"]
 
-# (feature, weight, transform, reason template). Weights are log-odds per unit.
-_PRIOR_TERMS: list[tuple[str, float, str]] = [
-    ("competitor_share_7d", 4.0, "{:.0%} of calls to competitor networks (7 d)"),
-    ("complaints_30d", 0.9, "{:.1f} complaints (30 d, decayed)"),
-    ("stop_notice_pending", 1.2, "suspension scheduled for unpaid bills"),
-    ("arrears_days_capped", 0.03, "{:.0f} days in arrears"),
-    ("usage_drop", 1.5, "usage falling: {:.0%} below the 30-day rate"),
-    ("spend_drop", 1.0, "latest bill {:.0%} below own average"),
-    ("downgrades_90d", 0.8, "plan downgraded recently"),
-]
+# feature -> (weight in log-odds per unit, transform). Transforms keep each term
+# pointing in the risk direction, so a positive contribution always means risk.
+_PRIOR: dict[str, tuple[float, str]] = {
+    "competitor_share_7d": (4.0, "value"),
+    "competitor_share_change": (2.0, "positive"),
+    "complaints_30d": (0.9, "value"),
+    "stop_notice_pending": (1.2, "value"),
+    "arrears_days": (0.03, "cap90"),
+    "voice_trend": (1.5, "negative"),
+    "spend_drop": (1.0, "value"),
+    "downgrades_90d": (0.8, "value"),
+    "late_payments_90d": (0.4, "value"),
+    "days_since_activity": (0.15, "cap14"),
+}
 _PRIOR_INTERCEPT = -2.6
 
 
 @dataclass(frozen=True)
 class ModelParams:
-    """River pipeline parameters (from settings)."""
+    """The River pipeline's parameters (from settings)."""
 
-    learning_rate: float = 0.05
-    l2: float = 0.0
+    kind: ModelKind = "logreg"
+    learning_rate: float = 0.005
+    l2: float = 0.001
     min_labels: int = 200
+    seed: int = 42
+    quality_window: int = 2000
+    top_fraction: float = 0.1
+    drift_delta: float = 0.002
 
 
 def build_model(params: ModelParams) -> compose.Pipeline:
-    """StandardScaler | LogisticRegression, the River way."""
-    return preprocessing.StandardScaler() | linear_model.LogisticRegression(
-        optimizer=optim.SGD(params.learning_rate), l2=params.l2
-    )
+    """The configured River pipeline, composed with ``|``.
+
+    ``logreg``: StandardScaler | LogisticRegression (the default; exact reasons).
+    ``hat``: Hoeffding Adaptive Tree (handles non-linear, adapts to drift).
+    ``arf``: Adaptive Random Forest (strongest, slowest).
+    """
+    if params.kind == "logreg":
+        # Clipping scaled values at +-3 sigma keeps a rare extreme (a first day of
+        # arrears, a huge bill) from throwing the SGD weights around.
+        return (
+            preprocessing.StandardScaler()
+            | compose.FuncTransformer(clip_scaled)
+            | linear_model.LogisticRegression(
+                optimizer=optim.SGD(params.learning_rate), l2=params.l2
+            )
+        )
+    if params.kind == "hat":
+        return preprocessing.StandardScaler() | tree.HoeffdingAdaptiveTreeClassifier(
+            grace_period=50, seed=params.seed
+        )
+    if params.kind == "arf":
+        return preprocessing.StandardScaler() | forest.ARFClassifier(n_models=10, seed=params.seed)
+    raise ValueError(f"unknown model kind {params.kind!r}")
 
 
-def _prior_inputs(x: dict[str, float]) -> dict[str, float]:
-    return {
-        "competitor_share_7d": x["competitor_share_7d"],
-        "complaints_30d": x["complaints_30d"],
-        "stop_notice_pending": x["stop_notice_pending"],
-        "arrears_days_capped": min(x["arrears_days"], 90.0),
-        "usage_drop": max(0.0, -x["usage_trend"]),
-        "spend_drop": max(0.0, 1.0 - x["bill_ratio"]),
-        "downgrades_90d": x["downgrades_90d"],
-    }
+def clip_scaled(x: dict[str, float]) -> dict[str, float]:
+    """Clip standardised values to [-3, 3] (module-level so the pipeline pickles)."""
+    return {k: -3.0 if v < -3.0 else 3.0 if v > 3.0 else v for k, v in x.items()}
 
 
-def prior_score(x: dict[str, float]) -> tuple[float, list[str]]:
-    """The expert prior's probability and its reasons, strongest first."""
-    inputs = _prior_inputs(x)
-    logit = _PRIOR_INTERCEPT
-    contributions: list[tuple[float, str]] = []
-    for name, weight, template in _PRIOR_TERMS:
-        value = inputs[name]
-        contribution = weight * value
-        logit += contribution
-        if contribution >= 0.25:
-            contributions.append((contribution, template.format(value)))
-    contributions.sort(reverse=True)
-    return 1.0 / (1.0 + math.exp(-logit)), [reason for _, reason in contributions[:3]]
+def _transform(value: float, how: str) -> float:
+    if how == "positive":
+        return max(0.0, value)
+    if how == "negative":
+        return max(0.0, -value)
+    if how == "cap90":
+        return min(value, 90.0)
+    if how == "cap14":
+        return min(value, 14.0)
+    return value
+
+
+def prior_contributions(x: dict[str, float]) -> dict[str, float]:
+    """Each warning sign's contribution to the prior's log-odds."""
+    return {name: w * _transform(x.get(name, 0.0), how) for name, (w, how) in _PRIOR.items()}
+
+
+def prior_score(x: dict[str, float]) -> float:
+    """The expert prior's churn probability."""
+    logit = _PRIOR_INTERCEPT + sum(prior_contributions(x).values())
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, logit))))
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a score is high: a stable code, English and Chinese text, and its weight."""
+
+    code: str
+    text_en: str
+    text_zh: str
+    contribution: float
 
 
 @dataclass
 class ChurnModel:
-    """The online model with its label counts; pickled into ``scoring.model_state``."""
+    """The online model, its label counts and its prequential quality."""
 
     params: ModelParams
     pipeline: Any = None
     labels_seen: int = 0
     positives_seen: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    stats: Any = None  # running mean/variance of every feature, for reasons
+    quality: Quality | None = None
+    checkpoint_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.pipeline is None:
             self.pipeline = build_model(self.params)
+        if self.stats is None:
+            self.stats = preprocessing.StandardScaler()
+        if self.quality is None:
+            p = self.params
+            self.quality = Quality(p.quality_window, p.top_fraction, p.drift_delta, p.min_labels)
 
     @property
-    def trained(self) -> bool:
-        """True once enough labels of both classes were learned to trust the model."""
+    def weight(self) -> float:
+        """The model's share of the score (the prior has the rest).
+
+        0 until both classes are seen, rising to 1 at ``min_labels``; after that
+        it is cut back while the model's recent prequential ROC AUC trails the
+        prior's (champion/challenger), so a struggling model never makes the
+        scores worse than the operator's own rules.
+        """
         negatives = self.labels_seen - self.positives_seen
-        return (
-            self.labels_seen >= self.params.min_labels and min(self.positives_seen, negatives) > 0
-        )
+        if min(self.positives_seen, negatives) == 0:
+            return 0.0
+        ramp = min(1.0, self.labels_seen / self.params.min_labels)
+        gap = self.quality.prior_lead() if self.quality is not None else None
+        trust = 1.0 if gap is None else max(0.0, min(1.0, 1.0 - 10.0 * gap))
+        return ramp * trust
 
     @property
     def version(self) -> str:
-        """Which scorer produced a score: the prior, or the online model and its label count."""
-        return f"river-lr@{self.labels_seen}" if self.trained else PRIOR_VERSION
+        """Which scorer produced a score: the prior, or the model kind and its label count."""
+        if self.weight == 0.0:
+            return PRIOR_VERSION
+        return f"{self.params.kind}@{self.labels_seen}"
 
-    def score(self, x: dict[str, float]) -> tuple[float, list[str]]:
-        """Probability of churn within the horizon, with reasons."""
-        prior, reasons = prior_score(x)
-        if not self.trained:
-            return prior, reasons
-        proba = float(self.pipeline.predict_proba_one(x).get(True, 0.0))
-        return proba, self._reasons(x) or reasons
+    def _model_proba(self, x: dict[str, float]) -> float:
+        return float(self.pipeline.predict_proba_one(x).get(True, 0.0))
 
-    def _reasons(self, x: dict[str, float]) -> list[str]:
-        # Contribution of each standardised feature to the logit, strongest positive first.
-        scaler, lr = self.pipeline["StandardScaler"], self.pipeline["LogisticRegression"]
-        scaled = scaler.transform_one(x)
-        contributions = sorted(
-            ((lr.weights.get(k, 0.0) * v, k) for k, v in scaled.items()), reverse=True
-        )
-        return [f"{name} high" for c, name in contributions[:3] if c > 0.25]
+    def components(self, x: dict[str, float]) -> tuple[float, float | None]:
+        """The prior's and (once it has learned anything) the model's probabilities."""
+        return prior_score(x), (self._model_proba(x) if self.labels_seen else None)
 
-    def learn(self, x: dict[str, float], churned: bool) -> None:
-        """Learn one labelled example."""
+    def blend(self, prior: float, model: float | None) -> float:
+        """The served score from the two components."""
+        w = self.weight
+        return prior if model is None or w == 0.0 else (1 - w) * prior + w * model
+
+    def score(self, x: dict[str, float]) -> float:
+        """Probability of churn within the horizon."""
+        return self.blend(*self.components(x))
+
+    def explain(self, x: dict[str, float], top: int = 3) -> list[Reason]:
+        """The top reasons behind the score, from the prior's and the model's contributions."""
+        w = self.weight
+        contributions = dict.fromkeys(FEATURE_NAMES, 0.0)
+        if w < 1.0:
+            for name, c in prior_contributions(x).items():
+                contributions[name] += (1 - w) * c
+        if w > 0.0:
+            for name, c in self._model_contributions(x).items():
+                contributions[name] += w * c
+        means = self.stats.means if self.labels_seen else {}
+        reasons = []
+        for name, c in sorted(contributions.items(), key=lambda kv: kv[1], reverse=True)[:top]:
+            if c <= 0.05:
+                break
+            feature = FEATURES[name]
+            # Prior terms point in the risk direction by construction; model terms
+            # say "up" or "down" by where the value sits against the running mean.
+            mean = means.get(name)
+            high = _PRIOR_HIGH.get(name, True) if mean is None else x.get(name, 0.0) >= mean
+            code, en, zh = feature.up if high else feature.down
+            reasons.append(Reason(code, en, zh, round(c, 4)))
+        return reasons
+
+    def _model_contributions(self, x: dict[str, float]) -> dict[str, float]:
+        if self.params.kind == "logreg":
+            scaler, lr = self.pipeline["StandardScaler"], self.pipeline["LogisticRegression"]
+            scaled = clip_scaled(scaler.transform_one(x))  # as the prediction sees it
+            return {k: lr.weights.get(k, 0.0) * v for k, v in scaled.items() if k in FEATURES}
+        # Trees: how far the probability falls (in log-odds) when the feature is set to
+        # its mean. Only the most unusual features are probed: each costs a prediction.
+        base = _logit(self._model_proba(x))
+        z = self.stats.transform_one(x)
+        probes = sorted(z, key=lambda k: abs(z[k]), reverse=True)[:6]
+        out = {}
+        for name in probes:
+            probe = dict(x)
+            probe[name] = self.stats.means.get(name, 0.0)
+            out[name] = base - _logit(self._model_proba(probe))
+        return out
+
+    def learn(
+        self,
+        x: dict[str, float],
+        churned: bool,
+        predicted: float | None = None,
+        components: tuple[float, float | None] | None = None,
+    ) -> None:
+        """Learn one labelled example.
+
+        ``predicted`` (the score served before the label was known) and its
+        ``components`` (prior, model) feed the prequential quality.
+        """
+        if predicted is not None and self.quality is not None:
+            self.quality.update(predicted, churned, components)
         self.pipeline.learn_one(x, churned)
+        self.stats.learn_one(x)
         self.labels_seen += 1
         self.positives_seen += int(churned)
 
     def dumps(self) -> bytes:
-        """Serialise the pipeline (pickle: River models are plain Python objects)."""
-        return pickle.dumps(self.pipeline)
+        """Serialise everything learned (River models are plain Python objects)."""
+        return pickle.dumps(
+            {
+                "pipeline": self.pipeline,
+                "stats": self.stats,
+                "quality": self.quality,
+                "labels_seen": self.labels_seen,
+                "positives_seen": self.positives_seen,
+            }
+        )
 
     @classmethod
-    def loads(cls, params: ModelParams, blob: bytes, labels: int, positives: int) -> ChurnModel:
+    def loads(
+        cls, params: ModelParams, blob: bytes, checkpoint_id: int | None = None
+    ) -> ChurnModel:
         """Restore a model saved by ``dumps``. Only our own database is ever unpickled."""
-        return cls(params, pickle.loads(blob), labels, positives)  # noqa: S301
+        data = pickle.loads(blob)  # noqa: S301
+        return cls(
+            params,
+            data["pipeline"],
+            data["labels_seen"],
+            data["positives_seen"],
+            data["stats"],
+            data["quality"],
+            checkpoint_id,
+        )
+
+
+# The risk direction of each prior term, for choosing the reason's wording.
+_PRIOR_HIGH = {name: how != "negative" for name, (_, how) in _PRIOR.items()}
+
+
+def _logit(p: float) -> float:
+    p = min(1 - 1e-6, max(1e-6, p))
+    return math.log(p / (1 - p))

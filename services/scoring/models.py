@@ -4,7 +4,8 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
-    Float,
+    Double,
+    Identity,
     Integer,
     LargeBinary,
     String,
@@ -30,34 +31,36 @@ features = Table(
     metadata,
     Column("subscriber_id", String(64), primary_key=True),
     Column("state", JSONB, nullable=False),
-    Column("snapshot", JSONB, nullable=True),
-    Column("snapshot_at", DateTime(timezone=True), nullable=True),
     Column("events_applied", BigInteger, nullable=False, server_default="0"),
+    # The latest score (also inside `state`); a column to query by.
+    Column("score", Double, nullable=True, index=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
-    comment="Incremental per-subscriber feature state and its pending label snapshot.",
+    comment="Per-subscriber feature state, pending snapshot times and the latest score.",
 )
 
-risk_scores = Table(
-    "risk_scores",
+snapshots = Table(
+    "snapshots",
     metadata,
     Column("subscriber_id", String(64), primary_key=True),
-    Column("score", Float, nullable=False),
-    Column("previous_score", Float, nullable=True),
-    Column("model_version", String(64), nullable=False),
-    Column("reasons", JSONB, nullable=False),
-    Column("cause_event_id", Uuid, nullable=False),
-    Column("event_time", DateTime(timezone=True), nullable=False),
-    Column("scored_at", DateTime(timezone=True), nullable=False),
-    comment="The latest churn risk per subscriber.",
+    # Epoch seconds as a double: the exact key the engine keeps in the state.
+    Column("taken_at", Double, primary_key=True),
+    Column("features", JSONB, nullable=False),
+    Column("predicted", Double, nullable=False),
+    Column("prior", Double, nullable=False),
+    Column("model", Double, nullable=True),
+    comment="Feature snapshots waiting for their label (churn within the horizon or not).",
 )
 
-model_state = Table(
-    "model_state",
+model_checkpoints = Table(
+    "model_checkpoints",
     metadata,
-    Column("name", String(64), primary_key=True),
-    Column("blob", LargeBinary, nullable=False),
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("name", String(64), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
     Column("labels_seen", Integer, nullable=False),
     Column("positives_seen", Integer, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    comment="The pickled River model, saved in the batch transaction that taught it.",
+    Column("metrics", JSONB, nullable=False),
+    Column("blob", LargeBinary, nullable=False),
+    comment="Versioned model checkpoints; a (re)started replica resumes from the latest.",
 )

@@ -4,18 +4,48 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+from shared.events import ScoreReason
 
 
-class ScoreOut(BaseModel):
-    """A subscriber's latest churn risk."""
+class RiskOut(BaseModel):
+    """A subscriber's latest churn risk, why, and from which inputs."""
 
     subscriber_id: str
     score: float
     previous_score: float | None
+    band: str = Field(description="high, medium or low (SCORING_BAND_HIGH / _MEDIUM).")
+    reasons: list[ScoreReason]
     model_version: str
-    reasons: list[str]
+    features: dict[str, float] = Field(description="The inputs the score was computed from.")
     cause_event_id: uuid.UUID
     event_time: datetime
     scored_at: datetime
+
+
+class CheckpointOut(BaseModel):
+    """The newest stored checkpoint."""
+
+    id: int
+    kind: str
+    created_at: datetime
+    labels_seen: int
+    positives_seen: int
+    metrics: dict[str, Any]
+
+
+class ModelOut(BaseModel):
+    """The model this replica scores with, and how well it predicts."""
+
+    name: str
+    kind: str
+    version: str
+    labels_seen: int
+    positives_seen: int
+    min_labels: int
+    weight: float = Field(description="The model's share of the score; the prior has the rest.")
+    quality: dict[str, Any] = Field(description="Prequential metrics over the recent window.")
+    checkpoint: CheckpointOut | None

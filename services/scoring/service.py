@@ -6,104 +6,163 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.scoring.engine import Snapshot
 from services.scoring.model import ChurnModel, ModelParams
-from services.scoring.models import features, model_state, risk_scores
+from services.scoring.models import features, model_checkpoints, snapshots
 
 
-async def lock_features(
-    conn: AsyncConnection, *, subscriber_ids: Iterable[str]
-) -> dict[str, dict[str, Any]]:
-    """Feature rows for these subscribers, locked until the transaction ends.
+async def lock_versions(conn: AsyncConnection, *, subscriber_ids: Iterable[str]) -> dict[str, int]:
+    """Lock these subscribers' feature rows; return how many events each has applied.
 
     The lock matters during a rebalance, when two replicas may briefly both hold
-    the same partition's records.
+    the same partition's records. The count is the row's version: a cached state
+    with another count is stale and is loaded again.
     """
     rows = await conn.execute(
-        select(features)
+        select(features.c.subscriber_id, features.c.events_applied)
         .where(features.c.subscriber_id.in_(list(subscriber_ids)))
         .order_by(features.c.subscriber_id)
         .with_for_update()
     )
-    return {row.subscriber_id: dict(row._mapping) for row in rows}
+    return {sid: int(applied) for sid, applied in rows}
+
+
+async def load_states(conn: AsyncConnection, *, subscriber_ids: list[str]) -> dict[str, Any]:
+    """The stored feature states of these subscribers."""
+    if not subscriber_ids:
+        return {}
+    rows = await conn.execute(
+        select(features.c.subscriber_id, features.c.state).where(
+            features.c.subscriber_id.in_(subscriber_ids)
+        )
+    )
+    return {sid: state for sid, state in rows}
 
 
 async def save_features(conn: AsyncConnection, *, rows: list[dict[str, Any]]) -> None:
-    """Insert or replace feature rows."""
+    """Insert or replace feature rows (state, events applied, latest score)."""
     if not rows:
         return
-    stmt = insert(features).values(rows)
+    stmt = insert(features)
     await conn.execute(
         stmt.on_conflict_do_update(
             index_elements=["subscriber_id"],
-            set_={
-                c: stmt.excluded[c]
-                for c in ("state", "snapshot", "snapshot_at", "events_applied", "updated_at")
-            },
-        )
+            set_={c: stmt.excluded[c] for c in ("state", "events_applied", "score", "updated_at")},
+        ),
+        rows,
     )
 
 
-async def previous_scores(
-    conn: AsyncConnection, *, subscriber_ids: Iterable[str]
-) -> dict[str, float]:
-    """The latest stored score of each subscriber that has one."""
+async def add_snapshots(conn: AsyncConnection, *, items: list[tuple[str, Snapshot]]) -> None:
+    """Store new pending snapshots (a replayed batch may store one again: ignored)."""
+    if items:
+        await conn.execute(
+            insert(snapshots).on_conflict_do_nothing(),
+            [
+                {
+                    "subscriber_id": sid,
+                    "taken_at": s.at,
+                    "features": s.x,
+                    "predicted": s.predicted,
+                    "prior": s.prior,
+                    "model": s.model,
+                }
+                for sid, s in items
+            ],
+        )
+
+
+async def take_snapshots(
+    conn: AsyncConnection, *, keys: list[tuple[str, float]]
+) -> dict[tuple[str, float], Snapshot]:
+    """Delete resolved snapshots and return them by ``(subscriber_id, taken_at)``."""
+    if not keys:
+        return {}
     rows = await conn.execute(
-        select(risk_scores.c.subscriber_id, risk_scores.c.score).where(
-            risk_scores.c.subscriber_id.in_(list(subscriber_ids))
-        )
+        delete(snapshots)
+        .where(tuple_(snapshots.c.subscriber_id, snapshots.c.taken_at).in_(keys))
+        .returning(*snapshots.c)
     )
-    return {sid: score for sid, score in rows}
-
-
-async def save_scores(conn: AsyncConnection, *, rows: list[dict[str, Any]]) -> None:
-    """Insert or replace the latest score rows."""
-    if not rows:
-        return
-    stmt = insert(risk_scores).values(rows)
-    await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["subscriber_id"],
-            set_={
-                c.name: stmt.excluded[c.name]
-                for c in risk_scores.columns
-                if c.name != "subscriber_id"
-            },
+    return {
+        (r.subscriber_id, r.taken_at): Snapshot(
+            r.taken_at, r.features, r.predicted, r.prior, r.model
         )
+        for r in rows
+    }
+
+
+async def get_state(conn: AsyncConnection, *, subscriber_id: str) -> dict[str, Any] | None:
+    """One subscriber's feature state (with its latest score), or None."""
+    return await conn.scalar(
+        select(features.c.state).where(features.c.subscriber_id == subscriber_id)
     )
-
-
-async def get_score(conn: AsyncConnection, *, subscriber_id: str) -> dict[str, Any] | None:
-    """One subscriber's latest score row, or None."""
-    row = (
-        await conn.execute(select(risk_scores).where(risk_scores.c.subscriber_id == subscriber_id))
-    ).first()
-    return dict(row._mapping) if row else None
 
 
 async def load_model(conn: AsyncConnection, *, name: str, params: ModelParams) -> ChurnModel:
-    """The saved model, or a fresh one."""
-    row = (await conn.execute(select(model_state).where(model_state.c.name == name))).first()
+    """The latest checkpoint of this model name and kind, or a fresh model."""
+    row = (
+        await conn.execute(
+            select(model_checkpoints.c.id, model_checkpoints.c.blob)
+            .where(model_checkpoints.c.name == name, model_checkpoints.c.kind == params.kind)
+            .order_by(model_checkpoints.c.id.desc())
+            .limit(1)
+        )
+    ).first()
     if row is None:
         return ChurnModel(params)
-    return ChurnModel.loads(params, row.blob, row.labels_seen, row.positives_seen)
+    return ChurnModel.loads(params, row.blob, checkpoint_id=row.id)
 
 
-async def save_model(conn: AsyncConnection, *, name: str, model: ChurnModel, now: datetime) -> None:
-    """Store the model in the same transaction as the labels that taught it."""
-    values = {
-        "name": name,
-        "blob": model.dumps(),
-        "labels_seen": model.labels_seen,
-        "positives_seen": model.positives_seen,
-        "updated_at": now,
-    }
-    stmt = insert(model_state).values(values)
-    await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["name"], set_={k: stmt.excluded[k] for k in values if k != "name"}
+async def save_checkpoint(
+    conn: AsyncConnection, *, name: str, model: ChurnModel, now: datetime, keep: int
+) -> int:
+    """Store a new checkpoint, prune all but the newest ``keep``; return its id."""
+    quality = model.quality.summary() if model.quality is not None else {}
+    checkpoint_id = int(
+        await conn.scalar(
+            insert(model_checkpoints)
+            .values(
+                name=name,
+                kind=model.params.kind,
+                created_at=now,
+                labels_seen=model.labels_seen,
+                positives_seen=model.positives_seen,
+                metrics=quality,
+                blob=model.dumps(),
+            )
+            .returning(model_checkpoints.c.id)
         )
     )
+    same = (model_checkpoints.c.name == name) & (model_checkpoints.c.kind == model.params.kind)
+    newest = (
+        select(model_checkpoints.c.id)
+        .where(same)
+        .order_by(model_checkpoints.c.id.desc())
+        .limit(keep)
+    )
+    await conn.execute(delete(model_checkpoints).where(same, model_checkpoints.c.id.not_in(newest)))
+    return checkpoint_id
+
+
+async def checkpoint_info(conn: AsyncConnection, *, name: str, kind: str) -> dict[str, Any] | None:
+    """The newest checkpoint's metadata (no blob) for this name and model kind."""
+    row = (
+        await conn.execute(
+            select(
+                model_checkpoints.c.id,
+                model_checkpoints.c.kind,
+                model_checkpoints.c.created_at,
+                model_checkpoints.c.labels_seen,
+                model_checkpoints.c.positives_seen,
+                model_checkpoints.c.metrics,
+            )
+            .where(model_checkpoints.c.name == name, model_checkpoints.c.kind == kind)
+            .order_by(model_checkpoints.c.id.desc())
+            .limit(1)
+        )
+    ).first()
+    return dict(row._mapping) if row else None

@@ -5,17 +5,65 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from services.scoring import service
-from services.scoring.schemas import ScoreOut
+from services.scoring.features import vector
+from services.scoring.schemas import CheckpointOut, ModelOut, RiskOut
 from shared.errors import NotFound
+from shared.events import ScoreReason
 
-router = APIRouter(prefix="/v1", tags=["scores"])
+router = APIRouter(prefix="/v1", tags=["risk"])
 
 
-@router.get("/scores/{subscriber_id}", response_model=ScoreOut)
-async def get_score(subscriber_id: str, request: Request) -> ScoreOut:
-    """The subscriber's latest churn risk, with the reasons behind it."""
+@router.get("/subscribers/{subscriber_id}/risk", response_model=RiskOut)
+async def get_risk(subscriber_id: str, request: Request) -> RiskOut:
+    """The subscriber's latest churn risk: score, band, reasons, model version, inputs."""
     async with request.app.state.runtime.engine.connect() as conn:
-        row = await service.get_score(conn, subscriber_id=subscriber_id)
-    if row is None:
+        state = await service.get_state(conn, subscriber_id=subscriber_id)
+    if state is None or "scored" not in state:
         raise NotFound("no score for this subscriber")
-    return ScoreOut.model_validate(row)
+    scored = state["scored"]
+    # Inputs are recomputed from the stored state (the state that gave the score);
+    # reasons come from the model in use now.
+    x = vector(state)
+    reasons = [
+        ScoreReason(code=r.code, text_en=r.text_en, text_zh=r.text_zh, contribution=r.contribution)
+        for r in request.app.state.handler.model.explain(x)
+    ]
+    return RiskOut(
+        subscriber_id=subscriber_id,
+        features=x,
+        reasons=reasons,
+        **{
+            k: scored[k]
+            for k in (
+                "score",
+                "previous_score",
+                "band",
+                "model_version",
+                "cause_event_id",
+                "event_time",
+                "scored_at",
+            )
+        },
+    )
+
+
+@router.get("/model", response_model=ModelOut, tags=["model"])
+async def get_model(request: Request) -> ModelOut:
+    """The model in use, its label counts, prequential quality and newest checkpoint."""
+    handler = request.app.state.handler
+    model, settings = handler.model, request.app.state.settings
+    async with request.app.state.runtime.engine.connect() as conn:
+        info = await service.checkpoint_info(
+            conn, name=settings.scoring_model_name, kind=model.params.kind
+        )
+    return ModelOut(
+        name=settings.scoring_model_name,
+        kind=model.params.kind,
+        version=model.version,
+        labels_seen=model.labels_seen,
+        positives_seen=model.positives_seen,
+        min_labels=model.params.min_labels,
+        weight=model.weight,
+        quality=model.quality.summary() if model.quality is not None else {},
+        checkpoint=CheckpointOut.model_validate(info) if info else None,
+    )

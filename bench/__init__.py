@@ -1,0 +1,1 @@
+"""``make bench``: reproducible benchmarks on the embedded stack (see bench/README.md)."""

@@ -1,0 +1,102 @@
+"""Prequential quality: how good were the predictions, measured when labels resolve.
+
+Each label resolves a snapshot whose score was computed before the label was
+known (test-then-train, as River's ``progressive_val_score`` with a delay).
+The metrics are rolling over the last ``window`` resolved labels, so they say
+how the model does now, not on average since install.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+from river import drift, metrics, utils
+
+
+class Quality:
+    """Rolling ROC AUC, log loss, precision among the top-k riskiest, and a drift flag."""
+
+    def __init__(
+        self,
+        window: int = 2000,
+        top_fraction: float = 0.1,
+        delta: float = 0.002,
+        warmup: int = 200,
+    ):
+        self.window = window
+        self.warmup = warmup
+        self.top_fraction = top_fraction
+        # River's metrics are only partly typed; they are plain objects to us.
+        self.auc: Any = metrics.RollingROCAUC(window_size=window)
+        self.logloss: Any = utils.Rolling(metrics.LogLoss, window_size=window)
+        self.recent: deque[tuple[float, bool]] = deque(maxlen=window)
+        self.detector: Any = drift.ADWIN(delta=delta)
+        # Since warm-up (the first `warmup` labels excluded), and per component.
+        self.auc_after_warmup: Any = metrics.ROCAUC()
+        self.auc_prior: Any = metrics.RollingROCAUC(window_size=window)
+        self.auc_model: Any = metrics.RollingROCAUC(window_size=window)
+        self.component_labels = 0
+        self.classes_after_warmup: set[bool] = set()
+        self.component_classes: set[bool] = set()
+        self.drifts = 0
+        self.drift_detected = False
+        self.resolved = 0
+
+    def update(
+        self,
+        predicted: float,
+        churned: bool,
+        components: tuple[float, float | None] | None = None,
+    ) -> None:
+        """Add one resolved prediction, and its (prior, model) components if known."""
+        self.auc.update(churned, {True: predicted, False: 1 - predicted})
+        if self.resolved >= self.warmup:
+            self.auc_after_warmup.update(churned, {True: predicted, False: 1 - predicted})
+            self.classes_after_warmup.add(churned)
+        if components is not None and components[1] is not None:
+            self.auc_prior.update(churned, components[0])
+            self.auc_model.update(churned, components[1])
+            self.component_labels += 1
+            self.component_classes.add(churned)
+        self.logloss.update(churned, {True: predicted, False: 1 - predicted})
+        self.recent.append((predicted, churned))
+        p = min(1 - 1e-9, max(1e-9, predicted))
+        self.detector.update(-math.log(p if churned else 1 - p))
+        self.drift_detected = bool(self.detector.drift_detected)
+        self.drifts += int(self.drift_detected)
+        self.resolved += 1
+
+    def prior_lead(self) -> float | None:
+        """How far the prior's rolling ROC AUC is ahead of the model's (None: too early)."""
+        if self.component_labels < self.warmup or len(self.component_classes) < 2:
+            return None  # too early, or one class only: AUC means nothing yet
+        prior, model = self.auc_prior.get(), self.auc_model.get()
+        return float(prior - model)
+
+    def precision_at_top(self) -> float | None:
+        """Share of churners among the top ``top_fraction`` riskiest recent predictions."""
+        k = int(len(self.recent) * self.top_fraction)
+        if k == 0:
+            return None
+        top = sorted(self.recent, key=lambda py: py[0], reverse=True)[:k]
+        return sum(1 for _, y in top if y) / k
+
+    def summary(self) -> dict[str, Any]:
+        """The current figures (None until there is anything to measure)."""
+        has_both = len({y for _, y in self.recent}) == 2
+        return {
+            "resolved": self.resolved,
+            "window": self.window,
+            "roc_auc": float(self.auc.get()) if has_both else None,
+            "roc_auc_after_warmup": (
+                float(self.auc_after_warmup.get()) if len(self.classes_after_warmup) == 2 else None
+            ),
+            "prior_lead": self.prior_lead(),
+            "log_loss": float(self.logloss.get()) if self.recent else None,
+            "precision_at_top": self.precision_at_top(),
+            "top_fraction": self.top_fraction,
+            "drift_detected": self.drift_detected,
+            "drifts": self.drifts,
+        }
