@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from services.ingest import metrics
 from services.ingest.schemas import Rejection
+from shared.consumer import Outbox
 from shared.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
 from shared.events import Event, parse_event
 from shared.topics import Topics
@@ -118,16 +119,15 @@ async def produce_events(
     start = time.perf_counter()
 
     async def _send_all() -> None:
-        futures = [
-            await producer.send(
+        outbox = Outbox(producer)
+        for event in events:
+            await outbox.send(
                 topics.events,
-                value=event.model_dump_json().encode(),
-                key=event.subscriber_id.encode(),
+                key=event.subscriber_id,
+                value=event,
                 headers=[("event_type", event.event_type.encode())],
             )
-            for event in events
-        ]
-        await asyncio.gather(*futures)
+        await outbox.flush()
 
     try:
         await asyncio.wait_for(_send_all(), timeout_s)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from shared.events import (
@@ -433,10 +432,3 @@ def vector(state: State) -> dict[str, float]:
         "tier_level": float(TIER_LEVEL.get(tier, 0)),
         "log_monthly_value": math.log1p(max(0.0, monthly_value)),
     }
-
-
-def to_datetime(ts: float) -> datetime:
-    """A state timestamp as an aware datetime."""
-    from datetime import UTC
-
-    return datetime.fromtimestamp(ts, UTC)
