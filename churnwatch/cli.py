@@ -1,4 +1,4 @@
-"""The ``churnwatch`` command line: up, migrate, sms-gateway, sample, schemas."""
+"""The ``churnwatch`` command line: up, migrate, train, sms-gateway, sample, schemas, rules."""
 
 from __future__ import annotations
 
@@ -325,6 +325,29 @@ def schemas(
     for name, schema in json_schemas().items():
         (out / f"{name}.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
     console.print(f"wrote {len(json_schemas())} schemas to {out}")
+
+
+rules_app = typer.Typer(help="Alerting rules files.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+
+
+@rules_app.command("check")
+def rules_check(
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="The rules file (YAML); omitted checks the shipped default."),
+    ] = None,
+) -> None:
+    """Validate a rules file without starting anything; exit 1 naming each bad line."""
+    from services.alerting.rules import DEFAULT_RULES_FILE, RulesError, load_rules
+
+    try:
+        rules = load_rules(file)
+    except RulesError as exc:
+        console.print(f"[red]invalid[/red]\n{exc}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+    names = ", ".join(r.name for r in rules.rules)
+    console.print(f"{file or DEFAULT_RULES_FILE}: ok, {len(rules.rules)} rules ({names})")
 
 
 def main() -> None:

@@ -358,26 +358,87 @@ class TaskKind(StrEnum):
     PRE_SUSPENSION_REMINDER = "pre_suspension_reminder"
     RETENTION = "retention"
     WIN_BACK = "win_back"
+    CARE = "care"
 
 
 class OutreachTask(_Model):
     """Published by alerting on the tasks topic; outreach stores and works it."""
 
     message_type: Literal["outreach_task"] = "outreach_task"
-    task_id: uuid.UUID = Field(description="Deterministic: same cause, same id.")
+    task_id: uuid.UUID = Field(
+        description="Deterministic: same rule, subscriber and cause, same id."
+    )
     kind: TaskKind
     channel: Channel
+    rule: str | None = Field(
+        default=None, max_length=64, description="The alerting rule that made it."
+    )
     subscriber_id: SubscriberId
     tier: Tier = Tier.STANDARD
+    monthly_value: Money | None = None
     phone: PhoneNumber | None = None
     language: str = Field(default="en", pattern=r"^[a-z]{2}$")
     account_manager_id: str | None = Field(default=None, max_length=64)
-    priority: int = Field(default=50, ge=0, le=100, description="Higher is more urgent.")
+    queue: str | None = Field(
+        default=None,
+        max_length=80,
+        description="Call queue: 'am:<account manager id>' or a shared queue such as 'general'.",
+    )
+    template: str | None = Field(
+        default=None, max_length=64, description="SMS template name; unset means the kind's."
+    )
+    marketing: bool = Field(
+        default=False,
+        description="A marketing message (offers): opt-out, quiet hours and caps apply.",
+    )
+    priority: float = Field(default=50, ge=0, description="Higher is more urgent.")
+    risk: float | None = Field(default=None, ge=0, le=1, description="Churn risk when it fired.")
+    not_before: AwareDatetime | None = Field(default=None, description="Do not act before this.")
     due_at: AwareDatetime | None = Field(default=None, description="Act before this time.")
     reasons: list[str] = Field(default_factory=list, max_length=10)
+    reason_codes: list[str] = Field(default_factory=list, max_length=10)
     params: dict[str, str] = Field(default_factory=dict, description="Template variables.")
     cause_event_id: uuid.UUID
     created_at: AwareDatetime
+
+
+class TaskAction(StrEnum):
+    """What a task update asks outreach to do."""
+
+    CANCEL = "cancel"
+    CLOSE = "close"
+    REROUTE = "reroute"
+
+
+class TaskUpdate(_Model):
+    """Published by alerting on the tasks topic to change a task it published before.
+
+    ``cancel`` stops a task not yet done (a payment arrived before the
+    suspension, the subscriber churned); ``close`` records an outcome (a
+    reactivation wins a subscriber back) and stops the task if it was not done
+    yet; ``reroute`` moves a queued call to another queue (a manager's day is
+    full). Keyed by subscriber like the task, so it always follows the task.
+    """
+
+    message_type: Literal["task_update"] = "task_update"
+    update_id: uuid.UUID = Field(description="Deterministic: same cause, same id.")
+    task_id: uuid.UUID
+    subscriber_id: SubscriberId
+    action: TaskAction
+    reason: str = Field(max_length=200)
+    outcome: str | None = Field(
+        default=None, max_length=32, description="For close: e.g. won_back."
+    )
+    queue: str | None = Field(
+        default=None, max_length=80, description="For reroute: the new queue."
+    )
+    at: AwareDatetime
+
+
+TaskMessage = Annotated[OutreachTask | TaskUpdate, Field(discriminator="message_type")]
+"""Anything on the tasks topic, discriminated on ``message_type``."""
+
+TASK_MESSAGE_ADAPTER: TypeAdapter[OutreachTask | TaskUpdate] = TypeAdapter(TaskMessage)
 
 
 TASK_NAMESPACE = uuid.UUID("5b0e7a52-6f0e-4c55-9d1c-2f8a3c1e9b11")
@@ -396,4 +457,5 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     schemas["event"] = EVENT_ADAPTER.json_schema()
     schemas["risk_score"] = RiskScore.model_json_schema()
     schemas["outreach_task"] = OutreachTask.model_json_schema()
+    schemas["task_update"] = TaskUpdate.model_json_schema()
     return schemas

@@ -15,7 +15,7 @@ from types import ModuleType
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from shared.events import OutreachTask, RiskScore, json_schemas, parse_event
+from shared.events import OutreachTask, RiskScore, TaskUpdate, json_schemas, parse_event
 from shared.topics import Topics
 from tests.helpers import SETTINGS_CLASSES
 
@@ -145,12 +145,14 @@ def test_event_contract_examples_are_valid() -> None:
             RiskScore.model_validate(example)
         elif example.get("message_type") == "outreach_task":
             OutreachTask.model_validate(example)
+        elif example.get("message_type") == "task_update":
+            TaskUpdate.model_validate(example)
         else:
             continue
         checked += 1
     assert checked >= len(json_schemas()) - 1, (
         "docs/event-contract.md should show a valid JSON example of every event type, "
-        "RiskScore and OutreachTask; fix the example that fails to parse above"
+        "RiskScore, OutreachTask and TaskUpdate; fix the example that fails to parse above"
     )
 
 
@@ -160,3 +162,13 @@ def test_every_feature_is_in_the_features_doc() -> None:
     text = (REPO / "docs" / "features.md").read_text()
     missing = [name for name in FEATURES if f"`{name}`" not in text]
     assert not missing, f"document these features in docs/features.md: {missing}"
+
+
+def test_the_alerting_doc_shows_the_shipped_default_rules() -> None:
+    from services.alerting.rules import DEFAULT_RULES_FILE
+
+    shipped = DEFAULT_RULES_FILE.read_text(encoding="utf-8")
+    assert f"```yaml\n{shipped}```" in _read(REPO / "docs" / "alerting.md"), (
+        "docs/alerting.md's copy of the default rules file is out of date: paste "
+        "services/alerting/default_rules.yaml into its last yaml block"
+    )

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from churnwatch.embedded import free_port
+from services.alerting.rules import DEFAULT_RULES_FILE
 from tests.conftest import REPO, Stack, as_environ, fresh_env
 from tests.helpers import calls, event, eventually, profile, sid, stop_notice
 
@@ -71,6 +72,14 @@ def pipeline(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     environ["SMS_GATEWAY_URL"] = f"http://127.0.0.1:{ports['sms-gateway']}"
     environ["OUTREACH_DISPATCH_INTERVAL_S"] = "0.2"
     logs = tmp_path_factory.mktemp("logs")
+    # The default rules, without the retention dwell (30 min of wall time here).
+    rules = logs / "rules.yaml"
+    rules.write_text(
+        DEFAULT_RULES_FILE.read_text()
+        .replace("dwell: 30m", "dwell: 0s")
+        .replace("dwell: 2h", "dwell: 0s")
+    )
+    environ["ALERTING_RULES_FILE"] = str(rules)
     processes = {}
     for name, (args, _, _) in SERVICES.items():
         with open(logs / f"{name}.log", "wb") as log:

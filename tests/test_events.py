@@ -145,7 +145,8 @@ def test_money_keeps_decimal_precision() -> None:
 
 def test_json_schema_for_every_type_and_message() -> None:
     schemas = json_schemas()
-    assert set(EVENT_MODELS) | {"event", "risk_score", "outreach_task"} == set(schemas)
+    messages = {"event", "risk_score", "outreach_task", "task_update"}
+    assert set(EVENT_MODELS) | messages == set(schemas)
     assert schemas["stop_notice"]["properties"]["event_type"]["const"] == "stop_notice"
     assert "subscriber_id" in schemas["cdr"]["required"]
 

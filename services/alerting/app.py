@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.alerting.consumer import AlertingHandler, make_parser
+from services.alerting.consumer import AlertingHandler, Sweeper, make_parser
+from services.alerting.engine import Engine
+from services.alerting.rules import DEFAULT_RULES_FILE, load_rules
 from services.alerting.settings import AlertingSettings
+from services.alerting.views import router
 from shared.errors import install_error_handlers
 from shared.health import health_router
 from shared.metrics import install_metrics
@@ -16,26 +20,51 @@ from shared.runtime import ServiceRuntime
 
 
 def create_app(settings: AlertingSettings) -> FastAPI:
-    """The alerting service: the consumer of events and scores, probes, metrics."""
+    """The alerting service: rules over events and scores, the dwell sweep, silences API.
+
+    The rules file is loaded here, not in the lifespan, so a bad file stops
+    the service before it binds a port, with the file and line in the error.
+    """
+    rules = load_rules(settings.alerting_rules_file)
+    engine = Engine(
+        rules,
+        control_percent=settings.alerting_control_group_percent,
+        control_salt=settings.alerting_control_group_salt,
+    )
     runtime = ServiceRuntime(settings, "alerting")
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start(
             topics=[runtime.topics.events, runtime.topics.scores],
             group_id=settings.alerting_consumer_group,
             parser=make_parser(runtime.topics),
-            handler=AlertingHandler(settings, runtime.topics),
+            handler=AlertingHandler(engine, runtime.topics),
         )
+        sweeper = Sweeper(
+            settings, engine, runtime.engine, runtime.topics, lambda: runtime.producer
+        )
+        app.state.sweeper = sweeper
+        sweep_task = asyncio.create_task(sweeper.run(), name="alerting-sweep")
         try:
             yield
         finally:
+            sweeper.stop()
+            await sweep_task
             await runtime.stop()
 
-    app = FastAPI(title="churnwatch alerting", version="1", lifespan=lifespan)
+    app = FastAPI(
+        title="churnwatch alerting",
+        version="1",
+        description="Alerting rules over risk scores and events; silences.",
+        lifespan=lifespan,
+    )
     app.state.settings = settings
     app.state.runtime = runtime
+    app.state.rules = rules
+    app.state.rules_source = settings.alerting_rules_file or DEFAULT_RULES_FILE
     install_error_handlers(app)
     install_metrics(app, "alerting")
     app.include_router(health_router(runtime.checks()))
+    app.include_router(router)
     return app

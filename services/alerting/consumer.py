@@ -1,15 +1,25 @@
-"""Alerting's batch handler: profiles, stop-notices and scores in, outreach tasks out."""
+"""Alerting's batch handler and dwell sweep: events and scores in, tasks and updates out."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from aiokafka import ConsumerRecord
-from sqlalchemy.ext.asyncio import AsyncConnection
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.alerting import metrics, rules, service
+from services.alerting import metrics, service
+from services.alerting.engine import (
+    Effects,
+    Engine,
+    SubscriberView,
+    allocate,
+    capacity_day,
+)
 from services.alerting.models import processed_messages
 from services.alerting.settings import AlertingSettings
 from shared.consumer import Inbound, Outbox
@@ -18,11 +28,15 @@ from shared.events import (
     Event,
     OutreachTask,
     RiskScore,
-    StopNoticeEvent,
     SubscriberEvent,
+    TaskAction,
+    TaskUpdate,
+    derive_id,
     parse_event,
 )
 from shared.topics import Topics
+
+log = logging.getLogger(__name__)
 
 Message = Event | RiskScore
 
@@ -48,17 +62,100 @@ def _message_id(message: Message) -> uuid.UUID:
     return message.score_id if isinstance(message, RiskScore) else message.event_id
 
 
-class AlertingHandler:
-    """Turns one batch of events and scores into tasks, once."""
+async def apply_effects(
+    conn: AsyncConnection,
+    *,
+    engine: Engine,
+    views: dict[str, SubscriberView],
+    effects: Effects,
+    outbox: Outbox,
+    topics: Topics,
+    now: datetime,
+) -> None:
+    """Store what the engine decided, fit calls into managers' days, then publish.
 
-    def __init__(self, settings: AlertingSettings, topics: Topics) -> None:
-        self.settings = settings
+    Publishing goes through the ``Outbox``: the caller waits for every
+    acknowledgement before committing, so a crash re-runs the batch and the
+    deterministic ids make the re-run publish the same messages (outreach
+    stores them once).
+    """
+    held_out = {t.task_id for t in effects.held_out}
+    await service.save_views(
+        conn, views=views.values(), new_alerts=effects.new_alerts, held_out=held_out, now=now
+    )
+    outbound = list(effects.outbound)
+    reroutes: list[TaskUpdate] = []
+    for i, message in enumerate(outbound):
+        if isinstance(message, OutreachTask) and message.task_id in effects.capacity_tasks:
+            outbound[i] = await _fit_capacity(conn, engine=engine, task=message, reroutes=reroutes)
+    for message in [*outbound, *reroutes]:
+        await outbox.send(topics.tasks, key=message.subscriber_id, value=message)
+        if isinstance(message, OutreachTask):
+            metrics.TASKS.labels(message.kind.value, message.channel.value).inc()
+        else:
+            metrics.TASK_UPDATES.labels(message.action.value).inc()
+    for rule, tier in effects.fired:
+        metrics.FIRED.labels(rule, tier).inc()
+    for rule, reason in effects.suppressed:
+        metrics.SUPPRESSED.labels(rule, reason).inc()
+
+
+async def _fit_capacity(
+    conn: AsyncConnection, *, engine: Engine, task: OutreachTask, reroutes: list[TaskUpdate]
+) -> OutreachTask:
+    """Give the call to its manager if their day has room (or it outranks a call there).
+
+    Otherwise, or for the call it outranks, the overflow queue takes it, so
+    a manager's list never holds more than they can call in a day.
+    """
+    capacity = engine.rules.capacity
+    manager = task.account_manager_id
+    if manager is None or task.queue is None:
+        return task  # only calls routed to a manager's own queue are counted
+    day = capacity_day(task.created_at, engine.rules)
+    load = await service.manager_day_load(conn, manager_id=manager, day=day, queue=task.queue)
+    joins, bumped = allocate(load, capacity=capacity.daily_calls(manager), priority=task.priority)
+    if bumped is not None:
+        await service.assign_capacity(
+            conn, task_id=bumped, manager_id=manager, day=day, queue=capacity.overflow_queue
+        )
+        subscriber_id = await service.task_subscriber(conn, task_id=bumped)
+        reason = f"{manager}'s day is full with more urgent calls"
+        reroutes.append(
+            TaskUpdate(
+                update_id=derive_id("update", bumped, TaskAction.REROUTE, task.task_id),
+                task_id=bumped,
+                subscriber_id=subscriber_id,
+                action=TaskAction.REROUTE,
+                reason=reason,
+                queue=capacity.overflow_queue,
+                at=task.created_at,
+            )
+        )
+        metrics.SPILLED.labels("bumped").inc()
+    if joins:
+        await service.assign_capacity(
+            conn, task_id=task.task_id, manager_id=manager, day=day, queue=task.queue
+        )
+        return task
+    await service.assign_capacity(
+        conn, task_id=task.task_id, manager_id=manager, day=day, queue=capacity.overflow_queue
+    )
+    metrics.SPILLED.labels("full").inc()
+    return task.model_copy(update={"queue": capacity.overflow_queue})
+
+
+class AlertingHandler:
+    """Turns one batch of events and scores into tasks and task updates, once."""
+
+    def __init__(self, engine: Engine, topics: Topics) -> None:
+        self.engine = engine
         self.topics = topics
 
     async def __call__(
         self, conn: AsyncConnection, batch: Sequence[Inbound[Message | None]], outbox: Outbox
     ) -> None:
-        """Store profiles, evaluate rules, record and publish new tasks."""
+        """Store profiles, run every new message through the rules, store and publish."""
         now = datetime.now(UTC)
         messages = [item.value for item in batch if item.value is not None]
         todo = await keep_new(
@@ -66,22 +163,103 @@ class AlertingHandler:
         )
         metrics.MESSAGES.labels("handled").inc(len(todo))
         metrics.MESSAGES.labels("duplicate").inc(len(messages) - len(todo))
-        # Profiles first, in event-time order, so tasks in this batch see them.
+        if not todo:
+            return
+        # Profiles first, in event-time order, so the rules in this batch see them.
         new_profiles = [m for m in todo if isinstance(m, SubscriberEvent)]
         for profile_event in sorted(new_profiles, key=lambda m: m.occurred_at):
             await service.upsert_profile(conn, event=profile_event)
-        profiles = await service.load_profiles(conn, subscriber_ids={m.subscriber_id for m in todo})
-        candidates: list[OutreachTask] = []
+        views = await service.load_views(conn, subscriber_ids={m.subscriber_id for m in todo})
+        silences = await service.active_silences(conn, now=now)
+        effects = Effects()
         for message in todo:
-            profile = profiles.get(message.subscriber_id, rules.UNKNOWN)
-            if isinstance(message, StopNoticeEvent):
-                candidates.extend(rules.pre_suspension_tasks(message, profile, now=now))
-            elif isinstance(message, RiskScore):
-                task = rules.retention_task(message, profile, self.settings, now=now)
-                if task is not None:
-                    candidates.append(task)
-                elif rules.crossed_upward(message, self.settings.alerting_retention_threshold):
-                    metrics.SUPPRESSED.labels("retention", "marketing_opt_out").inc()
-        for task in await service.record_tasks(conn, new_tasks=candidates):
-            await outbox.send(self.topics.tasks, key=task.subscriber_id, value=task)
-            metrics.TASKS.labels(task.kind.value, task.channel.value).inc()
+            self.engine.handle(
+                message, views[message.subscriber_id], effects, silences=silences, now=now
+            )
+        await apply_effects(
+            conn,
+            engine=self.engine,
+            views=views,
+            effects=effects,
+            outbox=outbox,
+            topics=self.topics,
+            now=now,
+        )
+
+
+class Sweeper:
+    """Fires score rules whose dwell elapsed with no newer score; refreshes the gauges.
+
+    Scores are published only when they move, so a subscriber who crossed a
+    threshold and stayed there sends nothing more: without this sweep, a rule
+    with a dwell would wait for their next score forever.
+    """
+
+    def __init__(
+        self,
+        settings: AlertingSettings,
+        engine: Engine,
+        db: AsyncEngine,
+        topics: Topics,
+        producer: Callable[[], AIOKafkaProducer | None],
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.db = db
+        self.topics = topics
+        self.producer = producer
+        self._stop = asyncio.Event()
+        score_rules = engine.rules.rules_on("score")
+        self.min_dwell = min((r.trigger.dwell for r in score_rules), default=None)  # type: ignore[union-attr]
+
+    async def sweep_once(self, *, now: datetime | None = None) -> int:
+        """One pass; returns how many subscribers were evaluated."""
+        now = now or datetime.now(UTC)
+        producer = self.producer()
+        if producer is None:
+            return 0
+        evaluated = 0
+        async with self.db.connect() as conn, conn.begin():
+            if self.min_dwell is not None:
+                ids = await service.due_pending(
+                    conn,
+                    pending_before=now - self.min_dwell,
+                    limit=self.settings.alerting_sweep_batch,
+                )
+                views = await service.load_views(conn, subscriber_ids=ids, skip_locked=True)
+                silences = await service.active_silences(conn, now=now)
+                effects = Effects()
+                for view in views.values():
+                    self.engine.tick(view, effects, silences=silences, now=now)
+                outbox = Outbox(producer)
+                await apply_effects(
+                    conn,
+                    engine=self.engine,
+                    views=views,
+                    effects=effects,
+                    outbox=outbox,
+                    topics=self.topics,
+                    now=now,
+                )
+                # Acknowledged before the state change commits: at least once.
+                await outbox.flush()
+                evaluated = len(views)
+            counts = await service.open_task_counts(conn, now=now)
+        for kind in {*counts, *metrics.OPEN_KINDS}:
+            metrics.OPEN_TASKS.labels(kind).set(counts.get(kind, 0))
+        return evaluated
+
+    async def run(self) -> None:
+        """Sweep every ``ALERTING_SWEEP_INTERVAL_S`` until stopped; errors are logged, not fatal."""
+        while not self._stop.is_set():
+            try:
+                await self.sweep_once()
+            except Exception:
+                metrics.SWEEP_ERRORS.inc()
+                log.exception("alerting sweep failed; retrying next interval")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.alerting_sweep_interval_s)
+
+    def stop(self) -> None:
+        """Ask ``run`` to return after the pass in hand."""
+        self._stop.set()

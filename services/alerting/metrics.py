@@ -1,19 +1,50 @@
-"""Alerting metrics."""
+"""Alerting metrics. Labels are rule names, tiers, kinds and reasons: never a subscriber."""
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
+from shared.events import TaskKind
+
+OPEN_KINDS = tuple(k.value for k in TaskKind)
+
+FIRED = Counter(
+    "churnwatch_alerting_alerts_fired_total",
+    "Alerts fired and sent to outreach, by rule and tier",
+    ["rule", "tier"],
+)
+SUPPRESSED = Counter(
+    "churnwatch_alerting_suppressed_total",
+    "Alerts or tasks not sent, by rule and reason (dedup, repeat, inhibited, silenced, "
+    "control_group, churned, no_contact, opted_out, too_late)",
+    ["rule", "reason"],
+)
 TASKS = Counter(
     "churnwatch_alerting_tasks_total",
     "Outreach tasks published, by kind and channel",
     ["kind", "channel"],
 )
-SUPPRESSED = Counter(
-    "churnwatch_alerting_suppressed_total",
-    "Alerts not turned into a task, by kind and reason",
-    ["kind", "reason"],
+TASK_UPDATES = Counter(
+    "churnwatch_alerting_task_updates_total",
+    "Task updates published (cancel, close, reroute)",
+    ["action"],
+)
+SPILLED = Counter(
+    "churnwatch_alerting_calls_spilled_total",
+    "Calls sent to the overflow queue because a manager's day was full, by how "
+    "(full: the new call; bumped: a less urgent call it replaced)",
+    ["how"],
+)
+OPEN_TASKS = Gauge(
+    "churnwatch_alerting_open_tasks",
+    "Tasks of open alerts (not cancelled, closed or past their window; held-out "
+    "ones excluded), by kind",
+    ["kind"],
 )
 MESSAGES = Counter(
     "churnwatch_alerting_messages_total",
     "Messages consumed by alerting, by result (handled, duplicate)",
     ["result"],
+)
+SWEEP_ERRORS = Counter(
+    "churnwatch_alerting_sweep_errors_total",
+    "Dwell sweeps that failed (retried on the next interval)",
 )

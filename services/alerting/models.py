@@ -1,6 +1,22 @@
 """Alerting's tables (PostgreSQL schema ``alerting``)."""
 
-from sqlalchemy import Boolean, Column, DateTime, Numeric, String, Table, Uuid
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Table,
+    Text,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 
 from shared.db import make_metadata
 
@@ -30,14 +46,89 @@ subscribers = Table(
     comment="Latest subscriber profile, for routing tasks (newest occurred_at wins).",
 )
 
+subscriber_facts = Table(
+    "subscriber_facts",
+    metadata,
+    Column("subscriber_id", String(64), primary_key=True),
+    Column("churned_at", DateTime(timezone=True), nullable=True),
+    Column("bill_mean", Numeric(14, 4), nullable=True),
+    Column("bills_seen", Integer, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    comment="What the rules remember besides the profile: churned or not, the usual bill.",
+)
+
+rule_state = Table(
+    "rule_state",
+    metadata,
+    Column("subscriber_id", String(64), primary_key=True),
+    Column("rule", String(64), primary_key=True),
+    Column("armed", Boolean, nullable=False),
+    Column("pending_since", DateTime(timezone=True), nullable=True),
+    Column("pending_score", JSONB, nullable=True),
+    Column("last_fired_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(
+        "ix_rule_state_pending",
+        "pending_since",
+        postgresql_where=text("pending_since IS NOT NULL"),
+    ),
+    comment="Per subscriber and rule: hysteresis (armed), dwell (pending) and last firing.",
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("alert_id", Uuid, primary_key=True),
+    Column("subscriber_id", String(64), nullable=False),
+    Column("rule", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("severity", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("held_out", Boolean, nullable=False),
+    Column("cause_id", Uuid, nullable=False),
+    Column("fired_at", DateTime(timezone=True), nullable=False),
+    Column("open_until", DateTime(timezone=True), nullable=False),
+    Column("amount_due", Numeric(14, 4), nullable=True),
+    Column("paid", Numeric(14, 4), nullable=False, server_default="0"),
+    Column("end_reason", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_alerts_subscriber_status", "subscriber_id", "status"),
+    comment="Every firing of a rule: open, cancelled, closed or superseded; held out or not.",
+)
+
 tasks = Table(
     "tasks",
     metadata,
     Column("task_id", Uuid, primary_key=True),
+    Column("alert_id", Uuid, ForeignKey("alerting.alerts.alert_id"), nullable=True),
+    Column("rule", String(64), nullable=True),
     Column("kind", String(32), nullable=False),
     Column("channel", String(8), nullable=False),
     Column("subscriber_id", String(64), nullable=False, index=True),
+    Column("queue", String(80), nullable=True),
+    Column("priority", Float, nullable=False, server_default="0"),
+    Column("manager_id", String(64), nullable=True),
+    Column("capacity_day", Date, nullable=True),
+    Column("status", String(16), nullable=False, server_default="published"),
     Column("cause_event_id", Uuid, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    comment="Every task alerting has published (dedup and, later, cancellation).",
+    Index("ix_tasks_manager_day", "manager_id", "capacity_day"),
+    comment="Every task alerting made (published or held out), for capacity and audit.",
+)
+
+silences = Table(
+    "silences",
+    metadata,
+    Column("silence_id", Uuid, primary_key=True),
+    Column("rule", String(64), nullable=True),
+    Column("tier", String(16), nullable=True),
+    Column("subscriber_id", String(64), nullable=True),
+    Column("starts_at", DateTime(timezone=True), nullable=False),
+    Column("ends_at", DateTime(timezone=True), nullable=False),
+    Column("comment", Text, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_silences_ends_at", "ends_at"),
+    comment="Operator silences: alerts matching rule/tier/subscriber are not sent until ends_at.",
 )

@@ -1,131 +1,415 @@
-"""Alerting rules: which event or score becomes which outreach task.
+"""The alerting rules file: its schema, and loading it with errors that name the line.
 
-Pure functions over the event/score, the subscriber's profile and settings;
-task ids are derived from the cause, so a replay derives the same id and the
-task is created once.
+A rules file (YAML, ``ALERTING_RULES_FILE``; the default ships as
+``services/alerting/default_rules.yaml`` and is documented in
+``docs/alerting.md``) lists:
+
+- ``rules``: what fires (a trigger on an event type or on a risk score), which
+  task kind it opens, how long that task stays open, how soon the same kind
+  may fire again, how urgent it is, and where it goes (``routes``, first match
+  wins unless a route says ``continue``);
+- ``inhibit``: while a task of one kind is open, tasks of other kinds/channels
+  are not opened;
+- ``cancel``: events that cancel (or close with an outcome) open tasks;
+- ``capacity``: how many retention calls an account manager takes a day, and
+  where the rest spill.
+
+Everything is validated by pydantic at start-up; ``load_rules`` turns a
+validation error into one naming the file, line and field, so a typo in a
+3 a.m. hot-fix stops the service with a message an operator can act on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+import re
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from services.alerting.settings import AlertingSettings
-from shared.events import (
-    Channel,
-    OutreachTask,
-    RiskScore,
-    StopNoticeEvent,
-    TaskKind,
-    Tier,
-    derive_id,
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from shared.events import Channel, TaskKind, Tier
+
+DEFAULT_RULES_FILE = Path(__file__).with_name("default_rules.yaml")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def parse_duration(value: object) -> timedelta:
+    """``90s``, ``30m``, ``12h``, ``7d``, ``2w`` (or a number of seconds) as a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"{value!r} is not a duration such as 30m, 12h, 7d or 2w")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return timedelta(seconds=seconds)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+"""A duration written as ``30m``, ``12h``, ``7d``, ``2w`` or seconds."""
+
+RuleName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a misspelt key must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- triggers -----------------------------------------------------------------
+
+
+class ScoreTrigger(_Strict):
+    """Fires when the risk score crosses ``threshold`` upward.
+
+    Hysteresis: after firing, the rule is re-armed for that subscriber only when
+    a score falls below ``rearm_below``, so a score hovering around the
+    threshold fires once. ``dwell``: the score must stay at or above the
+    threshold this long before the rule fires (checked on the next score and
+    by a periodic sweep).
+    """
+
+    on: Literal["score"]
+    threshold: float = Field(gt=0, lt=1)
+    rearm_below: float = Field(gt=0, lt=1)
+    dwell: Duration = timedelta(0)
+
+    @model_validator(mode="after")
+    def _rearm_below_threshold(self) -> ScoreTrigger:
+        if self.rearm_below >= self.threshold:
+            raise ValueError("rearm_below must be lower than threshold")
+        return self
+
+
+class StopNoticeTrigger(_Strict):
+    """Fires on a ``stop_notice``; the task is due ``lead`` before the suspension.
+
+    With ``cancel_when_paid``, payments after the notice that add up to the
+    amount to pay cancel the reminder before it goes out.
+    """
+
+    on: Literal["stop_notice"]
+    lead: Duration = timedelta(0)
+    cancel_when_paid: bool = True
+
+
+class ChurnTrigger(_Strict):
+    """Fires on a ``churn`` event for subscribers worth at least ``min_monthly_value``.
+
+    The task may not be acted on before ``delay`` after the churn (a win-back
+    offer the day someone ports out is wasted).
+    """
+
+    on: Literal["churn"]
+    delay: Duration = timedelta(0)
+    min_monthly_value: Decimal = Field(default=Decimal(0), ge=0)
+
+
+class ArrearsTrigger(_Strict):
+    """Fires on early ``arrears``: at least ``min_amount`` overdue, at most ``max_days_overdue``."""
+
+    on: Literal["arrears"]
+    min_amount: Decimal = Field(default=Decimal(0), ge=0)
+    max_days_overdue: int = Field(default=30, ge=0)
+
+
+class BillShockTrigger(_Strict):
+    """Fires on a ``billing`` event unusually high against the subscriber's usual bill.
+
+    Usual = the exponentially weighted mean of their earlier bills (after
+    ``min_history`` of them); unusual = at least ``ratio`` times it and at least
+    ``min_increase`` more.
+    """
+
+    on: Literal["billing"]
+    ratio: float = Field(default=1.5, gt=1)
+    min_increase: Decimal = Field(default=Decimal(0), ge=0)
+    min_history: int = Field(default=3, ge=1)
+
+
+Trigger = Annotated[
+    ScoreTrigger | StopNoticeTrigger | ChurnTrigger | ArrearsTrigger | BillShockTrigger,
+    Field(discriminator="on"),
+]
+
+# --- routes -------------------------------------------------------------------
+
+VIP_TIERS = frozenset(t for t in Tier if t.is_vip)
+
+
+def _tiers(value: object) -> object:
+    # "vip" is shorthand for the four account-managed tiers.
+    if isinstance(value, list):
+        out: list[object] = []
+        for item in value:
+            out.extend(sorted(VIP_TIERS) if item == "vip" else [item])
+        return out
+    return value
+
+
+class Match(_Strict):
+    """Conditions on the subscriber's profile; every one given must hold."""
+
+    tiers: Annotated[frozenset[Tier] | None, BeforeValidator(_tiers)] = None
+    min_monthly_value: Decimal | None = Field(default=None, ge=0)
+    max_monthly_value: Decimal | None = Field(default=None, ge=0)
+    has_account_manager: bool | None = None
+
+
+class Route(_Strict):
+    """Where a fired rule's task goes: a channel, and a queue or a template."""
+
+    match: Match = Match()
+    channel: Channel
+    queue: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z0-9_:-]{0,63}$",
+        description="Calls: 'account_manager' (the subscriber's, else the overflow queue) "
+        "or a named shared queue.",
+    )
+    template: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    marketing: bool = False
+    capacity: bool = Field(
+        default=False, description="Counts against the account manager's daily call capacity."
+    )
+    continue_: bool = Field(default=False, alias="continue")
+
+    @model_validator(mode="after")
+    def _channel_fields(self) -> Route:
+        if self.channel is Channel.CALL and self.queue is None:
+            raise ValueError("a call route needs a queue")
+        if self.channel is Channel.SMS and (self.queue is not None or self.capacity):
+            raise ValueError("an sms route takes a template, not a queue or capacity")
+        return self
+
+
+# --- rules --------------------------------------------------------------------
+
+
+class Rule(_Strict):
+    """One alerting rule."""
+
+    name: RuleName
+    kind: TaskKind
+    trigger: Trigger
+    severity: int = Field(
+        default=0,
+        ge=0,
+        description="A rule of higher severity replaces an open task of the same kind "
+        "opened by a lower one (medium risk escalating to high).",
+    )
+    open_for: Duration = Field(
+        default=timedelta(days=7),
+        description="How long the task counts as open for deduplication and inhibition "
+        "(reminders: until their due time).",
+    )
+    repeat_interval: Duration = Field(
+        default=timedelta(0),
+        description="After the kind fired for a subscriber, it does not fire again for them "
+        "within this time.",
+    )
+    priority: Literal["fixed", "value", "risk_value"] = "fixed"
+    priority_base: float = Field(default=0, ge=0)
+    control_group: bool = Field(default=False, description="Subject to the hold-out control group.")
+    routes: list[Route] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Rule:
+        if self.priority == "risk_value" and not isinstance(self.trigger, ScoreTrigger):
+            raise ValueError("priority risk_value needs a score trigger")
+        return self
+
+
+class Inhibit(_Strict):
+    """While a task of a ``while_open`` kind is open, matching new tasks are not opened."""
+
+    while_open: list[TaskKind] = Field(min_length=1)
+    kinds: list[TaskKind] = Field(min_length=1)
+    channels: list[Channel] = Field(default_factory=lambda: list(Channel))
+
+
+class Cancel(_Strict):
+    """An event that ends open tasks of some kinds: cancels them, or closes with an outcome."""
+
+    on: Literal["churn", "reactivation"]
+    kinds: list[TaskKind] = Field(min_length=1)
+    outcome: str | None = Field(default=None, pattern=r"^[a-z_]{1,32}$")
+    reason: str = Field(min_length=1, max_length=200)
+
+
+class Capacity(_Strict):
+    """Account managers' daily call capacity, and where calls over it go."""
+
+    timezone: str = "UTC"
+    default_daily_calls: int = Field(default=10, ge=0)
+    managers: dict[str, int] = Field(default_factory=dict)
+    overflow_queue: str = Field(default="general", pattern=r"^[a-z][a-z0-9_:-]{0,63}$")
+    reason_weights: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("managers")
+    @classmethod
+    def _non_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = [k for k, v in value.items() if v < 0]
+        if bad:
+            raise ValueError(f"daily calls must be at least 0 (managers {bad})")
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The zone whose calendar day the capacity counts."""
+        return ZoneInfo(self.timezone)
+
+    def daily_calls(self, manager_id: str) -> int:
+        """How many capacity-limited calls this manager takes a day."""
+        return self.managers.get(manager_id, self.default_daily_calls)
+
+    def weight(self, reason_codes: Iterable[str]) -> float:
+        """The largest weight among these reasons (1 when none is weighted)."""
+        return max((self.reason_weights.get(code, 1.0) for code in reason_codes), default=1.0)
+
+
+class RulesFile(_Strict):
+    """A whole rules file."""
+
+    version: Literal[1]
+    capacity: Capacity = Capacity()
+    rules: list[Rule] = Field(min_length=1)
+    inhibit: list[Inhibit] = Field(default_factory=list)
+    cancel: list[Cancel] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RulesFile:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.name in seen:
+                raise ValueError(f"rule name {rule.name!r} is used twice")
+            seen.add(rule.name)
+        return self
+
+    def rules_on(self, trigger: str) -> list[Rule]:
+        """The rules fired by this trigger type, in file order."""
+        return [r for r in self.rules if r.trigger.on == trigger]
+
+    def severity(self, rule_name: str) -> int:
+        """A rule's severity (0 for a rule no longer in the file)."""
+        return next((r.severity for r in self.rules if r.name == rule_name), 0)
+
+
+# --- loading ------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false.
+
+    YAML 1.1 reads ``on``/``off``/``yes``/``no`` as booleans, which would turn
+    the trigger key ``on:`` into ``True``.
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Profile:
-    """What alerting knows of a subscriber, from the latest ``subscriber`` event."""
-
-    tier: Tier = Tier.STANDARD
-    monthly_value: Decimal = Decimal(0)
-    account_manager_id: str | None = None
-    phone: str | None = None
-    language: str = "en"
-    name: str | None = None
-    marketing_opt_out: bool = False
+class RulesError(ValueError):
+    """A rules file that cannot be used; the message names the file and line."""
 
 
-UNKNOWN = Profile()
+def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    """Map each key path in the YAML document to its 1-based line."""
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            k = key.value
+            out[(*path, k)] = key.start_mark.line + 1
+            _line_index(value, (*path, k), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, (*path, i), out)
 
 
-def _params(profile: Profile, **extra: str) -> dict[str, str]:
-    params = {"name": profile.name or "", "account_manager": profile.account_manager_id or ""}
-    params.update(extra)
-    return params
+def _locate(
+    lines: dict[tuple[Any, ...], int], loc: Sequence[Any], *, missing: bool
+) -> tuple[str, int]:
+    """The dotted field path of a validation error and the line it is on.
 
-
-def pre_suspension_tasks(
-    event: StopNoticeEvent, profile: Profile, *, now: datetime
-) -> list[OutreachTask]:
-    """A reminder before the suspension: an SMS for every tier, plus a call for VIPs.
-
-    Every VIP must be reminded before a suspension (the reminder-before-suspension
-    KPI), so VIPs with an account manager also get a call task due before it.
+    Pydantic's ``loc`` also holds union tags (``rules.0.trigger.score.threshold``)
+    that are not keys in the document: a part that is not a key is such a tag
+    and is dropped, except the last part of a missing-key error (the key). The
+    line is that of the deepest part of the path present in the document (the
+    rule, when a required key is missing).
     """
-    p = event.payload
-    params = _params(
-        profile,
-        amount=f"{p.amount_to_pay:.2f}",
-        suspension_at=p.suspension_at.isoformat(),
-    )
-    common = {
-        "kind": TaskKind.PRE_SUSPENSION_REMINDER,
-        "subscriber_id": event.subscriber_id,
-        "tier": profile.tier,
-        "phone": profile.phone,
-        "language": profile.language,
-        "account_manager_id": profile.account_manager_id,
-        "due_at": p.suspension_at,
-        "reasons": [f"suspension scheduled ({p.reason}); {params['amount']} to pay"],
-        "params": params,
-        "cause_event_id": event.event_id,
-        "created_at": now,
-    }
-    tasks = [
-        OutreachTask(
-            task_id=derive_id(TaskKind.PRE_SUSPENSION_REMINDER, "sms", event.event_id),
-            channel=Channel.SMS,
-            priority=80 if profile.tier.is_vip else 60,
-            **common,
-        )
-    ]
-    if profile.tier.is_vip:
-        tasks.append(
-            OutreachTask(
-                task_id=derive_id(TaskKind.PRE_SUSPENSION_REMINDER, "call", event.event_id),
-                channel=Channel.CALL,
-                priority=90,
-                **common,
-            )
-        )
-    return tasks
+    path: tuple[Any, ...] = ()
+    shown: list[str] = []
+    for i, part in enumerate(loc):
+        if (*path, part) in lines:
+            path = (*path, part)
+            shown.append(str(part))
+        elif missing and i == len(loc) - 1:
+            shown.append(str(part))
+    return ".".join(shown) or "(top)", lines.get(path, 1)
 
 
-def crossed_upward(score: RiskScore, threshold: float) -> bool:
-    """True when this score is the first at or above the threshold after one below it."""
-    return score.score >= threshold and (
-        score.previous_score is None or score.previous_score < threshold
-    )
+def parse_rules(text: str, *, source: str = "<rules>") -> RulesFile:
+    """Parse and validate a rules document; raise ``RulesError`` naming the line."""
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise RulesError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if root is None or not isinstance(data, dict):
+        raise RulesError(f"{source}:1: a rules file is a mapping with 'version' and 'rules'")
+    lines: dict[tuple[Any, ...], int] = {}
+    _line_index(root, (), lines)
+    try:
+        return RulesFile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            dotted, line = _locate(lines, err["loc"], missing=err["type"] == "missing")
+            problems.append(f"{source}:{line}: {dotted}: {err['msg']}")
+        raise RulesError("\n".join(problems)) from exc
 
 
-def retention_task(
-    score: RiskScore, profile: Profile, settings: AlertingSettings, *, now: datetime
-) -> OutreachTask | None:
-    """A retention task when the risk crosses the threshold upward, else None.
-
-    High-value and VIP subscribers go to the call queue (their account manager
-    when they have one); others get a care SMS with an offer, unless they opted
-    out of marketing.
-    """
-    if not crossed_upward(score, settings.alerting_retention_threshold):
-        return None
-    call = profile.tier.is_vip or profile.monthly_value >= settings.alerting_high_value
-    if not call and profile.marketing_opt_out:
-        return None
-    channel = Channel.CALL if call else Channel.SMS
-    return OutreachTask(
-        task_id=derive_id(TaskKind.RETENTION, channel, score.cause_event_id),
-        kind=TaskKind.RETENTION,
-        channel=channel,
-        subscriber_id=score.subscriber_id,
-        tier=profile.tier,
-        phone=profile.phone,
-        language=profile.language,
-        account_manager_id=profile.account_manager_id,
-        priority=min(100, int(score.score * 100)),
-        reasons=[f"{r.code}: {r.text_en}" for r in score.reasons],
-        params=_params(profile, score=f"{score.score:.2f}"),
-        cause_event_id=score.cause_event_id,
-        created_at=now,
-    )
+def load_rules(path: Path | None = None) -> RulesFile:
+    """Load a rules file (the default one when ``path`` is None)."""
+    path = path or DEFAULT_RULES_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError(f"{path}: cannot read the rules file: {exc.strerror}") from exc
+    return parse_rules(text, source=str(path))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from pathlib import Path
 
 from pydantic import Field
 
@@ -14,9 +14,21 @@ class AlertingSettings(BaseServiceSettings):
 
     alerting_port: int = Field(default=8083, ge=1, le=65535)
     alerting_consumer_group: str = "churnwatch-alerting"
-    alerting_retention_threshold: float = Field(default=0.7, gt=0, lt=1)
-    alerting_high_value: Decimal = Field(
-        default=Decimal(50),
-        ge=0,
-        description="Monthly value from which a retention task is a call, not an SMS.",
+    alerting_rules_file: Path | None = Field(
+        default=None,
+        description="The rules file (YAML); unset uses the default shipped with the service.",
     )
+    alerting_control_group_percent: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="Share of subscribers held out of rules marked control_group.",
+    )
+    alerting_control_group_salt: str = Field(
+        default="churnwatch",
+        min_length=1,
+        max_length=64,
+        description="Changes which subscribers fall in the control group.",
+    )
+    alerting_sweep_interval_s: float = Field(default=30.0, gt=0, le=3600)
+    alerting_sweep_batch: int = Field(default=500, ge=1, le=100_000)

@@ -1,8 +1,9 @@
-"""Outreach's batch handler: store tasks once, wake the SMS dispatcher."""
+"""Outreach's batch handler: store new tasks, apply task updates, wake the SMS dispatcher."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -11,31 +12,53 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.outreach import metrics, service
 from shared.consumer import Inbound, Outbox
-from shared.events import Channel, OutreachTask
+from shared.events import TASK_MESSAGE_ADAPTER, Channel, OutreachTask, TaskUpdate
+
+log = logging.getLogger(__name__)
+
+TaskMessage = OutreachTask | TaskUpdate
 
 
-def parse_record(record: ConsumerRecord[bytes, bytes]) -> OutreachTask:
-    """Parse a task message; failures go to the DLQ."""
+def parse_record(record: ConsumerRecord[bytes, bytes]) -> TaskMessage:
+    """Parse a message of the tasks topic (a task or a task update); failures go to the DLQ."""
     if record.value is None:
         raise ValueError("empty message")
-    return OutreachTask.model_validate_json(record.value)
+    return TASK_MESSAGE_ADAPTER.validate_json(record.value)
 
 
 class OutreachHandler:
-    """Stores every new task; SMS tasks are then sent by the dispatcher."""
+    """Stores every new task and applies task updates; the dispatcher then sends SMS."""
 
     def __init__(self, wakeup: asyncio.Event) -> None:
         self.wakeup = wakeup
 
     async def __call__(
-        self, conn: AsyncConnection, batch: Sequence[Inbound[OutreachTask]], outbox: Outbox
+        self, conn: AsyncConnection, batch: Sequence[Inbound[TaskMessage]], outbox: Outbox
     ) -> None:
-        """Store the batch's tasks idempotently on task_id."""
-        stored = await service.store_tasks(
-            conn, new_tasks=[item.value for item in batch], now=datetime.now(UTC)
-        )
+        """Store the batch's tasks (idempotent on task_id), then apply its updates in order.
+
+        Tasks go first: an update is keyed by subscriber like its task, so it
+        comes after the task on the topic, possibly in the same batch.
+        """
+        now = datetime.now(UTC)
+        new_tasks = [item.value for item in batch if isinstance(item.value, OutreachTask)]
+        updates = [item.value for item in batch if isinstance(item.value, TaskUpdate)]
+        stored = await service.store_tasks(conn, new_tasks=new_tasks, now=now)
         for task in stored:
             metrics.TASKS_STORED.labels(task.kind.value, task.channel.value).inc()
+        for update, result in await service.apply_updates(conn, updates=updates, now=now):
+            metrics.TASK_UPDATES.labels(update.action.value, result.value).inc()
+            if result is service.UpdateResult.UNKNOWN_TASK:
+                # Alerting only updates tasks it published, so outreach lost one
+                # (dead-lettered?) or the topics were mixed up: worth a look.
+                log.warning(
+                    "task update for an unknown task ignored",
+                    extra={
+                        "update_id": str(update.update_id),
+                        "task_id": str(update.task_id),
+                        "action": update.action.value,
+                    },
+                )
         if any(t.channel is Channel.SMS for t in stored):
             # Set before our commit: if the dispatcher looks too early it finds the
             # task on its next tick (OUTREACH_DISPATCH_INTERVAL_S), never loses it.

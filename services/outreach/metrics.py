@@ -5,6 +5,12 @@ from prometheus_client import Counter, Gauge, Histogram
 TASKS_STORED = Counter(
     "churnwatch_outreach_tasks_total", "Tasks stored, by kind and channel", ["kind", "channel"]
 )
+TASK_UPDATES = Counter(
+    "churnwatch_outreach_task_updates_total",
+    "Task updates from alerting, by action (cancel, close, reroute) and result "
+    "(applied, ignored, unknown_task)",
+    ["action", "result"],
+)
 SMS = Counter(
     "churnwatch_outreach_sms_total",
     "SMS outcomes, by task kind and result (sent, retry, failed, expired)",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.outreach.models import tasks
@@ -13,14 +14,28 @@ from shared.events import Channel
 
 
 async def queued_calls(
-    conn: AsyncConnection, *, account_manager_id: str | None, limit: int
+    conn: AsyncConnection,
+    *,
+    account_manager_id: str | None = None,
+    queue: str | None = None,
+    now: datetime,
+    limit: int,
 ) -> list[dict[str, Any]]:
-    """Queued call tasks, most urgent first: priority, then the earliest due time."""
+    """Queued call tasks that may be worked at ``now``, most urgent first.
+
+    A call whose ``not_before`` is still ahead (alerting deferred it, e.g. to
+    office hours) is hidden until then. Order: priority (highest first), then
+    the earliest due time (none last), then the oldest.
+    """
     query = select(tasks).where(
-        tasks.c.channel == Channel.CALL.value, tasks.c.status == CallStatus.QUEUED
+        tasks.c.channel == Channel.CALL.value,
+        tasks.c.status == CallStatus.QUEUED,
+        or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now),
     )
     if account_manager_id is not None:
         query = query.where(tasks.c.account_manager_id == account_manager_id)
+    if queue is not None:
+        query = query.where(tasks.c.queue == queue)
     query = query.order_by(
         tasks.c.priority.desc(), tasks.c.due_at.asc().nulls_last(), tasks.c.created_at
     ).limit(limit)

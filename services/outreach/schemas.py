@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
@@ -53,9 +54,18 @@ class TaskOut(BaseModel):
     tier: str
     phone_masked: str | None = Field(description="Last digits only; the API never returns it.")
     account_manager_id: str | None
-    priority: int
+    rule: str | None = Field(description="The alerting rule that made the task.")
+    queue: str | None = Field(description="Call queue: 'am:<account manager id>' or shared.")
+    template: str | None = Field(description="SMS template; null means the kind's.")
+    marketing: bool
+    monthly_value: Decimal | None
+    priority: float
+    risk: float | None = Field(description="Churn risk when the task was made.")
+    not_before: datetime | None = Field(description="Nothing is done before this time.")
     due_at: datetime | None
     reasons: list[str]
+    reason_codes: list[str]
+    outcome: str | None = Field(description="Recorded by a close update, e.g. won_back.")
     attempts: int
     last_error: str | None
     cause_event_id: uuid.UUID

@@ -4,18 +4,42 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.outreach.models import task_transitions, tasks
 from services.outreach.schemas import CallStatus, SmsStatus
 from shared.errors import BadRequest
-from shared.events import Channel, OutreachTask
+from shared.events import Channel, OutreachTask, TaskAction, TaskUpdate
+
+# States from which alerting may still stop a task (cancel, or close with an
+# outcome). An SMS in 'sending' is not among them: the provider may already
+# have it, and the dispatcher records what happened to it.
+STOPPABLE: Mapping[str, frozenset[str]] = {
+    Channel.SMS.value: frozenset({SmsStatus.PENDING}),
+    Channel.CALL.value: frozenset({CallStatus.QUEUED, CallStatus.ASSIGNED}),
+}
+
+ALERTING = "alerting"
+"""Actor of the audit rows that alerting's messages cause."""
+
+CANCELLED = "cancelled"
+"""The state of a stopped task, with the same name for both channels."""
+
+
+class UpdateResult(StrEnum):
+    """What became of one task update (the ``result`` label of its metric)."""
+
+    APPLIED = "applied"
+    IGNORED = "ignored"
+    UNKNOWN_TASK = "unknown_task"
 
 
 def initial_status(channel: Channel) -> str:
@@ -44,11 +68,22 @@ async def store_tasks(
                     "phone": t.phone,
                     "language": t.language,
                     "account_manager_id": t.account_manager_id,
+                    "rule": t.rule,
+                    "queue": t.queue,
+                    "template": t.template,
+                    "marketing": t.marketing,
+                    "monthly_value": t.monthly_value,
                     "priority": t.priority,
+                    "risk": t.risk,
+                    "not_before": t.not_before,
                     "due_at": t.due_at,
                     "reasons": t.reasons,
+                    "reason_codes": t.reason_codes,
                     "params": t.params,
                     "cause_event_id": t.cause_event_id,
+                    # The dispatcher claims only SMS whose next attempt is due, so
+                    # starting there keeps it from sending before not_before.
+                    "next_attempt_at": t.not_before if t.channel is Channel.SMS else None,
                     "created_at": t.created_at,
                     "updated_at": now,
                 }
@@ -63,7 +98,7 @@ async def store_tasks(
     await record_transitions(
         conn,
         rows=[
-            (t.task_id, None, initial_status(t.channel), "alerting", "task created") for t in stored
+            (t.task_id, None, initial_status(t.channel), ALERTING, "task created") for t in stored
         ],
         now=now,
     )
@@ -117,6 +152,144 @@ async def transition(
         return False
     await record_transitions(conn, rows=[(task_id, from_status, to_status, actor, reason)], now=now)
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one task update does to its task: new status, new column values, audit reason."""
+
+    to_status: str
+    reason: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_update(task: Mapping[str, Any], update: TaskUpdate) -> Change | None:
+    """The change ``update`` makes to ``task`` (its current row), or None if it does nothing.
+
+    Pure, so the rules are testable without a database. An update that would
+    change nothing returns None; with the ``update_id`` check in
+    ``apply_updates`` this makes every update idempotent.
+    """
+    status, stoppable = task["status"], task["status"] in STOPPABLE[task["channel"]]
+    if update.action is TaskAction.CANCEL:
+        # A task already sent, failed, done or cancelled is history: left alone.
+        return Change(CANCELLED, update.reason) if stoppable else None
+    if update.action is TaskAction.CLOSE:
+        new_outcome = update.outcome is not None and update.outcome != task["outcome"]
+        values = {"outcome": update.outcome} if new_outcome else {}
+        if stoppable:
+            note = f"; outcome {update.outcome} recorded" if new_outcome else ""
+            return Change(CANCELLED, f"{update.reason}{note}", values)
+        if new_outcome:
+            # The task is already over; only the outcome is news. The audit row
+            # keeps the status (from = to) and says what was recorded.
+            return Change(status, f"outcome {update.outcome} recorded: {update.reason}", values)
+        return None
+    # Reroute: only a call nobody has taken yet can change queue.
+    if (
+        task["channel"] == Channel.CALL.value
+        and status == CallStatus.QUEUED
+        and update.queue
+        and update.queue != task["queue"]
+    ):
+        return Change(
+            status, f"rerouted to {update.queue}: {update.reason}", {"queue": update.queue}
+        )
+    return None
+
+
+async def apply_updates(
+    conn: AsyncConnection, *, updates: Sequence[TaskUpdate], now: datetime
+) -> list[tuple[TaskUpdate, UpdateResult]]:
+    """Apply task updates in order, idempotently; return what became of each.
+
+    The ``update_id`` of every applied update is stored on its audit row
+    (unique), so a redelivered update is recognised and changes nothing, even
+    after later updates moved the task on (a replayed batch of two reroutes
+    must not move the call back and forth). An update that changes nothing
+    (the task is already final, the call already left the queue) leaves no
+    row and is reported ``ignored``; one for a task outreach does not have is
+    ``unknown_task``.
+    """
+    if not updates:
+        return []
+    ids = {u.update_id for u in updates}
+    done: set[uuid.UUID] = set(
+        (
+            await conn.execute(
+                select(task_transitions.c.update_id).where(
+                    task_transitions.c.update_id.in_(sorted(ids))
+                )
+            )
+        ).scalars()
+    )
+    # Lock the tasks until our commit: the statuses written back below are
+    # computed from what is read here, so the dispatcher must not move them in
+    # between (its claim skips locked rows; it cannot start sending an SMS this
+    # batch cancels). task_id order: two replicas briefly handling the same
+    # partition (a rebalance) lock in the same order and do not deadlock.
+    current: dict[uuid.UUID, dict[str, Any]] = {
+        row.task_id: dict(row._mapping)
+        for row in await conn.execute(
+            select(tasks.c.task_id, tasks.c.channel, tasks.c.status, tasks.c.queue, tasks.c.outcome)
+            .where(tasks.c.task_id.in_(sorted({u.task_id for u in updates})))
+            .order_by(tasks.c.task_id)
+            .with_for_update()
+        )
+    }
+    results: list[tuple[TaskUpdate, UpdateResult]] = []
+    audit: list[dict[str, Any]] = []
+    changed: set[uuid.UUID] = set()
+    for u in updates:
+        task = current.get(u.task_id)
+        if u.update_id in done:
+            results.append((u, UpdateResult.IGNORED))  # applied before: a redelivery
+            continue
+        if task is None:
+            results.append((u, UpdateResult.UNKNOWN_TASK))
+            continue
+        change = plan_update(task, u)
+        if change is None:
+            results.append((u, UpdateResult.IGNORED))
+            continue
+        # Applied to the in-memory row first, so later updates of the batch see it.
+        audit.append(
+            {
+                "task_id": u.task_id,
+                "from_status": task["status"],
+                "to_status": change.to_status,
+                "actor": ALERTING,
+                "reason": change.reason,
+                "at": now,
+                "update_id": u.update_id,
+            }
+        )
+        task.update(change.values, status=change.to_status)
+        changed.add(u.task_id)
+        done.add(u.update_id)  # a duplicate later in the same batch is a no-op
+        results.append((u, UpdateResult.APPLIED))
+    if changed:
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.task_id == bindparam("b_task_id"))
+            .values(
+                status=bindparam("b_status"),
+                queue=bindparam("b_queue"),
+                outcome=bindparam("b_outcome"),
+                updated_at=now,
+            ),
+            [
+                {
+                    "b_task_id": task_id,
+                    "b_status": current[task_id]["status"],
+                    "b_queue": current[task_id]["queue"],
+                    "b_outcome": current[task_id]["outcome"],
+                }
+                for task_id in sorted(changed)
+            ],
+        )
+        await conn.execute(insert(task_transitions).values(audit))
+    return results
 
 
 async def expire_overdue_sms(conn: AsyncConnection, *, now: datetime) -> int:
@@ -215,6 +388,7 @@ async def list_tasks(
     kind: str | None = None,
     status: str | None = None,
     channel: str | None = None,
+    queue: str | None = None,
     limit: int,
     cursor: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
@@ -225,6 +399,7 @@ async def list_tasks(
         ("kind", kind),
         ("status", status),
         ("channel", channel),
+        ("queue", queue),
     ):
         if value is not None:
             query = query.where(tasks.c[column] == value)

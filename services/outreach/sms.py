@@ -1,4 +1,4 @@
-"""SMS: templates, the provider client over httpx, and the dispatcher loop.
+"""SMS: the provider client over httpx, and the dispatcher loop (templates: ``templates``).
 
 Sending is an outbox: the consumer only stores tasks; the dispatcher claims
 pending SMS tasks from PostgreSQL, sends each through the provider with the
@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import string
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,36 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.outreach import metrics, service
 from services.outreach.schemas import SmsStatus
 from services.outreach.settings import OutreachSettings
+from services.outreach.templates import render
 
 log = logging.getLogger(__name__)
-
-TEMPLATES: dict[tuple[str, str], str] = {
-    ("pre_suspension_reminder", "en"): (
-        "Your line is due to be suspended on {suspension_at} for an unpaid balance of "
-        "{amount}. Pay before then to keep your service."
-    ),
-    ("retention", "en"): (
-        "We value you as our customer. Reply YES for a personal offer on your plan. "
-        "Reply T to stop offers."
-    ),
-    ("win_back", "en"): (
-        "We miss you. Come back with a special offer: reply YES. Reply T to stop offers."
-    ),
-}
-
-
-def template_fields(template: str) -> set[str]:
-    """The variable names a template uses."""
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
-
-
-def render(kind: str, language: str, params: dict[str, str]) -> str:
-    """The SMS text for a task; falls back to English when the language has no template."""
-    template = TEMPLATES.get((kind, language)) or TEMPLATES[(kind, "en")]
-    missing = template_fields(template) - params.keys()
-    if missing:
-        raise ValueError(f"template {kind}/{language} needs {sorted(missing)}")
-    return template.format_map(params)
 
 
 class ProviderError(Exception):
@@ -117,6 +89,7 @@ class Dispatcher:
         self.sms = sms
         self.wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
+        self.passes = 0  # dispatch passes made (tests wait on it, as on batches_handled)
 
     def stop(self) -> None:
         """Exit after the SMS in hand."""
@@ -138,9 +111,14 @@ class Dispatcher:
                     )
                 self.wakeup.clear()
 
-    async def dispatch_once(self) -> int:
-        """Expire overdue tasks, claim a batch, send each; return how many were claimed."""
-        now = datetime.now(UTC)
+    async def dispatch_once(self, *, now: datetime | None = None) -> int:
+        """Expire overdue tasks, claim a batch, send each; return how many were claimed.
+
+        ``now`` (default: the clock) decides what is due: tests pass a later
+        time to act as if it had come.
+        """
+        now = now or datetime.now(UTC)
+        self.passes += 1
         async with self.engine.begin() as conn:
             expired = await service.expire_overdue_sms(conn, now=now)
             metrics.CALL_QUEUE_DEPTH.set(await service.count_queued_calls(conn))
@@ -171,7 +149,8 @@ class Dispatcher:
         try:
             if not task["phone"]:
                 raise ProviderError("subscriber has no phone number", retryable=False)
-            text = render(kind, task["language"], task["params"])
+            # The task's own template, else the one named after its kind.
+            text = render(task["template"] or kind, task["language"], task["params"])
             message_id = await self.sms.send(
                 to=task["phone"], text=text, idempotency_key=str(task_id)
             )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from services.outreach import queue, service
+from services.outreach import service
+from services.outreach.queue import queued_calls
 from services.outreach.schemas import TaskDetail, TaskOut, TaskPage
 from shared.errors import NotFound
 
@@ -30,10 +32,11 @@ async def list_tasks(
     kind: Annotated[str | None, Query(max_length=32)] = None,
     status: Annotated[str | None, Query(max_length=16)] = None,
     channel: Annotated[str | None, Query(max_length=8)] = None,
+    queue: Annotated[str | None, Query(max_length=80)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> TaskPage:
-    """Tasks, newest first, filtered by subscriber, kind, status and channel."""
+    """Tasks, newest first, filtered by subscriber, kind, status, channel and call queue."""
     async with request.app.state.runtime.engine.connect() as conn:
         rows, next_cursor = await service.list_tasks(
             conn,
@@ -41,6 +44,7 @@ async def list_tasks(
             kind=kind,
             status=status,
             channel=channel,
+            queue=queue,
             limit=limit,
             cursor=cursor,
         )
@@ -63,9 +67,19 @@ async def get_task(task_id: uuid.UUID, request: Request) -> TaskDetail:
 async def call_queue(
     request: Request,
     account_manager_id: Annotated[str | None, Query(max_length=64)] = None,
+    queue: Annotated[str | None, Query(max_length=80)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[TaskOut]:
-    """Queued call tasks, most urgent first, optionally for one account manager."""
+    """Queued calls that are due to be worked, most urgent first.
+
+    Optionally only one account manager's, or one queue's ('am:<id>', 'general').
+    """
     async with request.app.state.runtime.engine.connect() as conn:
-        rows = await queue.queued_calls(conn, account_manager_id=account_manager_id, limit=limit)
+        rows = await queued_calls(
+            conn,
+            account_manager_id=account_manager_id,
+            queue=queue,
+            now=datetime.now(UTC),
+            limit=limit,
+        )
     return [TaskOut.model_validate(_task_out(r)) for r in rows]

@@ -1,0 +1,92 @@
+"""Alerting HTTP routes: silences and the rules in force."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+
+from services.alerting import service
+from services.alerting.schemas import RulesOut, SilenceIn, SilenceOut, SilencePage, SilenceState
+from shared.errors import BadRequest, NotFound
+
+router = APIRouter(prefix="/v1")
+
+
+def _out(row: dict[str, Any], now: datetime) -> SilenceOut:
+    state = (
+        "pending" if row["starts_at"] > now else "expired" if row["ends_at"] <= now else "active"
+    )
+    return SilenceOut.model_validate({**row, "state": state})
+
+
+@router.post("/silences", status_code=201, response_model=SilenceOut, tags=["silences"])
+async def create_silence(body: SilenceIn, request: Request) -> SilenceOut:
+    """Silence alerts matching every given matcher (rule, tier, subscriber) until it ends."""
+    now = datetime.now(UTC)
+    starts, ends = body.window(now)
+    if ends <= max(starts, now):
+        raise BadRequest("the silence would end before it starts or in the past")
+    rules = request.app.state.rules
+    if body.rule is not None and body.rule not in {r.name for r in rules.rules}:
+        raise BadRequest(
+            f"no rule named {body.rule!r}", details={"rules": [r.name for r in rules.rules]}
+        )
+    values = {
+        "silence_id": uuid.uuid4(),
+        "rule": body.rule,
+        "tier": body.tier.value if body.tier else None,
+        "subscriber_id": body.subscriber_id,
+        "starts_at": starts,
+        "ends_at": ends,
+        "comment": body.comment,
+        "created_by": body.created_by,
+        "created_at": now,
+    }
+    async with request.app.state.runtime.engine.begin() as conn:
+        row = await service.create_silence(conn, values=values)
+    return _out(row, now)
+
+
+@router.get("/silences", response_model=SilencePage, tags=["silences"])
+async def list_silences(
+    request: Request,
+    state: SilenceState = "active",
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> SilencePage:
+    """Silences in a state (active by default), newest first."""
+    now = datetime.now(UTC)
+    async with request.app.state.runtime.engine.connect() as conn:
+        rows = await service.list_silences(conn, state=state, now=now, limit=limit)
+    return SilencePage(items=[_out(r, now) for r in rows])
+
+
+@router.get("/silences/{silence_id}", response_model=SilenceOut, tags=["silences"])
+async def get_silence(silence_id: uuid.UUID, request: Request) -> SilenceOut:
+    """One silence."""
+    async with request.app.state.runtime.engine.connect() as conn:
+        row = await service.get_silence(conn, silence_id=silence_id)
+    if row is None:
+        raise NotFound(f"no silence {silence_id}")
+    return _out(row, datetime.now(UTC))
+
+
+@router.delete("/silences/{silence_id}", status_code=204, tags=["silences"])
+async def delete_silence(silence_id: uuid.UUID, request: Request) -> Response:
+    """End a silence now; it stays listed as expired."""
+    async with request.app.state.runtime.engine.begin() as conn:
+        row = await service.expire_silence(conn, silence_id=silence_id, now=datetime.now(UTC))
+    if row is None:
+        raise NotFound(f"no silence {silence_id}")
+    return Response(status_code=204)
+
+
+@router.get("/rules", response_model=RulesOut, tags=["rules"])
+async def rules_in_force(request: Request) -> RulesOut:
+    """The rules file alerting runs with, as parsed (defaults filled in)."""
+    return RulesOut(
+        source=str(request.app.state.rules_source),
+        rules=request.app.state.rules.model_dump(mode="json", by_alias=True),
+    )
