@@ -410,6 +410,17 @@ class TaskAction(StrEnum):
     REROUTE = "reroute"
 
 
+class UpdateCause(StrEnum):
+    """Why alerting changes a task: stable codes for reports (the KPI needs ``paid``)."""
+
+    PAID = "paid"
+    CHURNED = "churned"
+    SUPERSEDED = "superseded"
+    REACTIVATED = "reactivated"
+    CAPACITY = "capacity"
+    OTHER = "other"
+
+
 class TaskUpdate(_Model):
     """Published by alerting on the tasks topic to change a task it published before.
 
@@ -426,12 +437,50 @@ class TaskUpdate(_Model):
     subscriber_id: SubscriberId
     action: TaskAction
     reason: str = Field(max_length=200)
+    cause: UpdateCause = Field(
+        default=UpdateCause.OTHER, description="Why, as a stable code (paid, churned, ...)."
+    )
     outcome: str | None = Field(
         default=None, max_length=32, description="For close: e.g. won_back."
     )
     queue: str | None = Field(
         default=None, max_length=80, description="For reroute: the new queue."
     )
+    at: AwareDatetime
+
+
+class CallOutcome(StrEnum):
+    """What an account manager's call achieved."""
+
+    RETAINED = "retained"
+    OFFER_ACCEPTED = "offer_accepted"
+    NOT_INTERESTED = "not_interested"
+    UNREACHABLE = "unreachable"
+    CALLBACK = "callback"
+
+
+class TaskOutcome(_Model):
+    """Published by outreach on the outcomes topic: a task's final state or a call's outcome.
+
+    One per final state (``delivered``, ``failed``, ``cancelled``, ``expired``,
+    ``completed``) and one per recorded call outcome; ``outcome_id`` is
+    derived from the task, the status and the outcome, so a republished
+    message is recognisable.
+    """
+
+    message_type: Literal["task_outcome"] = "task_outcome"
+    outcome_id: uuid.UUID = Field(description="Deterministic: task, status and outcome.")
+    task_id: uuid.UUID
+    subscriber_id: SubscriberId
+    kind: TaskKind
+    channel: Channel
+    rule: str | None = Field(default=None, max_length=64)
+    tier: Tier = Tier.STANDARD
+    status: str = Field(max_length=16, description="The task's state after the change.")
+    outcome: str | None = Field(
+        default=None, max_length=32, description="Call outcome, or a close's (won_back)."
+    )
+    reason: str | None = Field(default=None, max_length=500)
     at: AwareDatetime
 
 
@@ -458,4 +507,5 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     schemas["risk_score"] = RiskScore.model_json_schema()
     schemas["outreach_task"] = OutreachTask.model_json_schema()
     schemas["task_update"] = TaskUpdate.model_json_schema()
+    schemas["task_outcome"] = TaskOutcome.model_json_schema()
     return schemas

@@ -39,10 +39,15 @@ class Topics:
         return f"{self.prefix}.tasks"
 
     @property
+    def outcomes(self) -> str:
+        """Final task states and call outcomes (outreach → scoring, reports)."""
+        return f"{self.prefix}.outcomes"
+
+    @property
     def dlq(self) -> str:
         """Dead letters: messages no consumer could parse, with the reason in headers."""
         return f"{self.prefix}.dlq"
 
     def all(self) -> list[str]:
         """Every topic, for creation at start-up."""
-        return [self.events, self.scores, self.tasks, self.dlq]
+        return [self.events, self.scores, self.tasks, self.outcomes, self.dlq]

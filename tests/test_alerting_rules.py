@@ -40,6 +40,7 @@ from shared.events import (
     TaskKind,
     TaskUpdate,
     Tier,
+    UpdateCause,
     parse_event,
 )
 from tests.helpers import event
@@ -653,3 +654,15 @@ def test_reason_weights_name_real_scoring_reason_codes() -> None:
     codes = {c for f in FEATURES.values() for c in (f.up[0], f.down[0])}
     unknown = set(load_rules().capacity.reason_weights) - codes
     assert not unknown, f"reason_weights names codes scoring never gives: {sorted(unknown)}"
+
+
+def test_updates_carry_a_stable_cause() -> None:
+    engine = Engine(NO_DWELL)
+    v = view(tier="gold", manager="am-1", value="45")
+    run(engine, v, [stop(T0), sc(0.9, T0)])
+    paid = updates_of(run(engine, v, [pay(T0 + timedelta(hours=1), "50")]))
+    assert {u.cause for u in paid} == {UpdateCause.PAID}
+    churned = run(engine, v, [churn(T0 + timedelta(days=1))])
+    assert {u.cause for u in updates_of(churned)} == {UpdateCause.CHURNED}
+    won = run(engine, v, [ev("reactivation", {}, T0 + timedelta(days=5))])
+    assert {u.cause for u in updates_of(won)} == {UpdateCause.REACTIVATED}

@@ -15,7 +15,14 @@ from types import ModuleType
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from shared.events import OutreachTask, RiskScore, TaskUpdate, json_schemas, parse_event
+from shared.events import (
+    OutreachTask,
+    RiskScore,
+    TaskOutcome,
+    TaskUpdate,
+    json_schemas,
+    parse_event,
+)
 from shared.topics import Topics
 from tests.helpers import SETTINGS_CLASSES
 
@@ -147,12 +154,15 @@ def test_event_contract_examples_are_valid() -> None:
             OutreachTask.model_validate(example)
         elif example.get("message_type") == "task_update":
             TaskUpdate.model_validate(example)
+        elif example.get("message_type") == "task_outcome":
+            TaskOutcome.model_validate(example)
         else:
             continue
         checked += 1
     assert checked >= len(json_schemas()) - 1, (
         "docs/event-contract.md should show a valid JSON example of every event type, "
-        "RiskScore, OutreachTask and TaskUpdate; fix the example that fails to parse above"
+        "RiskScore, OutreachTask, TaskUpdate and TaskOutcome; fix the example that fails "
+        "to parse above"
     )
 
 

@@ -145,7 +145,7 @@ def test_money_keeps_decimal_precision() -> None:
 
 def test_json_schema_for_every_type_and_message() -> None:
     schemas = json_schemas()
-    messages = {"event", "risk_score", "outreach_task", "task_update"}
+    messages = {"event", "risk_score", "outreach_task", "task_update", "task_outcome"}
     assert set(EVENT_MODELS) | messages == set(schemas)
     assert schemas["stop_notice"]["properties"]["event_type"]["const"] == "stop_notice"
     assert "subscriber_id" in schemas["cdr"]["required"]
@@ -184,4 +184,4 @@ def test_messages_between_services_validate() -> None:
 
 def test_topics_are_named_under_the_prefix() -> None:
     topics = Topics("x")
-    assert topics.all() == ["x.events", "x.scores", "x.tasks", "x.dlq"]
+    assert topics.all() == ["x.events", "x.scores", "x.tasks", "x.outcomes", "x.dlq"]

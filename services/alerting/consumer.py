@@ -31,6 +31,7 @@ from shared.events import (
     SubscriberEvent,
     TaskAction,
     TaskUpdate,
+    UpdateCause,
     derive_id,
     parse_event,
 )
@@ -128,6 +129,7 @@ async def _fit_capacity(
                 subscriber_id=subscriber_id,
                 action=TaskAction.REROUTE,
                 reason=reason,
+                cause=UpdateCause.CAPACITY,
                 queue=capacity.overflow_queue,
                 at=task.created_at,
             )

@@ -58,6 +58,7 @@ from shared.events import (
     TaskKind,
     TaskUpdate,
     Tier,
+    UpdateCause,
     derive_id,
 )
 
@@ -391,6 +392,7 @@ class Engine:
                     status="cancelled",
                     reason=f"paid {alert.paid:.2f} of {alert.amount_due:.2f} before the suspension",
                     at=t,
+                    cause=UpdateCause.PAID,
                 )
 
     def _on_arrears(self, event: ArrearsEvent, ctx: Ctx) -> None:
@@ -511,7 +513,14 @@ class Engine:
         if not tasks:
             return
         for old in same_kind:
-            self._end(old, effects, status="superseded", reason=f"superseded by {rule.name}", at=t)
+            self._end(
+                old,
+                effects,
+                status="superseded",
+                reason=f"superseded by {rule.name}",
+                at=t,
+                cause=UpdateCause.SUPERSEDED,
+            )
         held_out = rule.control_group and in_control_group(
             view.subscriber_id, percent=self.control_percent, salt=self.control_salt
         )
@@ -645,6 +654,7 @@ class Engine:
                         status="closed" if cancel.outcome else "cancelled",
                         reason=cancel.reason,
                         at=at,
+                        cause=UpdateCause.CHURNED if on == "churn" else UpdateCause.REACTIVATED,
                         outcome=cancel.outcome,
                     )
 
@@ -656,6 +666,7 @@ class Engine:
         status: str,
         reason: str,
         at: datetime,
+        cause: UpdateCause,
         outcome: str | None = None,
     ) -> None:
         """End an open alert and tell outreach about each of its tasks."""
@@ -671,6 +682,7 @@ class Engine:
                     subscriber_id=alert.subscriber_id,
                     action=action,
                     reason=reason,
+                    cause=cause,
                     outcome=outcome,
                     at=at,
                 )

@@ -25,3 +25,54 @@ TASK_TO_SENT_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
 )
 CALL_QUEUE_DEPTH = Gauge("churnwatch_outreach_call_queue_depth", "Call tasks waiting in the queue")
+
+# --- contact policy and receipts (sms.py, policy.py, contacts.py)
+SMS_DEFERRED = Counter(
+    "churnwatch_outreach_sms_deferred_total",
+    "SMS held back by the contact policy, by reason (quiet_hours, frequency_cap)",
+    ["reason"],
+)
+SMS_SUPPRESSED = Counter(
+    "churnwatch_outreach_sms_suppressed_total",
+    "SMS not sent because of the contact policy, by reason (opted_out)",
+    ["reason"],
+)
+RECEIPTS = Counter(
+    "churnwatch_outreach_receipts_total",
+    "Delivery receipts received, by result (delivered, failed, rejected, unknown, duplicate)",
+    ["result"],
+)
+OPT_OUTS = Counter(
+    "churnwatch_outreach_opt_outs_total",
+    "Opt-outs recorded, by source (api, sms_reply)",
+    ["source"],
+)
+
+# --- call queue (queue.py)
+CALLS = Counter(
+    "churnwatch_outreach_calls_total",
+    "Call queue events, by what happened (claimed, requeued, completed, expired) "
+    "and outcome (for completed)",
+    ["event", "outcome"],
+)
+CALL_QUEUE_AGE = Gauge(
+    "churnwatch_outreach_call_queue_oldest_seconds",
+    "Age of the oldest due call waiting in the queue",
+)
+
+# --- feedback (feedback.py)
+OUTCOMES_PUBLISHED = Counter(
+    "churnwatch_outreach_outcomes_published_total",
+    "Task outcomes published to the outcomes topic by the outbox relay",
+)
+OUTBOX_PENDING = Gauge("churnwatch_outreach_outbox_pending", "Outbox messages not yet published")
+KPI_REMINDER_BEFORE_SUSPENSION = Gauge(
+    "churnwatch_outreach_kpi_reminder_before_suspension_ratio",
+    "This month's VIP subscribers suspended who were reminded first / all VIPs suspended, by tier",
+    ["tier"],
+)
+KPI_WIN_BACK = Gauge(
+    "churnwatch_outreach_kpi_win_back_ratio",
+    "This month's win-back offers that won the subscriber back / offers made, by tier",
+    ["tier"],
+)

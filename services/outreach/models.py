@@ -57,7 +57,24 @@ tasks = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt_at", DateTime(timezone=True), nullable=True),
     Column("last_error", Text, nullable=True),
-    Column("provider_message_id", String(128), nullable=True),
+    Column("provider_message_id", String(128), nullable=True, index=True),
+    # Why alerting cancelled or closed it (paid, churned, ...): the KPI tells a
+    # paid-up subscriber (not suspended) from one who was.
+    Column("end_cause", String(16), nullable=True),
+    # Reminders: when the subscriber is to be suspended (from the stop-notice).
+    Column("suspension_at", DateTime(timezone=True), nullable=True),
+    # Who made it: 'alerting', or the API client for tasks created by hand.
+    Column("created_by", String(64), nullable=False, server_default="alerting"),
+    # POST /v1/tasks is idempotent on the client's key (Idempotency-Key header).
+    Column("client_key", String(128), nullable=True, unique=True),
+    # Calls: who claimed it and when (an unfinished claim returns to the queue).
+    Column("assigned_to", String(64), nullable=True),
+    Column("assigned_at", DateTime(timezone=True), nullable=True),
+    Column("callback_at", DateTime(timezone=True), nullable=True),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    # When it reached a final state (delivered, failed, cancelled, expired, completed).
+    Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_tasks_subscriber_created", "subscriber_id", "created_at"),
@@ -82,4 +99,29 @@ task_transitions = Table(
     # already applied (a redelivered batch) is recognised here and not applied again.
     Column("update_id", Uuid, nullable=True, unique=True),
     comment="Audit trail: every state change of every task, who/what, when and why.",
+)
+
+opt_outs = Table(
+    "opt_outs",
+    metadata,
+    Column("subscriber_id", String(64), primary_key=True),
+    # 'api' (PUT /v1/contacts/{id}/opt-out) or 'sms_reply' (a T/TD reply).
+    Column("source", String(16), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    comment="Do-not-contact list: no marketing SMS to these subscribers.",
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("topic", String(255), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("published_at", DateTime(timezone=True), nullable=True),
+    Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
+    comment="Transactional outbox: messages (task outcomes) written with the state change "
+    "they report, published to Kafka by a relay.",
 )

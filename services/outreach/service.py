@@ -14,10 +14,19 @@ from sqlalchemy import and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach.models import task_transitions, tasks
+from services.outreach.models import outbox, task_transitions, tasks
 from services.outreach.schemas import CallStatus, SmsStatus
 from shared.errors import BadRequest
-from shared.events import Channel, OutreachTask, TaskAction, TaskUpdate
+from shared.events import (
+    Channel,
+    OutreachTask,
+    TaskAction,
+    TaskKind,
+    TaskOutcome,
+    TaskUpdate,
+    Tier,
+    derive_id,
+)
 
 # States from which alerting may still stop a task (cancel, or close with an
 # outcome). An SMS in 'sending' is not among them: the provider may already
@@ -47,10 +56,30 @@ def initial_status(channel: Channel) -> str:
     return SmsStatus.PENDING if channel is Channel.SMS else CallStatus.QUEUED
 
 
+def _suspension_at(task: OutreachTask) -> datetime | None:
+    """A reminder's suspension time (from its params), for the KPI."""
+    raw = task.params.get("suspension_at")
+    if task.kind is not TaskKind.PRE_SUSPENSION_REMINDER or not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+
+
 async def store_tasks(
-    conn: AsyncConnection, *, new_tasks: Sequence[OutreachTask], now: datetime
+    conn: AsyncConnection,
+    *,
+    new_tasks: Sequence[OutreachTask],
+    now: datetime,
+    created_by: str = "alerting",
+    client_key: str | None = None,
 ) -> list[OutreachTask]:
-    """Store tasks idempotently on ``task_id``; return the ones that were new."""
+    """Store tasks idempotently on ``task_id``; return the ones that were new.
+
+    ``created_by`` and ``client_key`` are for tasks made through the API (one
+    task per call, idempotent on the client's key as well).
+    """
     if not new_tasks:
         return []
     unique = list({t.task_id: t for t in new_tasks}.values())
@@ -84,6 +113,9 @@ async def store_tasks(
                     # The dispatcher claims only SMS whose next attempt is due, so
                     # starting there keeps it from sending before not_before.
                     "next_attempt_at": t.not_before if t.channel is Channel.SMS else None,
+                    "suspension_at": _suspension_at(t),
+                    "created_by": created_by,
+                    "client_key": client_key,
                     "created_at": t.created_at,
                     "updated_at": now,
                 }
@@ -105,13 +137,100 @@ async def store_tasks(
     return stored
 
 
+FINAL_STATES = frozenset(
+    {
+        SmsStatus.DELIVERED,
+        SmsStatus.FAILED,
+        SmsStatus.EXPIRED,
+        CallStatus.COMPLETED,
+        CANCELLED,
+    }
+)
+"""States a task never leaves; reaching one publishes a ``TaskOutcome``."""
+
+OUTCOMES_TOPIC = "outcomes"
+"""Logical topic of outbox rows; the relay maps it to ``Topics.outcomes``."""
+
+
+async def enqueue_outcomes(
+    conn: AsyncConnection,
+    *,
+    changes: Sequence[tuple[uuid.UUID, str, str | None]],
+    now: datetime,
+) -> None:
+    """Write a ``TaskOutcome`` per ``(task_id, status, reason)`` to the outbox.
+
+    Called in the transaction that makes the change, so the message exists if
+    and only if the change committed (transactional outbox); the relay
+    publishes it later. A final status also stamps ``finished_at``. The
+    outcome (a call's, or a close's) is read from the task row as it is now.
+    """
+    if not changes:
+        return
+    ids = sorted({t for t, _, _ in changes})
+    rows = {
+        r.task_id: r
+        for r in await conn.execute(
+            select(
+                tasks.c.task_id,
+                tasks.c.subscriber_id,
+                tasks.c.kind,
+                tasks.c.channel,
+                tasks.c.rule,
+                tasks.c.tier,
+                tasks.c.outcome,
+            ).where(tasks.c.task_id.in_(ids))
+        )
+    }
+    messages = []
+    for task_id, status, reason in changes:
+        row = rows.get(task_id)
+        if row is None:
+            continue
+        outcome = TaskOutcome(
+            outcome_id=derive_id("outcome", task_id, status, row.outcome),
+            task_id=task_id,
+            subscriber_id=row.subscriber_id,
+            kind=TaskKind(row.kind),
+            channel=Channel(row.channel),
+            rule=row.rule,
+            tier=Tier(row.tier),
+            status=status,
+            outcome=row.outcome,
+            reason=(reason or "")[:500] or None,
+            at=now,
+        )
+        messages.append(
+            {
+                "topic": OUTCOMES_TOPIC,
+                "key": row.subscriber_id,
+                "payload": outcome.model_dump(mode="json"),
+                "created_at": now,
+            }
+        )
+    if messages:
+        await conn.execute(insert(outbox).values(messages))
+    final = sorted({t for t, status, _ in changes if status in FINAL_STATES})
+    if final:
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.task_id.in_(final), tasks.c.finished_at.is_(None))
+            .values(finished_at=now)
+        )
+
+
 async def record_transitions(
     conn: AsyncConnection,
     *,
     rows: Sequence[tuple[uuid.UUID, str | None, str, str, str | None]],
     now: datetime,
 ) -> None:
-    """Append audit rows ``(task_id, from, to, actor, reason)``."""
+    """Append audit rows ``(task_id, from, to, actor, reason)``; outbox the final ones."""
+    await enqueue_outcomes(
+        conn,
+        changes=[(t, to, r) for t, f, to, _, r in rows if to in FINAL_STATES and f != to],
+        now=now,
+    )
     if rows:
         await conn.execute(
             insert(task_transitions).values(
@@ -231,7 +350,14 @@ async def apply_updates(
     current: dict[uuid.UUID, dict[str, Any]] = {
         row.task_id: dict(row._mapping)
         for row in await conn.execute(
-            select(tasks.c.task_id, tasks.c.channel, tasks.c.status, tasks.c.queue, tasks.c.outcome)
+            select(
+                tasks.c.task_id,
+                tasks.c.channel,
+                tasks.c.status,
+                tasks.c.queue,
+                tasks.c.outcome,
+                tasks.c.end_cause,
+            )
             .where(tasks.c.task_id.in_(sorted({u.task_id for u in updates})))
             .order_by(tasks.c.task_id)
             .with_for_update()
@@ -239,6 +365,7 @@ async def apply_updates(
     }
     results: list[tuple[TaskUpdate, UpdateResult]] = []
     audit: list[dict[str, Any]] = []
+    news: list[tuple[uuid.UUID, str, str | None]] = []  # outcomes to publish
     changed: set[uuid.UUID] = set()
     for u in updates:
         task = current.get(u.task_id)
@@ -264,6 +391,12 @@ async def apply_updates(
                 "update_id": u.update_id,
             }
         )
+        if change.to_status == CANCELLED and task["status"] != CANCELLED:
+            change.values["end_cause"] = u.cause.value
+            news.append((u.task_id, change.to_status, change.reason))
+        elif "outcome" in change.values:
+            # An outcome on a finished task (won back after the SMS went out) is news.
+            news.append((u.task_id, change.to_status, change.reason))
         task.update(change.values, status=change.to_status)
         changed.add(u.task_id)
         done.add(u.update_id)  # a duplicate later in the same batch is a no-op
@@ -276,6 +409,7 @@ async def apply_updates(
                 status=bindparam("b_status"),
                 queue=bindparam("b_queue"),
                 outcome=bindparam("b_outcome"),
+                end_cause=bindparam("b_end_cause"),
                 updated_at=now,
             ),
             [
@@ -284,11 +418,13 @@ async def apply_updates(
                     "b_status": current[task_id]["status"],
                     "b_queue": current[task_id]["queue"],
                     "b_outcome": current[task_id]["outcome"],
+                    "b_end_cause": current[task_id]["end_cause"],
                 }
                 for task_id in sorted(changed)
             ],
         )
         await conn.execute(insert(task_transitions).values(audit))
+        await enqueue_outcomes(conn, changes=news, now=now)
     return results
 
 

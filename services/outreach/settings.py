@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import time
 from typing import Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, model_validator
 
 from shared.settings import BaseServiceSettings
 
 DEV_GATEWAY_TOKEN = "dev-gateway-token"  # noqa: S105 - the embedded stand-in's token
+DEV_RECEIPT_SECRET = "dev-receipt-secret"  # noqa: S105 - the embedded stand-in's HMAC key
 
 
 class OutreachSettings(BaseServiceSettings):
@@ -31,11 +34,66 @@ class OutreachSettings(BaseServiceSettings):
         "with the same idempotency key.",
     )
 
+    sms_rate_limit_per_s: float = Field(
+        default=20.0, gt=0, le=10_000, description="Global SMS send rate (messages per second)."
+    )
+    sms_receipt_secret: SecretStr = Field(
+        default=SecretStr(DEV_RECEIPT_SECRET),
+        description="HMAC-SHA256 key that signs delivery receipts and inbound replies.",
+    )
+    sms_receipt_tolerance_s: float = Field(
+        default=300.0, gt=0, description="Oldest receipt timestamp accepted (replay guard)."
+    )
+    outreach_timezone: str = Field(
+        default="UTC", description="Time zone of quiet hours and KPI months."
+    )
+    outreach_quiet_hours: str = Field(
+        default="21:00-08:00",
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$",
+        description="No marketing SMS in this local window; they wait for its end.",
+    )
+    outreach_marketing_cap: int = Field(
+        default=3, ge=0, description="Most marketing SMS per subscriber per cap window."
+    )
+    outreach_marketing_cap_days: int = Field(default=30, ge=1, le=366)
+    outreach_general_queue: str = Field(default="general", min_length=1, max_length=80)
+    outreach_assignment_timeout_s: float = Field(
+        default=1800.0, gt=0, description="A claimed call not finished in this time is requeued."
+    )
+    outreach_relay_interval_s: float = Field(
+        default=1.0, gt=0, description="How often the outbox relay publishes task outcomes."
+    )
+    outreach_kpi_interval_s: float = Field(
+        default=60.0, gt=0, description="How often the KPI gauges are recomputed."
+    )
+
     @model_validator(mode="after")
-    def _no_dev_token_in_production(self) -> Self:
-        """The stand-in gateway's token must not reach a real provider."""
-        if self.environment == "production" and (
-            self.sms_gateway_token.get_secret_value() == DEV_GATEWAY_TOKEN
-        ):
-            raise ValueError("ENVIRONMENT=production needs an explicit SMS_GATEWAY_TOKEN")
+    def _no_dev_secrets_in_production(self) -> Self:
+        """The stand-in gateway's token and receipt key must not reach a real provider."""
+        if self.environment == "production":
+            if self.sms_gateway_token.get_secret_value() == DEV_GATEWAY_TOKEN:
+                raise ValueError("ENVIRONMENT=production needs an explicit SMS_GATEWAY_TOKEN")
+            if self.sms_receipt_secret.get_secret_value() == DEV_RECEIPT_SECRET:
+                raise ValueError("ENVIRONMENT=production needs an explicit SMS_RECEIPT_SECRET")
         return self
+
+    @model_validator(mode="after")
+    def _known_timezone(self) -> Self:
+        try:
+            ZoneInfo(self.outreach_timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"OUTREACH_TIMEZONE: unknown time zone {self.outreach_timezone!r}"
+            ) from exc
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The operator's time zone (quiet hours, KPI months)."""
+        return ZoneInfo(self.outreach_timezone)
+
+    @property
+    def quiet_hours(self) -> tuple[time, time]:
+        """``(start, end)`` of the quiet window, local times; it may wrap midnight."""
+        start, end = self.outreach_quiet_hours.split("-")
+        return time.fromisoformat(start), time.fromisoformat(end)
