@@ -10,6 +10,10 @@ import httpx
 from fastapi import FastAPI
 
 from services.outreach.consumer import OutreachHandler, parse_record
+from services.outreach.contacts import router as contacts_router
+from services.outreach.feedback import KpiRefresher, Relay
+from services.outreach.feedback import router as feedback_router
+from services.outreach.queue import QueueKeeper
 from services.outreach.settings import OutreachSettings
 from services.outreach.sms import Dispatcher, SmsClient
 from services.outreach.views import router
@@ -39,12 +43,28 @@ def create_app(settings: OutreachSettings) -> FastAPI:
                 parser=parse_record,
                 handler=OutreachHandler(dispatcher.wakeup),
             )
-            dispatch_task = asyncio.create_task(dispatcher.run(), name="sms-dispatcher")
+            relay = Relay(settings, runtime.engine, runtime.topics, lambda: runtime.producer)
+            keeper = QueueKeeper(settings, runtime.engine)
+            kpis = KpiRefresher(settings, runtime.engine)
+            app.state.relay, app.state.keeper, app.state.kpis = relay, keeper, kpis
+            # Background loops beside the consumer: SMS sending, the outbox relay
+            # (task outcomes to Kafka), the call queue's timeouts, the KPI gauges.
+            loops: list[Dispatcher | Relay | QueueKeeper | KpiRefresher] = [
+                dispatcher,
+                relay,
+                keeper,
+                kpis,
+            ]
+            tasks = [
+                asyncio.create_task(loop.run(), name=f"outreach-{type(loop).__name__}")
+                for loop in loops
+            ]
             try:
                 yield
             finally:
-                dispatcher.stop()
-                await dispatch_task
+                for loop in loops:
+                    loop.stop()
+                await asyncio.gather(*tasks)
                 await runtime.stop()
 
     app = FastAPI(
@@ -59,4 +79,6 @@ def create_app(settings: OutreachSettings) -> FastAPI:
     install_metrics(app, "outreach")
     app.include_router(health_router(runtime.checks()))
     app.include_router(router)
+    app.include_router(contacts_router)
+    app.include_router(feedback_router)
     return app

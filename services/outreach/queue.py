@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.outreach.models import tasks
 from services.outreach.schemas import CallStatus
+from services.outreach.settings import OutreachSettings
 from shared.events import Channel
 
 
@@ -40,3 +42,23 @@ async def queued_calls(
         tasks.c.priority.desc(), tasks.c.due_at.asc().nulls_last(), tasks.c.created_at
     ).limit(limit)
     return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+class QueueKeeper:
+    """Returns timed-out claims to their queue and expires overdue calls, periodically.
+
+    (Filled in by the call queue work; wired in ``app.py``.)
+    """
+
+    def __init__(self, settings: OutreachSettings, engine: AsyncEngine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        """Keep the queues until stopped."""
+        await self._stop.wait()
+
+    def stop(self) -> None:
+        """Return from ``run`` after the pass in hand."""
+        self._stop.set()
