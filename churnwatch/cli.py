@@ -130,6 +130,11 @@ def up(
             console.print(f"postgres    [green]{data_dir / 'postgres'}[/] (embedded)")
         upgrade(env["DATABASE_URL"])
         env.setdefault("LOG_JSON", "true")
+        # The stand-in gateway posts receipts and simulated replies to outreach,
+        # wherever OUTREACH_PORT put it.
+        outreach_url = f"http://127.0.0.1:{OutreachSettings().outreach_port}"
+        env.setdefault("SMS_GATEWAY_RECEIPT_URL", f"{outreach_url}/v1/sms/receipts")
+        env.setdefault("SMS_GATEWAY_INBOUND_URL", f"{outreach_url}/v1/sms/inbound")
 
         specs = [
             (
@@ -348,6 +353,42 @@ def rules_check(
         raise typer.Exit(1) from None
     names = ", ".join(r.name for r in rules.rules)
     console.print(f"{file or DEFAULT_RULES_FILE}: ok, {len(rules.rules)} rules ({names})")
+
+
+@app.command("import-table")
+def import_table(
+    file: Annotated[Path, typer.Argument(help="The table (CSV).")],
+    mapping: Annotated[
+        Path,
+        typer.Option(help="The mapping (YAML, docs/import.md), or a shipped one by name."),
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="NDJSON events file ('-' or unset: stdout).")
+    ] = None,
+    truth: Annotated[
+        Path | None, typer.Option(help="Write the ground truth (CSV: who churned, when).")
+    ] = None,
+    post: Annotated[
+        str | None, typer.Option(help="Ingest base URL to POST the events to, in batches.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Read only the first N rows.", min=1)] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(help="Override the mapping's timeline.as_of (ISO date or time; UTC)."),
+    ] = None,
+) -> None:
+    """Turn a churn table into events of our contract with a declarative YAML mapping.
+
+    Rows that cannot be mapped are reported (row number and reason) and skipped.
+    Exit 0 when imported, 1 when no row could be imported or posting failed,
+    2 when the mapping or the table cannot be used.
+    """
+    from churnwatch.importer import run
+
+    code = run(
+        file, mapping, out=out, truth=truth, post=post, limit=limit, as_of=as_of, console=console
+    )
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -1,19 +1,41 @@
-"""One exception tree for churnwatch, mapped to HTTP in one handler.
+"""One exception tree for churnwatch, mapped to HTTP in one handler, and request ids.
 
 Every error body has the same shape::
 
-    {"error": {"code": "not_found", "message": "...", "details": ...}}
+    {"error": {"code": "not_found", "message": "...", "details": ..., "request_id": "..."}}
+
+Every response, error or not, carries an ``X-Request-ID`` header: the caller's
+own id if it sent a sane one, else a new UUID. The same id is in the error body
+and in every log line written while the request is served, so a caller's bug
+report can be matched to the logs.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.logging import REQUEST_ID
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+"""Request and response header that carries the request id."""
+
+# What we accept from a caller as its request id: short, and only characters that
+# cannot break a log line or a header (a UUID, a trace id, "batch-42:7", ...).
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 class ChurnwatchError(Exception):
@@ -36,6 +58,13 @@ class BadRequest(ChurnwatchError):
 
     status_code = 400
     code = "bad_request"
+
+
+class Unauthorized(ChurnwatchError):
+    """Credentials or a signature are missing, wrong or too old."""
+
+    status_code = 401
+    code = "unauthorized"
 
 
 class NotFound(ChurnwatchError):
@@ -74,19 +103,148 @@ class UnsupportedMediaType(ChurnwatchError):
 
 
 class ServiceUnavailable(ChurnwatchError):
-    """A dependency (broker, database, gateway) is unreachable; retry later."""
+    """A dependency (broker, database, gateway) is unavailable; retry later."""
 
     status_code = 503
     code = "service_unavailable"
 
 
-def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    """The one error body shape."""
-    return {"error": {"code": code, "message": message, "details": details}}
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable code, a sentence, and details that depend on the code."""
+
+    code: str = Field(description="Stable, e.g. not_found, conflict, validation_error.")
+    message: str = Field(description="For people; do not parse it.")
+    details: Any = Field(
+        default=None,
+        description="Null, or a JSON value that depends on the code "
+        '(validation_error: a list of {"loc", "msg", "type"}).',
+    )
+    request_id: str | None = Field(
+        default=None, description="The request's id, as in the X-Request-ID response header."
+    )
+
+
+class ErrorBody(BaseModel):
+    """The one error body of every churnwatch API."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for routes that answer these error statuses with ``ErrorBody``."""
+    meaning = {
+        400: "Malformed request (e.g. a bad cursor).",
+        404: "No such resource.",
+        409: "The resource's state does not allow this.",
+        413: "Body or batch over its limit.",
+        415: "Content type not accepted.",
+        422: "Invalid parameters or body; details lists each problem.",
+        500: "Unexpected error (logged with the request id).",
+        503: "A dependency is unavailable; retry after Retry-After.",
+    }
+    return {
+        status: {"model": ErrorBody, "description": meaning.get(status, "Error.")}
+        for status in statuses
+    }
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served in this context, if any."""
+    return REQUEST_ID.get()
+
+
+def error_body(
+    code: str, message: str, details: Any = None, *, request_id: str | None = None
+) -> dict[str, Any]:
+    """The one error body shape; ``request_id`` defaults to the current request's."""
+    return {
+        "error": {
+            "code": code,
+            "message": message,
+            "details": details,
+            "request_id": request_id if request_id is not None else current_request_id(),
+        }
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` made fit for a UTF-8 JSON body.
+
+    A lone surrogate (valid in a JSON string, not in UTF-8), e.g. in the key of
+    a rejected object, would make rendering the error body fail.
+    """
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _request_id_from(headers: Headers) -> str:
+    """The caller's request id if it is sane, else a new one."""
+    given = headers.get(REQUEST_ID_HEADER)
+    if given is not None and _SANE_REQUEST_ID.match(given):
+        return given
+    return str(uuid.uuid4())
+
+
+def _unexpected_response(exc: BaseException) -> JSONResponse:
+    """The answer to an exception nothing else handled: 503 for a lost dependency, else 500."""
+    # The client gets the one body shape and no internals. A lost database or
+    # broker connection is a 503 (retry), not a 500 (our bug).
+    if isinstance(exc, (OperationalError, InterfaceError, ConnectionError, TimeoutError)):
+        return JSONResponse(
+            error_body("service_unavailable", "a dependency is unavailable; retry later"),
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+    return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+
+
+class RequestIdMiddleware:
+    """Gives every HTTP request an id, and turns an unhandled exception into the error body.
+
+    A pure ASGI middleware (not ``BaseHTTPMiddleware``), so the endpoint and the
+    exception handlers run in the context where the id is set. It also answers
+    unhandled exceptions itself: Starlette's outermost error middleware would
+    answer them outside this one, without the request id header.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI call; only ``http`` calls get an id."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id_from(Headers(scope=scope))
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = REQUEST_ID.set(request_id)
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                if REQUEST_ID_HEADER not in headers:
+                    headers.append(REQUEST_ID_HEADER, request_id)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if started:
+                raise  # too late for an error body; the server closes the connection
+            # Not the path: it may hold a subscriber id. The request id ties it together.
+            log.exception("unhandled error serving a %s request", scope.get("method"))
+            await _unexpected_response(exc)(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map the exception tree, HTTP errors and validation errors to the one body shape."""
+    """Request ids, and the exception tree, HTTP and validation errors mapped to one body."""
+    app.add_middleware(RequestIdMiddleware)
 
     async def _churnwatch(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ChurnwatchError)
@@ -98,7 +256,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def _http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+        code = {
+            400: "bad_request",
+            401: "unauthorized",
+            403: "forbidden",
+            404: "not_found",
+            405: "method_not_allowed",
+        }
         return JSONResponse(
             error_body(code.get(exc.status_code, "http_error"), str(exc.detail)),
             status_code=exc.status_code,
@@ -108,7 +272,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         details = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            {
+                "loc": [_json_safe(part) for part in e.get("loc", ())],
+                "msg": _json_safe(e.get("msg")),
+                "type": e.get("type"),
+            }
             for e in exc.errors()
         ]
         return JSONResponse(
@@ -116,15 +284,9 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        # Starlette logs the traceback; the client gets the one body shape and no
-        # internals. A lost database or broker connection is a 503, not a 500.
-        if isinstance(exc, (OperationalError, InterfaceError, ConnectionError, TimeoutError)):
-            return JSONResponse(
-                error_body("service_unavailable", "a dependency is unavailable; retry later"),
-                status_code=503,
-                headers={"Retry-After": "5"},
-            )
-        return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+        # Normally RequestIdMiddleware answers these first; this covers an
+        # exception raised outside it (in a middleware added after it).
+        return _unexpected_response(exc)
 
     app.add_exception_handler(ChurnwatchError, _churnwatch)
     app.add_exception_handler(Exception, _unexpected)

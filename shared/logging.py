@@ -12,6 +12,7 @@ import hashlib
 import logging
 import re
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,10 @@ import orjson
 # written as a run of 9-15 digits. Not dates, not the digit groups of a UUID.
 _PHONE_RE = re.compile(r"\+\d[\d\s-]{5,}\d|(?<![\w-])\d{9,15}(?![\w-])")
 _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
+
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+"""The id of the HTTP request being served (set by ``shared.errors``), for log lines."""
 
 
 def mask_phone(text: str) -> str:
@@ -55,6 +60,17 @@ class PiiFilter(logging.Filter):
         return True
 
 
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to records logged while an HTTP request is served."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Tag the record in place; never drops it."""
+        request_id = REQUEST_ID.get()
+        if request_id is not None and not hasattr(record, "request_id"):
+            record.request_id = request_id
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and any extra fields."""
 
@@ -78,6 +94,7 @@ def configure_logging(level: str = "INFO", *, json: bool = True, service: str = 
     """Set up the root logger once per process: JSON lines on stderr, PII masked."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(PiiFilter())
+    handler.addFilter(RequestIdFilter())
     if json:
         handler.setFormatter(JsonFormatter())
     else:

@@ -37,7 +37,9 @@ OVERLAYS = {"dev": K8S / "overlays" / "dev", "production": K8S / "overlays" / "p
 
 SETTING_NAMES = frozenset(name.upper() for cls in SETTINGS_CLASSES for name in cls.model_fields)
 # Credentials: only ever from a Secret, never a literal in a manifest or ConfigMap.
-SECRET_SETTINGS = frozenset({"DATABASE_URL", "SMS_GATEWAY_TOKEN", "KAFKA_SASL_PASSWORD"})
+SECRET_SETTINGS = frozenset(
+    {"DATABASE_URL", "SMS_GATEWAY_TOKEN", "SMS_RECEIPT_SECRET", "KAFKA_SASL_PASSWORD"}
+)
 
 SERVICES = ("ingest", "scoring", "alerting", "outreach")
 # Each component's settings class (to validate its environment) and port default.
@@ -251,6 +253,7 @@ def test_configmap_values_are_valid_settings(tree: str) -> None:
     secrets = {
         "DATABASE_URL": "postgresql+asyncpg://u:p@db.invalid:5432/churnwatch",
         "SMS_GATEWAY_TOKEN": "not-the-dev-token",
+        "SMS_RECEIPT_SECRET": "not-the-dev-secret",
     }
     for comp in SERVICES:
         settings_for(comp, {**data, **secrets})

@@ -70,6 +70,9 @@ def pipeline(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     environ = {**os.environ, **as_environ(settings), "PYTHONPATH": str(REPO)}
     environ.update({SERVICES[name][1].upper(): str(port) for name, port in ports.items()})
     environ["SMS_GATEWAY_URL"] = f"http://127.0.0.1:{ports['sms-gateway']}"
+    outreach_url = f"http://127.0.0.1:{ports['outreach']}"
+    environ["SMS_GATEWAY_RECEIPT_URL"] = f"{outreach_url}/v1/sms/receipts"
+    environ["SMS_GATEWAY_INBOUND_URL"] = f"{outreach_url}/v1/sms/inbound"
     environ["OUTREACH_DISPATCH_INTERVAL_S"] = "0.2"
     logs = tmp_path_factory.mktemp("logs")
     # The default rules, without the retention dwell (30 min of wall time here).
@@ -147,10 +150,11 @@ async def test_vip_stop_notice_sends_a_reminder_sms_and_queues_a_call(pipeline: 
 
     async def both_tasks() -> list[dict[str, Any]] | None:
         tasks = await _tasks(pipeline, subscriber_id=subscriber)
-        sent = [t for t in tasks if t["channel"] == "sms" and t["status"] == "sent"]
-        return tasks if sent and len(tasks) == 2 else None
+        # The gateway posts a signed delivery receipt back to outreach.
+        done = [t for t in tasks if t["channel"] == "sms" and t["status"] == "delivered"]
+        return tasks if done and len(tasks) == 2 else None
 
-    tasks = await eventually(both_tasks, what="the SMS task sent and the call task queued")
+    tasks = await eventually(both_tasks, what="the SMS task delivered and the call task queued")
     assert {t["kind"] for t in tasks} == {"pre_suspension_reminder"}
     [call] = [t for t in tasks if t["channel"] == "call"]
     assert call["status"] == "queued" and call["account_manager_id"] == "AM-E2E"
@@ -158,7 +162,12 @@ async def test_vip_stop_notice_sends_a_reminder_sms_and_queues_a_call(pipeline: 
     queue = await _get(pipeline.urls["outreach"] + "/v1/call-queue", account_manager_id="AM-E2E")
     assert [t["task_id"] for t in queue] == [call["task_id"]]
     detail = await _get(pipeline.urls["outreach"] + f"/v1/tasks/{sms['reference']}")
-    assert [t["to_status"] for t in detail["transitions"]] == ["pending", "sending", "sent"]
+    assert [t["to_status"] for t in detail["transitions"]] == [
+        "pending",
+        "sending",
+        "sent",
+        "delivered",
+    ]
 
 
 async def test_warning_signs_push_the_score_over_the_threshold(pipeline: Pipeline) -> None:

@@ -150,14 +150,22 @@ async def test_templates_render_and_name_missing_variables() -> None:
 
 
 # What alerting puts in a task's params: the only variables a template may use.
-ALERTING_PARAMS = {"name", "account_manager", "amount", "suspension_at", "days_overdue", "score"}
+ALERTING_PARAMS = {
+    "name",
+    "account_manager",
+    "amount",
+    "suspension_at",
+    "days_overdue",
+    "usual_amount",
+    "score",
+}
 RULE_TEMPLATES = {
     "pre_suspension_reminder": set(),
     "retention_offer": set(),
     "retention_care": set(),
     "win_back_offer": set(),
     "arrears_care": {"amount", "days_overdue"},
-    "bill_shock_care": {"amount"},
+    "bill_shock_care": {"amount", "usual_amount"},
     # Kind fallbacks, for tasks that name no template.
     "retention": set(),
     "win_back": set(),
@@ -191,6 +199,7 @@ async def test_cancelled_is_the_same_state_for_both_channels() -> None:
     ("channel", "status", "action", "expected"),
     [
         ("sms", "pending", TaskAction.CANCEL, "cancelled"),
+        ("sms", "scheduled", TaskAction.CANCEL, "cancelled"),  # held by quiet hours, say
         ("sms", "sending", TaskAction.CANCEL, None),  # the provider may have it already
         ("sms", "sent", TaskAction.CANCEL, None),
         ("sms", "failed", TaskAction.CANCEL, None),
@@ -231,7 +240,10 @@ async def test_what_each_update_does_in_each_state(
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[tuple[str, Any]]:
-    settings = GatewaySettings(sms_gateway_port=free_port(), sms_gateway_token=TOKEN)
+    # No receipts: nothing serves them here (tests/test_sms.py covers them).
+    settings = GatewaySettings(
+        sms_gateway_port=free_port(), sms_gateway_token=TOKEN, sms_gateway_receipt_url=""
+    )
     app = create_gateway_app(settings)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -244,6 +256,7 @@ async def gateway() -> AsyncIterator[tuple[str, Any]]:
     yield f"http://127.0.0.1:{settings.sms_gateway_port}", app.state.messages
     server.should_exit = True
     await serving
+    await app.state.gateway.aclose()
 
 
 @pytest.fixture
@@ -493,7 +506,8 @@ async def test_sms_waits_for_not_before(dispatcher: Dispatcher, gateway: tuple[s
         looping.stop()
         await running
     row = await _status(dispatcher, t.task_id)
-    assert row["status"] == "pending" and row["attempts"] == 0
+    assert row["status"] == "scheduled" and row["attempts"] == 0
+    assert row["next_attempt_at"] == not_before
     assert not [m for m in gateway[1] if m.to == "+15550003104"]
     # Once not_before has come, it goes.
     assert await dispatcher.dispatch_once(now=not_before + timedelta(seconds=1)) == 1

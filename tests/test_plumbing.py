@@ -28,7 +28,12 @@ def test_settings_come_from_the_environment_and_are_frozen(
 
 
 def test_production_refuses_development_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "SMS_GATEWAY_TOKEN"):
+    for name in (
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "DATABASE_URL",
+        "SMS_GATEWAY_TOKEN",
+        "SMS_RECEIPT_SECRET",
+    ):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValidationError, match="KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL"):
         IngestSettings(environment="production")
@@ -40,7 +45,10 @@ def test_production_refuses_development_defaults(monkeypatch: pytest.MonkeyPatch
     assert IngestSettings(**explicit).environment == "production"
     with pytest.raises(ValidationError, match="SMS_GATEWAY_TOKEN"):
         OutreachSettings(**explicit)
-    assert OutreachSettings(**explicit, sms_gateway_token="real").environment == "production"
+    with pytest.raises(ValidationError, match="SMS_RECEIPT_SECRET"):
+        OutreachSettings(**explicit, sms_gateway_token="real")
+    real = {"sms_gateway_token": "real", "sms_receipt_secret": "also-real"}
+    assert OutreachSettings(**explicit, **real).environment == "production"
 
 
 def test_plain_postgres_urls_get_the_asyncpg_driver() -> None:

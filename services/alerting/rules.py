@@ -22,25 +22,24 @@ validation error into one naming the file, line and field, so a typo in a
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from shared.events import Channel, TaskKind, Tier
+from shared.yamlconf import load_model
 
 DEFAULT_RULES_FILE = Path(__file__).with_name("default_rules.yaml")
 
@@ -326,83 +325,20 @@ class RulesFile(_Strict):
 # --- loading ------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans: only true/false.
-
-    YAML 1.1 reads ``on``/``off``/``yes``/``no`` as booleans, which would turn
-    the trigger key ``on:`` into ``True``.
-    """
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
 class RulesError(ValueError):
     """A rules file that cannot be used; the message names the file and line."""
 
 
-def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
-    """Map each key path in the YAML document to its 1-based line."""
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            k = key.value
-            out[(*path, k)] = key.start_mark.line + 1
-            _line_index(value, (*path, k), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_index(item, (*path, i), out)
-
-
-def _locate(
-    lines: dict[tuple[Any, ...], int], loc: Sequence[Any], *, missing: bool
-) -> tuple[str, int]:
-    """The dotted field path of a validation error and the line it is on.
-
-    Pydantic's ``loc`` also holds union tags (``rules.0.trigger.score.threshold``)
-    that are not keys in the document: a part that is not a key is such a tag
-    and is dropped, except the last part of a missing-key error (the key). The
-    line is that of the deepest part of the path present in the document (the
-    rule, when a required key is missing).
-    """
-    path: tuple[Any, ...] = ()
-    shown: list[str] = []
-    for i, part in enumerate(loc):
-        if (*path, part) in lines:
-            path = (*path, part)
-            shown.append(str(part))
-        elif missing and i == len(loc) - 1:
-            shown.append(str(part))
-    return ".".join(shown) or "(top)", lines.get(path, 1)
-
-
 def parse_rules(text: str, *, source: str = "<rules>") -> RulesFile:
     """Parse and validate a rules document; raise ``RulesError`` naming the line."""
-    try:
-        root = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        raise RulesError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
-    if root is None or not isinstance(data, dict):
-        raise RulesError(f"{source}:1: a rules file is a mapping with 'version' and 'rules'")
-    lines: dict[tuple[Any, ...], int] = {}
-    _line_index(root, (), lines)
-    try:
-        return RulesFile.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            dotted, line = _locate(lines, err["loc"], missing=err["type"] == "missing")
-            problems.append(f"{source}:{line}: {dotted}: {err['msg']}")
-        raise RulesError("\n".join(problems)) from exc
+    rules, _ = load_model(
+        RulesFile,
+        text,
+        source=source,
+        error=RulesError,
+        not_mapping="a rules file is a mapping with 'version' and 'rules'",
+    )
+    return rules
 
 
 def load_rules(path: Path | None = None) -> RulesFile:

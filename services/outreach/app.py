@@ -16,6 +16,7 @@ from services.outreach.feedback import router as feedback_router
 from services.outreach.queue import QueueKeeper
 from services.outreach.settings import OutreachSettings
 from services.outreach.sms import Dispatcher, SmsClient
+from services.outreach.templates import check_templates
 from services.outreach.views import router
 from shared.errors import install_error_handlers
 from shared.health import health_router
@@ -25,6 +26,7 @@ from shared.runtime import ServiceRuntime
 
 def create_app(settings: OutreachSettings) -> FastAPI:
     """The outreach service: task consumer, SMS dispatcher, tasks API, probes, metrics."""
+    check_templates()  # a broken SMS template stops outreach here, naming every problem
     runtime = ServiceRuntime(settings, "outreach")
 
     @asynccontextmanager

@@ -66,6 +66,10 @@ OUTCOMES_PUBLISHED = Counter(
     "Task outcomes published to the outcomes topic by the outbox relay",
 )
 OUTBOX_PENDING = Gauge("churnwatch_outreach_outbox_pending", "Outbox messages not yet published")
+RELAY_FAILURES = Counter(
+    "churnwatch_outreach_relay_failures_total",
+    "Outbox relay passes that failed (broker or database unreachable); retried next interval",
+)
 KPI_REMINDER_BEFORE_SUSPENSION = Gauge(
     "churnwatch_outreach_kpi_reminder_before_suspension_ratio",
     "This month's VIP subscribers suspended who were reminded first / all VIPs suspended, by tier",

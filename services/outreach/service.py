@@ -6,17 +6,29 @@ import base64
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, tuple_, update
+from pydantic import ValidationError
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach.models import outbox, task_transitions, tasks
-from services.outreach.schemas import CallStatus, SmsStatus
-from shared.errors import BadRequest
+from services.outreach.models import opt_outs, outbox, task_transitions, tasks
+from services.outreach.schemas import CallStatus, SmsStatus, TaskCreate
+from shared.errors import BadRequest, Conflict, NotFound, UnprocessableEntity
 from shared.events import (
     Channel,
     OutreachTask,
@@ -32,7 +44,7 @@ from shared.events import (
 # outcome). An SMS in 'sending' is not among them: the provider may already
 # have it, and the dispatcher records what happened to it.
 STOPPABLE: Mapping[str, frozenset[str]] = {
-    Channel.SMS.value: frozenset({SmsStatus.PENDING}),
+    Channel.SMS.value: frozenset({SmsStatus.PENDING, SmsStatus.SCHEDULED}),
     Channel.CALL.value: frozenset({CallStatus.QUEUED, CallStatus.ASSIGNED}),
 }
 
@@ -51,9 +63,19 @@ class UpdateResult(StrEnum):
     UNKNOWN_TASK = "unknown_task"
 
 
-def initial_status(channel: Channel) -> str:
-    """Where a new task starts: SMS wait to be sent, calls wait in the queue."""
-    return SmsStatus.PENDING if channel is Channel.SMS else CallStatus.QUEUED
+def initial_status(
+    channel: Channel, *, not_before: datetime | None = None, now: datetime | None = None
+) -> str:
+    """Where a new task starts: SMS wait to be sent, calls wait in the queue.
+
+    An SMS whose ``not_before`` is still ahead of ``now`` is ``scheduled`` (for
+    then) rather than ``pending``, so its state says why it is not going yet.
+    """
+    if channel is not Channel.SMS:
+        return CallStatus.QUEUED
+    if not_before is not None and now is not None and not_before > now:
+        return SmsStatus.SCHEDULED
+    return SmsStatus.PENDING
 
 
 def _suspension_at(task: OutreachTask) -> datetime | None:
@@ -91,7 +113,7 @@ async def store_tasks(
                     "task_id": t.task_id,
                     "kind": t.kind.value,
                     "channel": t.channel.value,
-                    "status": initial_status(t.channel),
+                    "status": initial_status(t.channel, not_before=t.not_before, now=now),
                     "subscriber_id": t.subscriber_id,
                     "tier": t.tier.value,
                     "phone": t.phone,
@@ -130,7 +152,14 @@ async def store_tasks(
     await record_transitions(
         conn,
         rows=[
-            (t.task_id, None, initial_status(t.channel), ALERTING, "task created") for t in stored
+            (
+                t.task_id,
+                None,
+                initial_status(t.channel, not_before=t.not_before, now=now),
+                created_by,  # 'alerting', or the API client that made it
+                "task created",
+            )
+            for t in stored
         ],
         now=now,
     )
@@ -188,7 +217,11 @@ async def enqueue_outcomes(
         if row is None:
             continue
         outcome = TaskOutcome(
-            outcome_id=derive_id("outcome", task_id, status, row.outcome),
+            # A final state happens once per task; a non-final outcome (a callback)
+            # may happen again, so its time is part of its identity.
+            outcome_id=derive_id(
+                "outcome", task_id, status, row.outcome, *([] if status in FINAL_STATES else [now])
+            ),
             task_id=task_id,
             subscriber_id=row.subscriber_id,
             kind=TaskKind(row.kind),
@@ -328,7 +361,9 @@ async def apply_updates(
     must not move the call back and forth). An update that changes nothing
     (the task is already final, the call already left the queue) leaves no
     row and is reported ``ignored``; one for a task outreach does not have is
-    ``unknown_task``.
+    ``unknown_task``. A cancel or close that comes too late to stop its task
+    still records its cause as the task's ``end_cause`` if it has none (the
+    reminder KPI needs to know who paid).
     """
     if not updates:
         return []
@@ -367,6 +402,7 @@ async def apply_updates(
     audit: list[dict[str, Any]] = []
     news: list[tuple[uuid.UUID, str, str | None]] = []  # outcomes to publish
     changed: set[uuid.UUID] = set()
+    late_causes: dict[uuid.UUID, str] = {}  # end causes of tasks too far along to stop
     for u in updates:
         task = current.get(u.task_id)
         if u.update_id in done:
@@ -377,6 +413,11 @@ async def apply_updates(
             continue
         change = plan_update(task, u)
         if change is None:
+            if u.action is not TaskAction.REROUTE and task["end_cause"] is None:
+                # Too late to stop (the reminder went out), but why alerting wanted
+                # it stopped still counts: the reminder KPI leaves out subscribers
+                # who paid. No status change, no audit row, updated_at untouched.
+                task["end_cause"] = late_causes[u.task_id] = u.cause.value
             results.append((u, UpdateResult.IGNORED))
             continue
         # Applied to the in-memory row first, so later updates of the batch see it.
@@ -425,82 +466,354 @@ async def apply_updates(
         )
         await conn.execute(insert(task_transitions).values(audit))
         await enqueue_outcomes(conn, changes=news, now=now)
+    if late_causes:
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.task_id == bindparam("b_task_id"), tasks.c.end_cause.is_(None))
+            .values(end_cause=bindparam("b_end_cause")),
+            [{"b_task_id": k, "b_end_cause": v} for k, v in sorted(late_causes.items())],
+        )
     return results
 
 
-async def expire_overdue_sms(conn: AsyncConnection, *, now: datetime) -> int:
-    """Pending SMS past their due time expire: a reminder after the suspension is useless."""
-    rows = await conn.execute(
-        update(tasks)
-        .where(
-            tasks.c.channel == Channel.SMS.value,
-            tasks.c.status == SmsStatus.PENDING,
-            tasks.c.due_at.is_not(None),
-            tasks.c.due_at < now,
-        )
-        .values(status=SmsStatus.EXPIRED, updated_at=now)
-        .returning(tasks.c.task_id)
-    )
-    expired = list(rows.scalars())
-    await record_transitions(
-        conn,
-        rows=[
-            (t, SmsStatus.PENDING, SmsStatus.EXPIRED, "dispatcher", "past due time")
-            for t in expired
-        ],
-        now=now,
-    )
-    return len(expired)
+SMS_WAITING = (SmsStatus.PENDING, SmsStatus.SCHEDULED)
+"""SMS states waiting for an attempt: ``pending`` (now, or after a backoff), ``scheduled``."""
+
+DISPATCHER = "dispatcher"
+"""Actor of the audit rows the SMS dispatcher writes."""
 
 
-async def claim_sms(
-    conn: AsyncConnection, *, limit: int, now: datetime, stale_before: datetime
-) -> list[dict[str, Any]]:
-    """Claim SMS tasks ready to send and mark them ``sending``.
+async def expire_overdue_sms(
+    conn: AsyncConnection, *, now: datetime, stale_before: datetime | None = None
+) -> int:
+    """SMS not sent by their due time expire: a reminder after the suspension is useless.
 
-    ``FOR UPDATE SKIP LOCKED`` lets several outreach replicas dispatch without
-    taking the same task. A task stuck in ``sending`` since before
-    ``stale_before`` (a crash mid-send) is claimed again; the provider's
-    idempotency key makes the resend harmless.
+    ``pending`` and ``scheduled`` ones; with ``stale_before``, also those stuck
+    in ``sending`` since before it (a crash mid-send): resending them now
+    would be late. Rows another transaction holds (a receipt, a task update)
+    are skipped; the next pass takes them.
     """
-    ready = or_(
-        and_(
-            tasks.c.status == SmsStatus.PENDING,
-            or_(tasks.c.next_attempt_at.is_(None), tasks.c.next_attempt_at <= now),
-        ),
-        and_(tasks.c.status == SmsStatus.SENDING, tasks.c.updated_at < stale_before),
-    )
-    candidates = (
-        select(tasks.c.task_id)
-        .where(tasks.c.channel == Channel.SMS.value, ready)
-        .order_by(tasks.c.priority.desc(), tasks.c.created_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    old = select(tasks.c.task_id, tasks.c.status).where(tasks.c.task_id.in_(candidates)).cte()
-    rows = await conn.execute(
+    waiting: ColumnElement[bool] = tasks.c.status.in_(SMS_WAITING)
+    if stale_before is not None:
+        waiting = or_(
+            waiting, and_(tasks.c.status == SmsStatus.SENDING, tasks.c.updated_at < stale_before)
+        )
+    overdue = [
+        (r.task_id, r.status)
+        for r in await conn.execute(
+            select(tasks.c.task_id, tasks.c.status)
+            .where(
+                tasks.c.channel == Channel.SMS.value,
+                waiting,
+                tasks.c.due_at.is_not(None),
+                tasks.c.due_at < now,
+            )
+            .with_for_update(skip_locked=True)
+        )
+    ]
+    if not overdue:
+        return 0
+    await conn.execute(
         update(tasks)
-        .where(tasks.c.task_id == old.c.task_id)
-        .values(status=SmsStatus.SENDING, attempts=tasks.c.attempts + 1, updated_at=now)
-        .returning(*tasks.c, old.c.status.label("previous_status"))
+        .where(tasks.c.task_id.in_([t for t, _ in overdue]))
+        .values(status=SmsStatus.EXPIRED, updated_at=now, next_attempt_at=None)
     )
-    claimed = [dict(r._mapping) for r in rows]
     await record_transitions(
         conn,
         rows=[
             (
-                r["task_id"],
-                r["previous_status"],
-                SmsStatus.SENDING,
-                "dispatcher",
-                f"attempt {r['attempts']}",
+                task_id,
+                status,
+                SmsStatus.EXPIRED,
+                DISPATCHER,
+                "past due time"
+                if status != SmsStatus.SENDING
+                else "past due time; the outcome of the last attempt is unknown",
             )
-            for r in claimed
+            for task_id, status in overdue
         ],
         now=now,
     )
-    return claimed
+    return len(overdue)
+
+
+async def lock_due_sms(
+    conn: AsyncConnection, *, limit: int, now: datetime, stale_before: datetime
+) -> list[dict[str, Any]]:
+    """Lock up to ``limit`` SMS tasks due for an attempt, most urgent first.
+
+    Due: ``pending`` or ``scheduled`` with ``next_attempt_at`` passed (or
+    unset), or stuck in ``sending`` since before ``stale_before`` (a crash
+    mid-send; the provider's idempotency key makes the resend harmless).
+    ``FOR UPDATE SKIP LOCKED`` lets several outreach replicas dispatch without
+    taking the same task; the locks last until the caller's commit, in which
+    the dispatcher records what it decided for each.
+    """
+    ready = or_(
+        and_(
+            tasks.c.status.in_(SMS_WAITING),
+            or_(tasks.c.next_attempt_at.is_(None), tasks.c.next_attempt_at <= now),
+        ),
+        and_(tasks.c.status == SmsStatus.SENDING, tasks.c.updated_at < stale_before),
+    )
+    rows = await conn.execute(
+        select(tasks)
+        .where(tasks.c.channel == Channel.SMS.value, ready)
+        .order_by(tasks.c.priority.desc(), tasks.c.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+CONTACT_LOCK_CLASS = 0x6F757472
+"""First key of the advisory locks that serialise one subscriber's marketing SMS."""
+
+
+@dataclass(slots=True)
+class ContactFacts:
+    """What the contact policy needs to know about subscribers about to get marketing SMS."""
+
+    opted_out: set[str]
+    sent_marketing: dict[str, list[datetime]]
+
+
+async def contact_facts(
+    conn: AsyncConnection,
+    *,
+    subscriber_ids: set[str],
+    since: datetime,
+    now: datetime,
+    exclude: set[uuid.UUID],
+) -> ContactFacts:
+    """Opt-outs, and marketing SMS sent since ``since``, of these subscribers.
+
+    Takes a transaction-scoped advisory lock per subscriber first (sorted, so
+    two replicas never deadlock): two replicas deciding about the same
+    subscriber's marketing SMS at once would each see the other's as unsent
+    and together pass the frequency cap. An SMS in flight (``sending``, not in
+    ``exclude``, the tasks being decided) counts as sent ``now``.
+    """
+    if not subscriber_ids:
+        return ContactFacts(set(), {})
+    ordered = sorted(subscriber_ids)
+    for subscriber_id in ordered:
+        await conn.execute(
+            select(func.pg_advisory_xact_lock(CONTACT_LOCK_CLASS, func.hashtext(subscriber_id)))
+        )
+    opted_out = set(
+        (
+            await conn.execute(
+                select(opt_outs.c.subscriber_id).where(opt_outs.c.subscriber_id.in_(ordered))
+            )
+        ).scalars()
+    )
+    sent: dict[str, list[datetime]] = {}
+    rows = await conn.execute(
+        select(tasks.c.subscriber_id, tasks.c.sent_at).where(
+            tasks.c.subscriber_id.in_(ordered),
+            tasks.c.channel == Channel.SMS.value,
+            tasks.c.marketing.is_(True),
+            tasks.c.task_id.not_in(sorted(exclude)) if exclude else true(),
+            or_(tasks.c.sent_at > since, tasks.c.status == SmsStatus.SENDING),
+        )
+    )
+    for row in rows:
+        sent.setdefault(row.subscriber_id, []).append(row.sent_at or now)
+    return ContactFacts(opted_out, sent)
+
+
+class ReceiptResult(StrEnum):
+    """What a delivery receipt did (the ``result`` label of its metric, but ``not_sent``)."""
+
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    DUPLICATE = "duplicate"  # the task was already final: nothing changed
+    UNKNOWN = "unknown"  # no SMS with this message id or reference
+    NOT_SENT = "not_sent"  # the reference names a task never submitted to the provider
+
+
+async def _lock_sms_for_receipt(
+    conn: AsyncConnection, *, message_id: str, reference: str | None
+) -> dict[str, Any] | None:
+    """The SMS task a receipt is about, locked: by ``reference`` (our task id), else message id.
+
+    The reference comes first because a receipt can arrive before we stored
+    the provider's message id (its answer timed out, or is still on the way).
+    A reference whose task already has another message id is not trusted.
+    """
+    sms = tasks.c.channel == Channel.SMS.value
+    if reference:
+        try:
+            task_id = uuid.UUID(reference)
+        except ValueError:
+            task_id = None
+        if task_id is not None:
+            row = (
+                await conn.execute(
+                    select(tasks).where(tasks.c.task_id == task_id, sms).with_for_update()
+                )
+            ).first()
+            if row is not None and row.provider_message_id in (None, message_id):
+                return dict(row._mapping)
+    row = (
+        await conn.execute(
+            select(tasks)
+            .where(tasks.c.provider_message_id == message_id, sms)
+            .limit(1)
+            .with_for_update()
+        )
+    ).first()
+    return None if row is None else dict(row._mapping)
+
+
+async def apply_receipt(
+    conn: AsyncConnection,
+    *,
+    message_id: str,
+    reference: str | None,
+    delivered: bool,
+    error: str | None,
+    at: datetime,
+    now: datetime,
+) -> tuple[ReceiptResult, dict[str, Any] | None]:
+    """Apply a delivery receipt: ``sent`` → ``delivered`` or ``failed``; return what happened.
+
+    A receipt can overtake the provider's answer to our request (or the
+    answer timed out): the task is then still ``sending``, or back in
+    ``pending``/``scheduled`` awaiting a retry. The provider has the message,
+    so the task is first recorded ``sent`` (and will not be sent again), then
+    the receipt applies. A receipt for a task already final changes nothing.
+    """
+    task = await _lock_sms_for_receipt(conn, message_id=message_id, reference=reference)
+    if task is None:
+        return ReceiptResult.UNKNOWN, None
+    task_id, status = task["task_id"], task["status"]
+    if status in FINAL_STATES:
+        return ReceiptResult.DUPLICATE, task
+    if status != SmsStatus.SENT:
+        if task["attempts"] == 0:
+            return ReceiptResult.NOT_SENT, task
+        await transition(
+            conn,
+            task_id=task_id,
+            from_status=status,
+            to_status=SmsStatus.SENT,
+            actor="provider",
+            reason="provider accepted (its receipt came before its answer)",
+            now=now,
+            sent_at=at,
+            provider_message_id=message_id,
+            next_attempt_at=None,
+            last_error=None,
+        )
+    if delivered:
+        to_status, reason = SmsStatus.DELIVERED, "delivered (provider receipt)"
+        values: dict[str, Any] = {"delivered_at": at}
+        result = ReceiptResult.DELIVERED
+    else:
+        to_status = SmsStatus.FAILED
+        reason = f"delivery failed: {error or 'no reason given'}"[:500]
+        values = {"last_error": reason}
+        result = ReceiptResult.FAILED
+    await transition(
+        conn,
+        task_id=task_id,
+        from_status=SmsStatus.SENT,
+        to_status=to_status,
+        actor="provider",
+        reason=reason,
+        now=now,
+        **values,
+    )
+    return result, {**task, "status": to_status}
+
+
+async def get_opt_out(conn: AsyncConnection, *, subscriber_id: str) -> dict[str, Any] | None:
+    """The subscriber's do-not-contact entry, or None."""
+    row = (
+        await conn.execute(select(opt_outs).where(opt_outs.c.subscriber_id == subscriber_id))
+    ).first()
+    return None if row is None else dict(row._mapping)
+
+
+async def opt_out(
+    conn: AsyncConnection,
+    *,
+    subscriber_id: str,
+    source: str,
+    reason: str | None,
+    now: datetime,
+) -> tuple[bool, dict[str, Any], int]:
+    """Put a subscriber on the do-not-contact list (idempotent).
+
+    Returns ``(created, entry, cancelled)``: whether the entry is new (an
+    existing one is kept as it was), the entry, and how many of the
+    subscriber's marketing SMS still waiting to be sent were cancelled now
+    (the dispatcher would cancel them anyway when they come due; doing it now
+    keeps the task list truthful).
+    """
+    created = (
+        await conn.execute(
+            insert(opt_outs)
+            .values(subscriber_id=subscriber_id, source=source, reason=reason, created_at=now)
+            .on_conflict_do_nothing(index_elements=["subscriber_id"])
+            .returning(opt_outs.c.subscriber_id)
+        )
+    ).first() is not None
+    entry = await get_opt_out(conn, subscriber_id=subscriber_id)
+    assert entry is not None  # inserted now, or there already
+    waiting = [
+        (r.task_id, r.status)
+        for r in await conn.execute(
+            select(tasks.c.task_id, tasks.c.status)
+            .where(
+                tasks.c.subscriber_id == subscriber_id,
+                tasks.c.channel == Channel.SMS.value,
+                tasks.c.marketing.is_(True),
+                tasks.c.status.in_(SMS_WAITING),
+            )
+            .order_by(tasks.c.task_id)
+            .with_for_update()
+        )
+    ]
+    if waiting:
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.task_id.in_([t for t, _ in waiting]))
+            .values(status=CANCELLED, updated_at=now, next_attempt_at=None)
+        )
+        await record_transitions(
+            conn,
+            rows=[
+                (t, s, CANCELLED, source, "opted out of marketing SMS (do-not-contact list)")
+                for t, s in waiting
+            ],
+            now=now,
+        )
+    return created, entry, len(waiting)
+
+
+async def remove_opt_out(conn: AsyncConnection, *, subscriber_id: str) -> bool:
+    """Take a subscriber off the do-not-contact list; False if they were not on it."""
+    result = await conn.execute(
+        delete(opt_outs)
+        .where(opt_outs.c.subscriber_id == subscriber_id)
+        .returning(opt_outs.c.subscriber_id)
+    )
+    return result.first() is not None
+
+
+async def subscribers_with_phone(conn: AsyncConnection, *, phone: str) -> list[str]:
+    """Every subscriber whose tasks carry this phone number (an inbound reply's sender).
+
+    There is no index on the phone column: a sequential scan of the tasks, which
+    is fine for the rate of inbound replies.
+    """
+    rows = await conn.execute(
+        select(tasks.c.subscriber_id).where(tasks.c.phone == phone).distinct()
+    )
+    return sorted(rows.scalars())
 
 
 def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
@@ -509,11 +822,18 @@ def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Read a cursor from ``encode_cursor``; a malformed one is a 400."""
+    """Read a cursor from ``encode_cursor``; a malformed one is a 400.
+
+    Only what ``encode_cursor`` makes passes: a hand-made cursor with a time
+    without offset, or one PostgreSQL cannot compare, is malformed too.
+    """
     try:
         created, task_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(created), uuid.UUID(task_id)
-    except ValueError as exc:
+        at = datetime.fromisoformat(created)
+        if at.tzinfo is None:
+            raise ValueError("cursor time has no offset")
+        return at.astimezone(UTC), uuid.UUID(task_id)
+    except (ValueError, OverflowError) as exc:
         raise BadRequest("cursor is malformed") from exc
 
 
@@ -525,20 +845,48 @@ async def list_tasks(
     status: str | None = None,
     channel: str | None = None,
     queue: str | None = None,
+    general_queue: str | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    due_from: datetime | None = None,
+    due_to: datetime | None = None,
     limit: int,
     cursor: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """A page of tasks, newest first, and the cursor of the next page (None at the end)."""
+    """A page of tasks, newest first, and the cursor of the next page (None at the end).
+
+    Filters are exact matches, except: ``queue`` equal to ``general_queue``
+    also matches calls without a queue (they are worked there); the time
+    ranges include their start and exclude their end (``created_from <=
+    created_at < created_to``), and a due range leaves out tasks without a due
+    time.
+    """
     query = select(tasks)
     for column, value in (
         ("subscriber_id", subscriber_id),
         ("kind", kind),
         ("status", status),
         ("channel", channel),
-        ("queue", queue),
     ):
         if value is not None:
             query = query.where(tasks.c[column] == value)
+    if queue is not None and queue == general_queue:
+        query = query.where(
+            or_(
+                tasks.c.queue == queue,
+                and_(tasks.c.queue.is_(None), tasks.c.channel == Channel.CALL.value),
+            )
+        )
+    elif queue is not None:
+        query = query.where(tasks.c.queue == queue)
+    for timed, start, end in (
+        (tasks.c.created_at, created_from, created_to),
+        (tasks.c.due_at, due_from, due_to),
+    ):
+        if start is not None:
+            query = query.where(timed >= start)
+        if end is not None:
+            query = query.where(timed < end)
     if cursor:
         created_at, task_id = decode_cursor(cursor)
         query = query.where(tuple_(tasks.c.created_at, tasks.c.task_id) < (created_at, task_id))
@@ -564,6 +912,136 @@ async def get_task(conn: AsyncConnection, *, task_id: uuid.UUID) -> dict[str, An
     )
     task["transitions"] = [dict(t._mapping) for t in trail]
     return task
+
+
+# --- tasks made and stopped through the API (POST /v1/tasks, POST /v1/tasks/{id}/cancel) ---
+
+# What a manual task's client key must reproduce to be "the same request" again.
+_MANUAL_FIELDS = (
+    "kind",
+    "channel",
+    "subscriber_id",
+    "tier",
+    "monthly_value",
+    "phone",
+    "language",
+    "account_manager_id",
+    "queue",
+    "template",
+    "marketing",
+    "priority",
+    "risk",
+    "not_before",
+    "due_at",
+    "reasons",
+    "reason_codes",
+    "params",
+)
+
+
+def manual_task_id(client_key: str) -> uuid.UUID:
+    """The id of the task made with this client key: the same key, the same task."""
+    return derive_id("manual", client_key)
+
+
+async def _by_client_key(conn: AsyncConnection, client_key: str) -> dict[str, Any] | None:
+    row = (await conn.execute(select(tasks).where(tasks.c.client_key == client_key))).first()
+    return None if row is None else dict(row._mapping)
+
+
+def _same_request(row: Mapping[str, Any], body: TaskCreate) -> bool:
+    """True if ``body`` asks for the task ``row`` is (values compared, not spelling)."""
+    wanted = body.model_dump(mode="python")
+    return row["created_by"] == body.created_by and all(
+        row[name] == wanted[name] for name in _MANUAL_FIELDS
+    )
+
+
+def _replay(row: dict[str, Any], body: TaskCreate) -> dict[str, Any]:
+    if not _same_request(row, body):
+        raise Conflict(
+            "this Idempotency-Key was used for a different task",
+            details={"task_id": str(row["task_id"])},
+        )
+    return row
+
+
+async def create_manual_task(
+    conn: AsyncConnection, *, body: TaskCreate, client_key: str, now: datetime
+) -> tuple[dict[str, Any], bool]:
+    """Make a task by hand, idempotently on ``client_key``; return it and whether it is new.
+
+    The task id is derived from the key, so concurrent requests with one key
+    race for one row: the loser finds the winner's task. The same key with
+    the same body gives the stored task again (even after its due time); with
+    another body it is a 409.
+    """
+    existing = await _by_client_key(conn, client_key)
+    if existing is not None:
+        return _replay(existing, body), False
+    if body.due_at is not None and body.due_at <= now:
+        raise UnprocessableEntity(
+            "due_at has passed; the task would expire at once",
+            details={"due_at": body.due_at.isoformat()},
+        )
+    task_id = manual_task_id(client_key)
+    try:
+        task = OutreachTask(
+            task_id=task_id,
+            # A manual task has no causing event; it is its own cause.
+            cause_event_id=task_id,
+            created_at=now,
+            **body.model_dump(exclude={"created_by"}),
+        )
+    except ValidationError as exc:  # TaskCreate is as strict; this is a safety net
+        raise UnprocessableEntity(
+            "the task is invalid",
+            details=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()],
+        ) from exc
+    stored = await store_tasks(
+        conn, new_tasks=[task], now=now, created_by=body.created_by, client_key=client_key
+    )
+    row = await _by_client_key(conn, client_key)
+    assert row is not None  # stored now, or by the request that won the race
+    return (row, True) if stored else (_replay(row, body), False)
+
+
+async def cancel_task(
+    conn: AsyncConnection, *, task_id: uuid.UUID, actor: str, reason: str, now: datetime
+) -> dict[str, Any]:
+    """Cancel a task not yet done, audited with ``actor`` and ``reason``; return it.
+
+    404 if there is no such task; 409 if it is already final, or too far along
+    to stop (an SMS being sent or sent: the provider has it). A call can be
+    cancelled until it is completed, even while an agent works it.
+    """
+    row = (
+        await conn.execute(select(tasks).where(tasks.c.task_id == task_id).with_for_update())
+    ).first()
+    if row is None:
+        raise NotFound(f"no task {task_id}")
+    status, channel = row.status, row.channel
+    if status in FINAL_STATES:
+        raise Conflict(f"task is already {status}", details={"status": status})
+    stoppable = STOPPABLE[channel] | (
+        {CallStatus.IN_PROGRESS} if channel == Channel.CALL.value else set()
+    )
+    if status not in stoppable:
+        raise Conflict(
+            f"an SMS that is {status} cannot be stopped: the provider may have it",
+            details={"status": status},
+        )
+    await transition(
+        conn,
+        task_id=task_id,
+        from_status=status,
+        to_status=CANCELLED,
+        actor=actor,
+        reason=reason,
+        now=now,
+    )
+    after = (await conn.execute(select(tasks).where(tasks.c.task_id == task_id))).one()
+    return dict(after._mapping)
 
 
 async def count_queued_calls(conn: AsyncConnection) -> int:

@@ -1,11 +1,17 @@
-"""SMS: the provider client over httpx, and the dispatcher loop (templates: ``templates``).
+"""SMS: the provider client over httpx, the send rate limit, and the dispatcher loop.
 
 Sending is an outbox: the consumer only stores tasks; the dispatcher claims
-pending SMS tasks from PostgreSQL, sends each through the provider with the
-task id as idempotency key, and records the outcome. A crash between the
-provider's accept and our ``sent`` leaves the task in ``sending``; it is
-claimed again later and resent with the same key, which the provider
-deduplicates, so no subscriber gets the SMS twice.
+due SMS tasks from PostgreSQL, asks the contact policy (``policy``) about
+each, sends the ones that may go through the provider with the task id as
+idempotency key, and records the outcome. Texts come from ``templates``.
+
+Every retry is durable: a retryable failure puts the task back to
+``pending`` with ``attempts`` and ``next_attempt_at`` in its row, so a
+restart loses nothing. A crash between the provider's accept and our
+``sent`` leaves the task in ``sending``; it is claimed again later and
+resent with the same key, which the provider deduplicates, so no subscriber
+gets the SMS twice. Delivery receipts (``contacts``) then move ``sent`` to
+``delivered`` or ``failed``.
 """
 
 from __future__ import annotations
@@ -13,33 +19,56 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
+import math
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from tenacity import RetryCallState, Retrying, wait_random_exponential
 
-from services.outreach import metrics, service
+from services.outreach import metrics, policy, service
 from services.outreach.schemas import SmsStatus
 from services.outreach.settings import OutreachSettings
-from services.outreach.templates import render
+from services.outreach.templates import check_templates, render
 
 log = logging.getLogger(__name__)
 
+MAX_BACKOFF_S = 3600.0
+"""Longest wait between two attempts, whatever ``SMS_RETRY_BASE_S`` and the attempt count."""
+
+MAX_SEND_CONCURRENCY = 64
+"""Most provider requests in flight at once (the rate limit paces them)."""
+
 
 class ProviderError(Exception):
-    """The provider refused or failed; ``retryable`` says whether to try again."""
+    """The provider refused or failed; ``retryable`` says whether to try again.
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    ``retry_after`` is the provider's ``Retry-After`` (seconds) on a 429 or
+    503, which the next attempt waits at least.
+    """
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` header in seconds (the delta form only), if sane."""
+    try:
+        value = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return value if 0 <= value <= MAX_BACKOFF_S else None
 
 
 @dataclass
 class SmsClient:
-    """Client of the generic JSON HTTP SMS provider protocol (see docs/operations.md)."""
+    """Client of the generic JSON HTTP SMS provider protocol (docs/operations.md)."""
 
     client: httpx.AsyncClient
     token: str
@@ -48,8 +77,9 @@ class SmsClient:
     async def send(self, *, to: str, text: str, idempotency_key: str) -> str:
         """Submit one SMS; return the provider's message id.
 
-        Raises ``ProviderError`` (retryable on timeouts, connection errors, 429 and
-        5xx; not retryable on other 4xx).
+        Raises ``ProviderError``: retryable on timeouts, connection errors,
+        429 and 5xx, and on a success answer without a message id (the same
+        idempotency key makes the retry harmless); not retryable on other 4xx.
         """
         try:
             with metrics.PROVIDER_SECONDS.time():
@@ -66,6 +96,12 @@ class SmsClient:
                         "Idempotency-Key": idempotency_key,
                     },
                 )
+        except httpx.TimeoutException as exc:
+            # The provider may have accepted it: only the idempotency key makes
+            # the retry safe. Its receipt may still tell us (contacts.receipt).
+            raise ProviderError(
+                f"provider timed out ({type(exc).__name__})", retryable=True
+            ) from exc
         except httpx.TransportError as exc:
             raise ProviderError(
                 f"provider unreachable: {type(exc).__name__}", retryable=True
@@ -77,16 +113,72 @@ class SmsClient:
                 # Accepted but unreadable: retrying with the same idempotency key is safe.
                 raise ProviderError("provider answer has no message_id", retryable=True) from exc
         retryable = response.status_code == 429 or response.status_code >= 500
-        raise ProviderError(f"provider answered {response.status_code}", retryable=retryable)
+        raise ProviderError(
+            f"provider answered {response.status_code}",
+            retryable=retryable,
+            retry_after=_retry_after(response) if retryable else None,
+        )
+
+
+class TokenBucket:
+    """The global send rate limit of one dispatcher (so of one replica).
+
+    ``rate`` tokens per second; the bucket holds at most a tenth of a second's
+    worth (at least one), so the rate holds over any second give or take 10%,
+    while sends still overlap the provider's latency.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate / 10)
+        self.tokens = self.capacity
+        self._clock, self._sleep = clock, sleep
+        self._updated = clock()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        """Wait for a token and take it; waiters are served in order."""
+        async with self._lock:
+            now = self._clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            # Take the token now, into debt if need be, and sleep the debt off: the
+            # next refill repays it. (Waiting for a full token in a loop can spin
+            # forever on a float a hair below 1.)
+            self.tokens -= 1
+            if self.tokens < 0:
+                await self._sleep(-self.tokens / self.rate)
+
+
+_BACKOFF_STATE = Retrying()  # only a holder for RetryCallState; never runs anything
 
 
 class Dispatcher:
-    """Claims due SMS tasks and sends them, until stopped."""
+    """Claims due SMS tasks, applies the contact policy, sends them, until stopped."""
 
     def __init__(self, settings: OutreachSettings, engine: AsyncEngine, sms: SmsClient) -> None:
+        # Templates are checked here, when the service starts, not when the first
+        # SMS with a typo is due at night.
+        check_templates()
         self.settings = settings
         self.engine = engine
         self.sms = sms
+        self.rules = policy.ContactRules.from_settings(settings)
+        self.bucket = TokenBucket(settings.sms_rate_limit_per_s)
+        # Enough requests in flight to reach the rate with a second of provider latency.
+        rate = settings.sms_rate_limit_per_s
+        self.concurrency = max(1, min(MAX_SEND_CONCURRENCY, math.ceil(rate)))
+        # tenacity's full-jitter exponential wait: uniform(0, base * 2**n), n the
+        # attempts so far; the retry state itself lives in the task's row.
+        self._backoff = wait_random_exponential(
+            multiplier=settings.sms_retry_base_s, max=MAX_BACKOFF_S
+        )
         self.wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self.passes = 0  # dispatch passes made (tests wait on it, as on batches_handled)
@@ -111,94 +203,196 @@ class Dispatcher:
                     )
                 self.wakeup.clear()
 
-    async def dispatch_once(self, *, now: datetime | None = None) -> int:
-        """Expire overdue tasks, claim a batch, send each; return how many were claimed.
+    def backoff_s(self, attempts: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before the next attempt, after ``attempts`` were made."""
+        state = RetryCallState(_BACKOFF_STATE, None, (), {})
+        state.attempt_number = attempts + 1
+        delay = self._backoff(state)
+        if retry_after is not None:
+            delay = max(delay, retry_after)  # the provider said how long it needs
+        return min(delay, MAX_BACKOFF_S)
 
-        ``now`` (default: the clock) decides what is due: tests pass a later
-        time to act as if it had come.
+    async def dispatch_once(self, *, now: datetime | None = None) -> int:
+        """Expire overdue tasks, claim a batch, decide and send; return how many were due.
+
+        ``now`` (default: the clock) decides what is due and what the contact
+        policy allows: tests pass another time to act as if it had come.
         """
         now = now or datetime.now(UTC)
         self.passes += 1
+        claimed, due = await self._claim(now)
+        semaphore = asyncio.Semaphore(self.concurrency)
+
+        async def send_one(task: dict[str, Any]) -> None:
+            async with semaphore:
+                if self._stopping.is_set():
+                    return  # left in 'sending'; reclaimed after the stale interval
+                await self.bucket.acquire()
+                try:
+                    await self._send(task)
+                except Exception:
+                    # One task's surprise must not hold the rest of the batch in
+                    # 'sending'; this one is reclaimed after OUTREACH_SENDING_STALE_S.
+                    log.exception(
+                        "SMS dispatch of one task failed", extra={"task_id": str(task["task_id"])}
+                    )
+
+        await asyncio.gather(*(send_one(task) for task in claimed))
+        return due
+
+    async def _claim(self, now: datetime) -> tuple[list[dict[str, Any]], int]:
+        """In one transaction: expire, lock the due tasks, decide, mark the senders ``sending``.
+
+        Returns the tasks to send now and how many were due (sent, deferred,
+        suppressed or expired: all of them were work).
+        """
+        stale_before = now - timedelta(seconds=self.settings.outreach_sending_stale_s)
         async with self.engine.begin() as conn:
-            expired = await service.expire_overdue_sms(conn, now=now)
+            expired = await service.expire_overdue_sms(conn, now=now, stale_before=stale_before)
             metrics.CALL_QUEUE_DEPTH.set(await service.count_queued_calls(conn))
-            claimed = await service.claim_sms(
+            due = await service.lock_due_sms(
                 conn,
                 limit=self.settings.outreach_dispatch_batch,
                 now=now,
-                stale_before=now - timedelta(seconds=self.settings.outreach_sending_stale_s),
+                stale_before=stale_before,
             )
+            facts = await service.contact_facts(
+                conn,
+                subscriber_ids={t["subscriber_id"] for t in due if t["marketing"]},
+                since=now - self.rules.cap_window,
+                now=now,
+                exclude={t["task_id"] for t in due},
+            )
+            claimed = []
+            for task in due:
+                subscriber = task["subscriber_id"]
+                decision = policy.decide(
+                    marketing=task["marketing"],
+                    due_at=task["due_at"],
+                    opted_out=subscriber in facts.opted_out,
+                    sent_marketing=facts.sent_marketing.get(subscriber, ()),
+                    now=now,
+                    rules=self.rules,
+                )
+                if await self._apply(conn, task, decision, now):
+                    claimed.append(task)
+                    if task["marketing"]:
+                        # Counts toward the cap of this subscriber's next task in the batch.
+                        facts.sent_marketing.setdefault(subscriber, []).append(now)
         if expired:
             metrics.SMS.labels("any", "expired").inc(expired)
-        for task in claimed:
-            if self._stopping.is_set():
-                break  # left in 'sending'; reclaimed after the stale interval
-            try:
-                await self._send(task)
-            except Exception:
-                # One task's surprise must not hold the rest of the batch in 'sending';
-                # this one is reclaimed after OUTREACH_SENDING_STALE_S.
-                log.exception(
-                    "SMS dispatch of one task failed", extra={"task_id": str(task["task_id"])}
-                )
-        return len(claimed)
+        return claimed, len(due)
+
+    async def _apply(
+        self, conn: AsyncConnection, task: dict[str, Any], decision: policy.Decision, now: datetime
+    ) -> bool:
+        """Record the policy's decision for a locked task; True if it is to be sent now."""
+        task_id, kind, status = task["task_id"], task["kind"], task["status"]
+        if decision.action is policy.Action.SEND:
+            task["attempts"] += 1
+            reason = f"attempt {task['attempts']}"
+            if status == SmsStatus.SENDING:
+                reason += " (again: the outcome of the last one is unknown)"
+            await service.transition(
+                conn,
+                task_id=task_id,
+                from_status=status,
+                to_status=SmsStatus.SENDING,
+                actor=service.DISPATCHER,
+                reason=reason,
+                now=now,
+                attempts=task["attempts"],
+            )
+            task["status"] = SmsStatus.SENDING
+            return True
+        assert decision.reason is not None
+        if decision.action is policy.Action.DEFER:
+            to_status, values = SmsStatus.SCHEDULED, {"next_attempt_at": decision.until}
+            metrics.SMS_DEFERRED.labels(decision.reason).inc()
+        elif decision.action is policy.Action.SUPPRESS:
+            to_status, values = SmsStatus.CANCELLED, {"next_attempt_at": None}
+            metrics.SMS_SUPPRESSED.labels(decision.reason).inc()
+        else:
+            to_status, values = SmsStatus.EXPIRED, {"next_attempt_at": None}
+            metrics.SMS.labels(kind, "expired").inc()
+        await service.transition(
+            conn,
+            task_id=task_id,
+            from_status=status,
+            to_status=to_status,
+            actor=service.DISPATCHER,
+            reason=decision.note,
+            now=now,
+            **values,
+        )
+        return False
 
     async def _send(self, task: dict[str, Any]) -> None:
-        task_id, kind = task["task_id"], task["kind"]
+        """Send one claimed task and record the outcome in its own transaction."""
+        task_id, kind, attempts = task["task_id"], task["kind"], task["attempts"]
         outcome: dict[str, Any]
         try:
             if not task["phone"]:
                 raise ProviderError("subscriber has no phone number", retryable=False)
             # The task's own template, else the one named after its kind.
-            text = render(task["template"] or kind, task["language"], task["params"])
+            text = render(
+                task["template"] or kind,
+                task["language"],
+                task["params"],
+                zone=self.rules.zone,
+                marketing=task["marketing"],
+            )
             message_id = await self.sms.send(
                 to=task["phone"], text=text, idempotency_key=str(task_id)
             )
+            sent_at = datetime.now(UTC)
             outcome = {
                 "to_status": SmsStatus.SENT,
                 "reason": "provider accepted",
                 "provider_message_id": message_id,
+                "sent_at": sent_at,
+                "next_attempt_at": None,
                 "last_error": None,
             }
             metrics.SMS.labels(kind, "sent").inc()
-            metrics.TASK_TO_SENT_SECONDS.observe(
-                (datetime.now(UTC) - task["created_at"]).total_seconds()
-            )
-        except (ProviderError, ValueError) as exc:
-            retry = (
-                isinstance(exc, ProviderError)
-                and exc.retryable
-                and task["attempts"] < self.settings.sms_max_attempts
-            )
-            if retry:
-                # Exponential backoff with full jitter between attempts.
-                delay = random.uniform(0, self.settings.sms_retry_base_s * 2 ** task["attempts"])
+            metrics.TASK_TO_SENT_SECONDS.observe((sent_at - task["created_at"]).total_seconds())
+        except (ProviderError, ValueError) as exc:  # ValueError: TemplateError
+            retryable = exc if isinstance(exc, ProviderError) and exc.retryable else None
+            retry = retryable is not None and attempts < self.settings.sms_max_attempts
+            if retryable is not None and retry:
+                delay = self.backoff_s(attempts, retryable.retry_after)
                 outcome = {
                     "to_status": SmsStatus.PENDING,
-                    "reason": str(exc),
+                    "reason": f"{exc}; attempt {attempts} of {self.settings.sms_max_attempts}, "
+                    f"next in {delay:.1f}s",
                     "last_error": str(exc),
                     "next_attempt_at": datetime.now(UTC) + timedelta(seconds=delay),
                 }
                 metrics.SMS.labels(kind, "retry").inc()
             else:
-                outcome = {
-                    "to_status": SmsStatus.FAILED,
-                    "reason": str(exc),
-                    "last_error": str(exc),
-                }
+                gave_up = retryable is not None
+                error = f"{exc}; gave up after {attempts} attempts" if gave_up else str(exc)
+                outcome = {"to_status": SmsStatus.FAILED, "reason": error, "last_error": error}
                 metrics.SMS.labels(kind, "failed").inc()
             log.warning(
                 "SMS not sent", extra={"task_id": str(task_id), "error": str(exc), "retry": retry}
             )
         to_status, reason = outcome.pop("to_status"), outcome.pop("reason")
         async with self.engine.begin() as conn:
-            await service.transition(
+            recorded = await service.transition(
                 conn,
                 task_id=task_id,
                 from_status=SmsStatus.SENDING,
                 to_status=to_status,
-                actor="dispatcher",
+                actor=service.DISPATCHER,
                 reason=reason,
                 now=datetime.now(UTC),
                 **outcome,
+            )
+        if not recorded:
+            # Its receipt overtook the provider's answer and already moved it on
+            # (sent, then delivered or failed): that is the truth, keep it.
+            log.info(
+                "SMS outcome not recorded: the task has moved on",
+                extra={"task_id": str(task_id), "outcome": to_status},
             )

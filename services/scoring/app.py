@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
-from services.scoring.consumer import ScoringHandler, parse_record
+from services.scoring.consumer import ScoringHandler
 from services.scoring.settings import ScoringSettings
 from services.scoring.views import router
 from shared.errors import install_error_handlers
@@ -18,7 +18,7 @@ from shared.runtime import ServiceRuntime
 
 
 def create_app(settings: ScoringSettings) -> FastAPI:
-    """The scoring service: the event consumer, scores API, probes, metrics."""
+    """The scoring service: the events and outcomes consumer, scores API, probes, metrics."""
     runtime = ServiceRuntime(settings, "scoring")
     handler = ScoringHandler(settings, runtime.topics)
 
@@ -32,9 +32,11 @@ def create_app(settings: ScoringSettings) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await handler.load(runtime.engine)
         await runtime.start(
-            topics=[runtime.topics.events],
+            # Outcomes are co-partitioned with events (both keyed by subscriber), so
+            # the range assignor gives a replica the same partitions of both.
+            topics=[runtime.topics.events, runtime.topics.outcomes],
             group_id=settings.scoring_consumer_group,
-            parser=parse_record,
+            parser=handler.parse,
             handler=handler,
             on_failure=lambda: handler.load(runtime.engine),
             on_stop=final_checkpoint,

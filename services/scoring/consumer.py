@@ -6,17 +6,24 @@ their feature rows, run the engine, learn the labels that resolved, store
 features, snapshots and scores with a handful of statements, publish one
 ``RiskScore`` per subscriber, and checkpoint the model when due. No per-event
 round trip to the database.
+
+Scoring also reads the outcomes topic (``TaskOutcome`` from outreach, on the
+same partitions as the events: co-partitioned by subscriber). A call that
+ended ``retained`` or ``offer_accepted`` is an intervention: the subscriber's
+pending snapshots taken before it are discarded unlabelled (censored), since
+their label would be the outreach's doing (docs/scoring.md, "Outcomes").
+Outcomes are idempotent on ``outcome_id`` like events on ``event_id``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from aiokafka import ConsumerRecord, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -29,10 +36,27 @@ from services.scoring.models import processed_events
 from services.scoring.settings import ScoringSettings
 from shared.consumer import Inbound, Outbox
 from shared.db import keep_new
-from shared.events import Event, RiskScore, ScoreReason, derive_id, parse_event
+from shared.events import (
+    CallOutcome,
+    Event,
+    RiskScore,
+    ScoreReason,
+    TaskOutcome,
+    derive_id,
+    parse_event,
+)
 from shared.topics import Topics
 
 log = logging.getLogger(__name__)
+
+ScoringInput = Event | TaskOutcome
+"""What scoring consumes: events (events topic) and task outcomes (outcomes topic)."""
+
+INTERVENTIONS = frozenset({CallOutcome.RETAINED.value, CallOutcome.OFFER_ACCEPTED.value})
+"""Call outcomes that change what the subscriber would have done: they censor labels."""
+
+# Label values of churnwatch_scoring_outcomes_total{outcome}: bounded, whatever arrives.
+_OUTCOME_LABELS = frozenset({*(o.value for o in CallOutcome), "won_back"})
 
 
 def parse_record(record: ConsumerRecord[bytes, bytes]) -> Event:
@@ -40,6 +64,13 @@ def parse_record(record: ConsumerRecord[bytes, bytes]) -> Event:
     if record.value is None:
         raise ValueError("empty message")
     return parse_event(record.value, check_clock=False)
+
+
+def outcome_label(outcome: str | None) -> str:
+    """The metric label of a task outcome: itself if known, ``none`` or ``other``."""
+    if outcome is None:
+        return "none"
+    return outcome if outcome in _OUTCOME_LABELS else "other"
 
 
 class ScoringHandler:
@@ -112,11 +143,38 @@ class ScoringHandler:
         """Drop every cached state (after a failed batch: the database is the truth)."""
         self._cache.clear()
 
+    def parse(self, record: ConsumerRecord[bytes, bytes]) -> ScoringInput:
+        """Parse a record of either topic (told apart by its topic); failures go to the DLQ."""
+        if record.topic == self.topics.outcomes:
+            if record.value is None:
+                raise ValueError("empty message")
+            return TaskOutcome.model_validate_json(record.value)
+        return parse_record(record)
+
     async def __call__(
-        self, conn: AsyncConnection, batch: Sequence[Inbound[Event]], outbox: Outbox
+        self, conn: AsyncConnection, batch: Sequence[Inbound[ScoringInput]], outbox: Outbox
+    ) -> None:
+        """Handle a batch: its events first (features, labels, scores), then its outcomes.
+
+        Events first, so that a snapshot this batch takes before an intervention
+        in the same batch is censored too. There is no order between the two
+        topics anyway; the censoring compares times, not arrival.
+        """
+        now = datetime.now(UTC)
+        outcomes = [item for item in batch if isinstance(item.value, TaskOutcome)]
+        # The common batch has no outcome: pass it on as is, without copying.
+        events = (
+            batch if not outcomes else [i for i in batch if not isinstance(i.value, TaskOutcome)]
+        )
+        if events:
+            await self._apply_events(conn, cast(Sequence[Inbound[Event]], events), outbox, now)
+        if outcomes:
+            await self._apply_outcomes(conn, cast(list[Inbound[TaskOutcome]], outcomes), now)
+
+    async def _apply_events(
+        self, conn: AsyncConnection, batch: Sequence[Inbound[Event]], outbox: Outbox, now: datetime
     ) -> None:
         """Apply new events, learn labels, store features and snapshots, publish scores."""
-        now = datetime.now(UTC)
         events = [item.value for item in batch]
         fresh = await keep_new(
             conn, table=processed_events, items=events, key=lambda e: e.event_id, now=now
@@ -171,6 +229,74 @@ class ScoringHandler:
         if self.checkpoint_due():
             await self.checkpoint(conn, now=now)
         metrics.observe_model(self.model)
+
+    async def _apply_outcomes(
+        self, conn: AsyncConnection, batch: Sequence[Inbound[TaskOutcome]], now: datetime
+    ) -> None:
+        """Censor the pending snapshots of subscribers an intervention reached.
+
+        Only ``retained`` and ``offer_accepted`` change the state; every other
+        outcome (``not_interested``, ``unreachable``, a delivered SMS, a
+        ``won_back`` close: a reactivation event already un-churned the
+        subscriber) is only counted. The feature row's version
+        (``events_applied``) moves on with a change, so a replica holding the
+        old state in its cache reads it again.
+        """
+        outcomes = [item.value for item in batch]
+        fresh = await keep_new(
+            conn, table=processed_events, items=outcomes, key=lambda o: o.outcome_id, now=now
+        )
+        fresh_ids = {o.outcome_id for o in fresh}
+        counts: Counter[tuple[str, str]] = Counter()
+        treated: dict[str, float] = {}  # subscriber -> time of their latest intervention
+        for o in outcomes:
+            if o.outcome_id not in fresh_ids:
+                counts[(outcome_label(o.outcome), "duplicate")] += 1
+                continue
+            fresh_ids.discard(o.outcome_id)  # a duplicate inside the batch counts once
+            if o.outcome in INTERVENTIONS:
+                at = o.at.timestamp()
+                treated[o.subscriber_id] = max(treated.get(o.subscriber_id, at), at)
+                counts[(outcome_label(o.outcome), "censored")] += 1
+            else:
+                counts[(outcome_label(o.outcome), "recorded")] += 1
+        for (label, result), n in counts.items():
+            metrics.OUTCOMES.labels(label, result).inc(n)
+        if not treated:
+            return
+
+        partition_of = {item.value.subscriber_id: item.partition for item in batch}
+        # Rows of subscribers this batch's events touched are locked already; locking
+        # them again in the same transaction is a no-op.
+        versions = await service.lock_versions(conn, subscriber_ids=treated)
+        stale = [
+            sid
+            for sid, applied in versions.items()
+            if sid not in self._cache or self._cache[sid].applied != applied
+        ]
+        loaded = await service.load_states(conn, subscriber_ids=stale)
+        rows: list[dict[str, Any]] = []
+        dropped: list[tuple[str, float]] = []
+        # A subscriber scoring has never seen has nothing to censor: left out.
+        for subscriber_id, applied in versions.items():
+            state = loaded.get(subscriber_id) or self._cache[subscriber_id].state
+            dropped.extend(
+                (subscriber_id, at) for at in self.scorer.censor(state, treated[subscriber_id])
+            )
+            rows.append(
+                {
+                    "subscriber_id": subscriber_id,
+                    "state": state,
+                    "updated_at": now,
+                    "events_applied": applied + 1,
+                    "score": state.get("last_score"),
+                }
+            )
+            self._remember(subscriber_id, partition_of[subscriber_id], state, applied + 1)
+        # Deleted without learning: a censored snapshot never becomes an example.
+        censored = await service.take_snapshots(conn, keys=dropped)
+        metrics.SNAPSHOTS_CENSORED.inc(len(censored))
+        await service.save_features(conn, rows=rows)
 
     def _remember(self, subscriber_id: str, partition: int, state: State, applied: int) -> None:
         self._cache[subscriber_id] = _Cached(partition, state, applied)

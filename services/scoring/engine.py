@@ -9,11 +9,14 @@ subscriber, with the score given at that moment. A churn within H after a
 snapshot makes it a positive example; a snapshot older than H plus the allowed
 lateness, with no churn, becomes a negative one. Snapshot features live
 outside the per-subscriber state (the caller stores them); the state keeps only
-their times, so it stays small.
+their times, so it stays small. An intervention (a retention call that kept the
+subscriber, from the outcomes topic) censors the snapshots taken before it:
+``Scorer.censor``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,7 +129,14 @@ class Scorer:
         prior, model_p = self.model.components(x)
         score = self.model.blend(prior, model_p)
         mature = watermark - float(state["first_seen"]) >= p.min_history_s
-        if mature and (not pending or watermark - max(pending) >= p.snapshot_interval_s):
+        # No snapshot at or before an intervention already recorded (late events):
+        # its label would be the outreach's doing, not the subscriber's (censor()).
+        untreated = watermark > float(state.get("treated_at") or -math.inf)
+        if (
+            mature
+            and untreated
+            and (not pending or watermark - max(pending) >= p.snapshot_interval_s)
+        ):
             step.snapshot = Snapshot(watermark, x, score, prior, model_p)
             pending.append(watermark)
             while len(pending) > p.max_snapshots:
@@ -138,6 +148,22 @@ class Scorer:
             score, previous, x, self.model.version, max(events, key=lambda e: e.occurred_at)
         )
         return step
+
+    def censor(self, state: State, at: float) -> list[float]:
+        """Record an intervention at ``at`` (epoch seconds); drop the snapshots it would label.
+
+        A retention call that kept the subscriber changes the outcome the
+        pending snapshots were waiting for: learning "did not churn" from them
+        would teach the model that the warning signs it saw were harmless.
+        They are discarded unlabelled (censored) instead, and no snapshot is
+        taken later at or before ``at`` (a late event). Returns the times of
+        the dropped snapshots, for the caller to delete.
+        """
+        state["treated_at"] = max(float(state.get("treated_at") or at), at)
+        pending: list[float] = state.get("pending") or []
+        dropped = [t for t in pending if t <= at]
+        state["pending"] = [t for t in pending if t > at]
+        return dropped
 
     def learn(self, examples: list[tuple[Snapshot, bool]]) -> None:
         """Learn resolved snapshots with their labels: quality first, then the model."""

@@ -43,6 +43,18 @@ PUBLISHED = Counter(
 LABELS_CHURN, LABELS_NO_CHURN = LABELS.labels("churn"), LABELS.labels("no_churn")
 SCORES_PUBLISHED, SCORES_UNCHANGED = PUBLISHED.labels("published"), PUBLISHED.labels("unchanged")
 CHECKPOINTS = Counter("churnwatch_scoring_checkpoints_total", "Model checkpoints stored")
+OUTCOMES = Counter(
+    "churnwatch_scoring_outcomes_total",
+    "Task outcomes read from the outcomes topic, by outcome (retained, offer_accepted, "
+    "not_interested, unreachable, callback, won_back, none, other) and result "
+    "(censored: an intervention; recorded; duplicate)",
+    ["outcome", "result"],
+)
+SNAPSHOTS_CENSORED = Counter(
+    "churnwatch_scoring_snapshots_censored_total",
+    "Pending label snapshots discarded unlabelled because an intervention (a retention "
+    "call that kept the subscriber) came after them",
+)
 MODEL_EXAMPLES = Gauge("churnwatch_scoring_model_examples", "Labelled examples the model learned")
 MODEL_WEIGHT = Gauge(
     "churnwatch_scoring_model_weight", "The model's share of the score (the rest is the prior)"
