@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install churnwatch with its dev tools
 
-run: $(STAMP) ## Start the whole pipeline on the embedded broker + PostgreSQL and feed the sample
-	$(BIN)/churnwatch up --sample
+SIM_SUBSCRIBERS ?= 2000
+SIM_DAYS        ?= 60
+SIM_RATE        ?= 10000
+
+run: $(STAMP) ## Start the pipeline (embedded broker + PostgreSQL), stream a simulated operator, summarise
+	$(BIN)/churnwatch up --simulate $(SIM_SUBSCRIBERS) --simulate-days $(SIM_DAYS) --simulate-rate $(SIM_RATE)
 
 test: $(STAMP) ## Run the test suite (starts its own broker and PostgreSQL)
 	$(BIN)/pytest -q

@@ -78,6 +78,18 @@ def _stop_children(children: list[Child]) -> None:
 @app.command()
 def up(
     sample: Annotated[bool, typer.Option(help="Feed the built-in sample once ready.")] = False,
+    simulate: Annotated[
+        int | None,
+        typer.Option(
+            help="Once ready, stream a simulated operator of N subscribers "
+            "(churnwatch simulate) and print a summary.",
+            min=1,
+        ),
+    ] = None,
+    simulate_days: Annotated[int, typer.Option(help="Days to simulate.", min=31)] = 60,
+    simulate_rate: Annotated[
+        float, typer.Option(help="Events per second to stream.", min=1)
+    ] = 10_000,
     data_dir: Annotated[Path, typer.Option(help="Embedded data and logs.")] = Path(".churnwatch"),
     broker_port: Annotated[int, typer.Option(help="Embedded broker port.")] = 9092,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 90,
@@ -164,6 +176,8 @@ def up(
         console.print(f"logs        {logs}")
         if sample:
             _feed_sample(children)
+        if simulate:
+            _feed_simulation(children, simulate, simulate_days, simulate_rate)
         console.print("[bold]churnwatch is up.[/] Press Ctrl-C to stop.")
         running = True
         while not stopping:
@@ -212,6 +226,46 @@ def _feed_sample(children: list[Child]) -> None:
     console.print(f"  retention tasks: curl '{urls['outreach']}/v1/tasks?kind=retention'")
     console.print(f"  risk and why:    curl {urls['scoring']}/v1/subscribers/{AT_RISK_ID}/risk")
     console.print(f"  call queue:      curl {urls['outreach']}/v1/call-queue")
+
+
+def _feed_simulation(children: list[Child], subscribers: int, days: int, rate: float) -> None:
+    from churnwatch.simulator import (
+        Simulation,
+        SimulationConfig,
+        default_streaming_end,
+        stream_with_progress,
+        summary,
+        wait_for_pipeline,
+    )
+
+    urls = {c.name: c.url for c in children}
+    sim = Simulation(
+        SimulationConfig(subscribers=subscribers, days=days), end=default_streaming_end()
+    )
+    console.print(
+        f"simulate    {subscribers:,} subscribers x {days} days "
+        f"({sim.start:%Y-%m-%d} to {sim.end:%Y-%m-%d}), up to {rate:,.0f} events/s"
+    )
+    stats = stream_with_progress(
+        sim, urls["ingest"], console, rate=rate, outreach_url=urls["outreach"]
+    )
+    console.print(
+        f"simulate    posted {stats.events:,} events in {stats.seconds:.1f} s "
+        f"({stats.rate:,.0f}/s), {stats.rejected} rejected; waiting for the pipeline..."
+    )
+    waited = time.monotonic()
+    if wait_for_pipeline(sim, urls):
+        console.print(f"simulate    the services caught up {time.monotonic() - waited:.1f} s later")
+    else:
+        console.print("[yellow]the pipeline has not caught up yet: figures so far[/]")
+    for table in summary(sim, stats, urls):
+        console.print(table)
+    console.print("Look further:")
+    for name in ("ingest", "scoring", "alerting", "outreach"):
+        console.print(f"  {name:<9} API docs {urls[name]}/docs   metrics {urls[name]}/metrics")
+    console.print(f"  SMS sent  curl {urls['sms-gateway']}/v1/messages")
+    console.print(f"  retention curl '{urls['outreach']}/v1/tasks?kind=retention'")
+    console.print(f"  KPIs      curl {urls['outreach']}/v1/kpis")
 
 
 @app.command()
@@ -387,6 +441,144 @@ def import_table(
 
     code = run(
         file, mapping, out=out, truth=truth, post=post, limit=limit, as_of=as_of, console=console
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+def simulate(
+    subscribers: Annotated[
+        int, typer.Option("--subscribers", "-n", help="Subscribers.", min=0)
+    ] = 2000,
+    days: Annotated[int, typer.Option(help="Days (more than 30 when anyone churns).", min=1)] = 60,
+    seed: Annotated[int, typer.Option(help="Fixes the population, the events and their ids.")] = 7,
+    churn_rate: Annotated[float, typer.Option(help="Share who churn without outreach.")] = 0.08,
+    silent_share: Annotated[float, typer.Option(help="Share of churners with no warning.")] = 0.15,
+    recovery_share: Annotated[
+        float, typer.Option(help="Share of the others who show warning signs, then recover.")
+    ] = 0.04,
+    outreach_effect: Annotated[
+        float, typer.Option(help="Chance a churner reached by a retention task stays.")
+    ] = 0.5,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the events as NDJSON here ('-': stdout).")
+    ] = None,
+    truth: Annotated[Path | None, typer.Option(help="Write the ground truth (CSV) here.")] = None,
+    ingest_url: Annotated[
+        str | None, typer.Option(help="Stream to this ingest (POST /v1/events) instead.")
+    ] = None,
+    outreach_url: Annotated[
+        str | None,
+        typer.Option(help="Streaming: poll this outreach for reached subscribers (feedback)."),
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="Streaming: at most this many events/s.", min=1)
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Streaming: events per POST.", min=1)] = 1000,
+    end: Annotated[
+        str | None,
+        typer.Option(
+            help="ISO time the period ends at, or 'now' (the last midnight UTC). "
+            "Default: files start on 2026-01-01; streams end at the last midnight UTC."
+        ),
+    ] = None,
+) -> None:
+    """Simulate an operator (docs/simulator.md): write NDJSON files or stream to ingest."""
+    from datetime import UTC, datetime
+
+    from churnwatch.simulator import (
+        Simulation,
+        SimulationConfig,
+        default_streaming_end,
+        stream_with_progress,
+        write_files,
+        write_truth_file,
+    )
+
+    if (out is None) == (ingest_url is None):
+        console.print("[red]give exactly one of --out and --ingest-url[/]")
+        raise typer.Exit(2)
+    try:
+        config = SimulationConfig(
+            subscribers=subscribers,
+            days=days,
+            seed=seed,
+            churn_rate=churn_rate,
+            silent_churn_share=silent_share,
+            recovery_share=recovery_share,
+            outreach_effect=outreach_effect,
+        )
+        if end == "now" or (end is None and ingest_url is not None):
+            end_at: datetime | None = default_streaming_end()
+        elif end is not None:
+            end_at = datetime.fromisoformat(end)
+            end_at = end_at if end_at.tzinfo else end_at.replace(tzinfo=UTC)
+        else:
+            end_at = None
+        sim = Simulation(config, end=end_at)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    started = time.monotonic()
+    if out is not None:
+        if str(out) == "-":
+            n = write_files(sim, sys.stdout)
+        else:
+            with out.open("w", encoding="utf-8") as handle:
+                n = write_files(sim, handle)
+        seconds = time.monotonic() - started
+        console.print(f"wrote {n:,} events in {seconds:.1f} s ({n / max(seconds, 1e-9):,.0f}/s)")
+    else:
+        assert ingest_url is not None
+        stats = stream_with_progress(
+            sim, ingest_url, console, rate=rate, batch_size=batch_size, outreach_url=outreach_url
+        )
+        console.print(
+            f"posted {stats.events:,} events in {stats.seconds:.1f} s ({stats.rate:,.0f}/s): "
+            f"{stats.accepted:,} accepted, {stats.rejected:,} rejected, "
+            f"{len(stats.saved)} saved by outreach"
+        )
+    if truth is not None:
+        write_truth_file(sim, truth)
+        console.print(f"truth: {truth}")
+
+
+@app.command()
+def backtest(
+    events: Annotated[list[Path], typer.Argument(help="NDJSON event files (our contract).")],
+    report: Annotated[
+        Path | None, typer.Option(help="Write metrics.json, charts and index.html here.")
+    ] = None,
+    rules: Annotated[
+        Path | None, typer.Option(help="Alerting rules file (default: the shipped one).")
+    ] = None,
+    truth: Annotated[
+        Path | None, typer.Option(help="Ground truth CSV (from import-table --truth).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Tie-break, subscriber order and baseline.")] = 42,
+    capacity: Annotated[
+        int | None, typer.Option(help="k of the daily top-k (default: managers x daily calls).")
+    ] = None,
+    order: Annotated[
+        str, typer.Option(help="auto, time or subscriber (docs/backtest.md).")
+    ] = "auto",
+    window_hours: Annotated[float, typer.Option(help="Event time per batch.", min=0.01)] = 24.0,
+) -> None:
+    """Replay event files through scoring and alerting in memory; report how well it warns."""
+    from churnwatch.backtest import main as run_backtest
+
+    if order not in ("auto", "time", "subscriber"):
+        raise typer.BadParameter("order must be auto, time or subscriber", param_hint="--order")
+    code = run_backtest(
+        events,
+        report=report,
+        rules_file=rules,
+        truth_file=truth,
+        seed=seed,
+        capacity=capacity,
+        order=order,  # type: ignore[arg-type]
+        window_hours=window_hours,
+        console=console,
     )
     raise typer.Exit(code)
 

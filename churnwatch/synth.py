@@ -136,6 +136,11 @@ class _Plan:
     subs: list[_Sub]
     profiles: list[dict[str, Any]]
     rng: Random  # carries on from the plan into the day-by-day events
+    # Event ids are uuid5(id_namespace, f"{id_tag}{seed}|{sid}|{n}"); the simulator uses
+    # shared.events.derive_id's namespace and a tag, so its ids are derive_id(...)'s.
+    id_namespace: uuid.UUID = NAMESPACE
+    id_tag: str = ""
+    source: str = SOURCE  # the events' ``source``
 
 
 def _money(x: float) -> str:
@@ -350,9 +355,10 @@ def _complaint(rng: Random, intensity: float) -> dict[str, Any]:
 class _Day:
     """One day's batch of events, with its timestamps cached (they repeat a lot)."""
 
-    __slots__ = ("batch", "day0", "prefix", "stamps")
+    __slots__ = ("batch", "day0", "prefix", "source", "stamps")
 
-    def __init__(self, day0: datetime, prefix: list[Any]) -> None:
+    def __init__(self, day0: datetime, prefix: list[Any], source: str = SOURCE) -> None:
+        self.source = source
         self.day0 = day0
         self.prefix = prefix
         self.stamps: dict[int, str] = {}
@@ -377,7 +383,7 @@ class _Day:
             "event_type": event_type,
             "subscriber_id": sub.sid,
             "occurred_at": stamp,
-            "source": SOURCE,
+            "source": self.source,
             "schema_version": 1,
             "payload": payload,
         }
@@ -386,16 +392,27 @@ class _Day:
 
 def _stream(plan: _Plan) -> Iterator[dict[str, Any]]:
     """Events day by day; each day's batch is sorted, so the whole stream is."""
+    for batch in _days(plan):
+        yield from batch
+
+
+def _days(plan: _Plan) -> Iterator[list[dict[str, Any]]]:
+    """Each day's events, sorted, one list per day.
+
+    A day is generated only when asked for, so a caller may change a subscriber's
+    hidden state (``plan.subs``) between days: the simulator's outreach feedback.
+    """
     rng = plan.rng
     rand = rng.random
     subs = plan.subs
-    prefix = [sha1(NAMESPACE.bytes + f"{plan.seed}|{s.sid}|".encode()) for s in subs]  # noqa: S324
+    namespace, tag = plan.id_namespace.bytes, plan.id_tag
+    prefix = [sha1(namespace + f"{tag}{plan.seed}|{s.sid}|".encode()) for s in subs]  # noqa: S324
     active = list(range(len(subs)))
     for d in range(plan.days):
         day0 = plan.start + timedelta(days=d)
         weekend = day0.weekday() >= 5
         wv, ws, wd = (WEEKEND["voice"], WEEKEND["sms"], WEEKEND["data"]) if weekend else (1, 1, 1)
-        day = _Day(day0, prefix)
+        day = _Day(day0, prefix, plan.source)
         emit = day.emit
         still: list[int] = []
         for i in active:
@@ -450,8 +467,7 @@ def _stream(plan: _Plan) -> Iterator[dict[str, Any]]:
                 emit(i, sub, sub.cdr_at, "cdr", cdr)
         active = still
         day.batch.sort(key=itemgetter(0))
-        for _, event in day.batch:
-            yield event
+        yield [event for _, event in day.batch]
 
 
 def _churn_at(plan: _Plan) -> dict[str, datetime]:

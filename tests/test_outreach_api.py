@@ -142,7 +142,9 @@ async def test_concurrent_creates_with_one_key_make_one_task(harness: Harness) -
             for _ in range(5)
         )
     )
-    assert sorted(a.status_code for a in answers) == [200, 200, 200, 200, 201]
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 200, 201], [
+        a.text for a in answers
+    ]
     assert len({a.json()["task_id"] for a in answers}) == 1
 
 

@@ -584,7 +584,9 @@ async def test_quiet_hours_defer_marketing_to_the_morning(rig: Rig) -> None:
     row = await rig.task(marketing.task_id)
     assert row["status"] == "scheduled" and row["next_attempt_at"] == morning
     assert row["attempts"] == 0 and "quiet hours 21:00-08:00" in row["transitions"][-1]["reason"]
-    assert metric("churnwatch_outreach_sms_deferred_total", reason="quiet_hours") == deferred + 1
+    # At least ours: the pass also defers marketing SMS other tests left in the
+    # shared database (the row above is the exact check).
+    assert metric("churnwatch_outreach_sms_deferred_total", reason="quiet_hours") >= deferred + 1
     # The reminder is a service message: it went at night.
     assert (await rig.task(reminder.task_id))["status"] == "sent"
     assert rig.received(marketing) == []

@@ -144,7 +144,10 @@ async def store_tasks(
                 for t in unique
             ]
         )
-        .on_conflict_do_nothing(index_elements=["task_id"])
+        # No conflict target: a manual task conflicts on task_id and client_key
+        # at once, and with a named target PostgreSQL may report the other
+        # index's violation to the request that lost the race.
+        .on_conflict_do_nothing()
         .returning(tasks.c.task_id)
     )
     fresh = set(rows.scalars())

@@ -1,0 +1,284 @@
+"""The backtest: report files, determinism, the live services' scores, the baseline, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from rich.console import Console
+from sqlalchemy import select
+
+from churnwatch.backtest import (
+    BacktestError,
+    Result,
+    Truth,
+    batches,
+    load_events,
+    load_truth,
+    main,
+    metrics,
+    offline_baseline,
+    resolve_order,
+    run_backtest,
+)
+from churnwatch.report import write_report
+from churnwatch.synth import generate, write_ndjson
+from services.scoring.consumer import ScoringHandler, ScoringInput
+from services.scoring.models import features
+from services.scoring.settings import ScoringSettings
+from shared.consumer import Inbound, Outbox
+from shared.db import create_engine
+from shared.events import parse_event
+from shared.kafka import ensure_topics, make_producer
+from shared.topics import Topics
+
+FIGURES = {
+    "online_roc_auc",
+    "online_log_loss",
+    "offline_roc_auc",
+    "auc_ratio",
+    "prior_roc_auc",
+    "precision_at_capacity",
+    "capacity_k",
+    "lead_time_median_days",
+    "share_alerted_7d",
+    "share_alerted_7d_with_warning_signs",
+    "reminder_before_suspension_rate",
+    "tasks_per_manager_per_day",
+    "labels",
+    "positive_labels",
+    "churners",
+    "events",
+    "subscribers",
+}
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    population = generate(subscribers=150, days=90, seed=21, churn_rate=0.25)
+    path = tmp_path_factory.mktemp("bt") / "history.ndjson"
+    write_ndjson(population, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def replayed(history: Path) -> tuple[Result, list[float], dict[str, Any]]:
+    result = run_backtest([history])
+    offline = offline_baseline(result.examples, seed=42)
+    return result, offline, metrics(result, offline=offline)
+
+
+def test_the_report_has_every_file_and_figure(
+    replayed: tuple[Result, list[float], dict[str, Any]], tmp_path: Path
+) -> None:
+    result, offline, figures = replayed
+    written = write_report(result, figures, offline, tmp_path)
+    names = {p.name for p in written}
+    assert {"metrics.json", "index.html", "roc.png", "lead_time.png"} <= names
+    for name in ("prequential", "roc", "gains", "calibration", "precision_at_k", "lead_time"):
+        png = tmp_path / f"{name}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG"
+        assert f'src="{name}.png"' in (tmp_path / "index.html").read_text()
+    stored = json.loads((tmp_path / "metrics.json").read_text())
+    assert stored.keys() >= FIGURES
+    assert stored["labels"] > 1000 and stored["positive_labels"] > 50
+    assert 0.5 < stored["online_roc_auc"] <= 1 and 0.5 < stored["offline_roc_auc"] <= 1
+    assert stored["auc_ratio"] == pytest.approx(
+        stored["online_roc_auc"] / stored["offline_roc_auc"]
+    )
+    assert stored["lead_time_median_days"] > 0
+    assert stored["precision_at_capacity"]["mean"] is not None
+    # No warning-sign column in this truth: said so, not guessed.
+    assert stored["share_alerted_7d_with_warning_signs"] is None
+
+
+def test_same_input_same_metrics_whatever_the_file_order(
+    history: Path, replayed: tuple[Result, list[float], dict[str, Any]], tmp_path: Path
+) -> None:
+    lines = history.read_text().splitlines()
+    shuffled = tmp_path / "shuffled.ndjson"
+    shuffled.write_text("\n".join(reversed(lines)) + "\n")
+    again = run_backtest([shuffled])
+    figures = metrics(again, offline=offline_baseline(again.examples, seed=42))
+    assert orjson.dumps(figures, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
+        replayed[2], option=orjson.OPT_SORT_KEYS
+    )
+    assert again.final_scores == replayed[0].final_scores
+    # Every event twice (the same file given again): applied once, as the services do.
+    doubled = run_backtest([shuffled, history])
+    assert doubled.duplicates == len(lines)
+    assert doubled.final_scores == replayed[0].final_scores
+
+
+def test_the_offline_baseline_gives_out_of_fold_probabilities(
+    replayed: tuple[Result, list[float], dict[str, Any]],
+) -> None:
+    result, offline, _ = replayed
+    assert len(offline) == len(result.examples)
+    assert all(0.0 <= p <= 1.0 for p in offline)
+    assert len(set(offline)) > 10  # really fitted, not the base rate
+
+
+def test_one_moment_table_is_replayed_subscriber_by_subscriber(tmp_path: Path) -> None:
+    population = generate(subscribers=40, days=60, seed=4, churn_rate=0.3)
+    events = tmp_path / "t.ndjson"
+    write_ndjson(population, events)
+    truth = tmp_path / "truth.csv"
+    rows = ["subscriber_id,churned,churn_at,kind"]
+    for s in population.subscribers:
+        at = population.churn_at.get(s)
+        rows.append(f"{s},{int(at is not None)},{at.isoformat() if at else ''},port_out")
+    truth.write_text("\n".join(rows) + "\n")
+    assert load_truth(truth)[population.subscribers[0]].churned in (True, False)
+    result = run_backtest([events], truth_file=truth, order="subscriber")
+    assert result.order == "subscriber"
+    # Every non-churner's pending snapshot closes as an end-of-data negative.
+    assert result.unresolved == 0
+    ends = [e for e in result.examples if e.source == "end"]
+    assert ends and not any(e.label for e in ends)
+    # The same truth on a history in time order: a non-churner's snapshot younger
+    # than the horizon at the end stays unlabelled (they may churn afterwards).
+    history = run_backtest([events], truth_file=truth)
+    assert history.order == "time" and history.unresolved > 0
+    last = history.end.timestamp()
+    assert all(last - e.at > history.horizon_s for e in history.examples if e.source == "end")
+
+
+def test_auto_order_tells_a_one_moment_table_from_a_history(tmp_path: Path) -> None:
+    population = generate(subscribers=30, days=60, seed=4, churn_rate=0.3)
+    events = [parse_event(e) for e in population.events]
+    assert resolve_order("auto", events, None) == "time"  # churns spread over time
+    moment = datetime(2026, 7, 1, tzinfo=UTC)
+    table = {
+        s: Truth(True, moment) if i % 3 == 0 else Truth(False, None)
+        for i, s in enumerate(population.subscribers)
+    }
+    no_churn_events = [e for e in events if e.event_type != "churn"]
+    assert resolve_order("auto", no_churn_events, table) == "subscriber"
+    assert resolve_order("time", no_churn_events, table) == "time"
+    # The simulator's truth names the warning-sign column "warned".
+    path = _write(
+        tmp_path / "sim.csv",
+        ["subscriber_id,churned,churn_at,kind,tier,warned", "A,1,2026-02-01T00:00:00Z,x,gold,1"],
+    )
+    assert load_truth(path)["A"] == Truth(True, datetime(2026, 2, 1, tzinfo=UTC), True)
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bad_input_names_the_file_and_line(history: Path, tmp_path: Path) -> None:
+    with pytest.raises(BacktestError, match=r"nope\.ndjson: cannot read"):
+        load_events([tmp_path / "nope.ndjson"])
+    good = history.read_text().splitlines()[0]
+    bad = _write(tmp_path / "bad.ndjson", [good, '{"event_type": "cdr"}'])
+    with pytest.raises(BacktestError, match=r"bad\.ndjson:2: not a valid event"):
+        load_events([bad])
+    broken = _write(tmp_path / "broken.ndjson", [good, "", "{not json"])
+    with pytest.raises(BacktestError, match=r"broken\.ndjson:3: not a valid event"):
+        load_events([broken])
+    truth = _write(tmp_path / "truth.csv", ["subscriber_id,churned,churn_at", "A,1,"])
+    with pytest.raises(BacktestError, match=r"truth\.csv:2: churned without a churn_at"):
+        load_truth(truth)
+    out = io.StringIO()
+    code = main(
+        [bad],
+        report=None,
+        rules_file=None,
+        truth_file=None,
+        seed=1,
+        capacity=None,
+        order="auto",
+        window_hours=24,
+        console=Console(file=out, width=200),
+    )
+    assert code == 2 and "bad.ndjson:2" in out.getvalue()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_backtest_and_the_live_service_give_the_same_scores(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    """The same batches through scoring's real handler (PostgreSQL, Kafka) and the backtest."""
+    population = generate(subscribers=40, days=80, seed=9, churn_rate=0.3)
+    path = tmp_path / "live.ndjson"
+    write_ndjson(population, path)
+    # min_labels above the labels this history gives: the champion/challenger check
+    # (which would hand this short history back to the prior) never starts, and
+    # the learned model's weight (labels / min_labels) is well above 0.
+    settings = ScoringSettings(
+        **env, scoring_model_name=f"bt-{uuid.uuid4().hex[:8]}", scoring_min_labels=2000
+    )
+    events = load_events([path])
+    result = run_backtest([path], settings=settings, events=events)
+
+    await ensure_topics(settings)
+    engine = create_engine(settings)
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        handler = ScoringHandler(settings, Topics(settings.kafka_topic_prefix))
+        await handler.load(engine)
+        cut = batches(
+            events,
+            order="time",
+            seed=42,
+            window_s=24 * 3600,
+            batch_size=settings.scoring_batch_max_records,
+        )
+        for batch in cut:
+            items: list[Inbound[ScoringInput]] = [
+                Inbound(e, "t", 0, n, 0) for n, e in enumerate(batch)
+            ]
+            async with engine.begin() as conn:
+                outbox = Outbox(producer)
+                await handler(conn, items, outbox)
+                await outbox.flush()
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(features.c.subscriber_id, features.c.score).where(
+                        features.c.subscriber_id.in_(population.subscribers)
+                    )
+                )
+            ).all()
+    finally:
+        await producer.stop()
+        await engine.dispose()
+
+    live = {r.subscriber_id: r.score for r in rows if r.score is not None}
+    assert handler.model.labels_seen == len([e for e in result.examples if e.source == "stream"])
+    assert handler.model.weight > 0.2  # the learned model, not only the prior, is compared
+    assert live.keys() == result.final_scores.keys() and len(live) > 30
+    for subscriber, score in live.items():
+        assert math.isclose(score, result.final_scores[subscriber], rel_tol=0, abs_tol=1e-9), (
+            subscriber
+        )
+
+
+def test_the_command_prints_the_headline_and_writes_the_report(
+    history: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from churnwatch.cli import app
+
+    done = CliRunner().invoke(
+        app, ["backtest", str(history), "--report", str(tmp_path / "r"), "--capacity", "5"]
+    )
+    assert done.exit_code == 0, done.output
+    assert "online_roc_auc" in done.output and "auc_ratio" in done.output
+    stored = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert stored["capacity_k"] == 5
+    assert (tmp_path / "r" / "index.html").is_file()
+    bad = CliRunner().invoke(app, ["backtest", str(tmp_path / "missing.ndjson")])
+    assert bad.exit_code == 2 and "missing.ndjson: cannot read" in bad.output
