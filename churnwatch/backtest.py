@@ -20,7 +20,7 @@ import statistics
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -268,15 +268,6 @@ class Result:
     model_summary: dict[str, Any] = field(default_factory=dict)
 
 
-def published(settings: ScoringSettings, last: float | None, score: float) -> bool:
-    """Whether scoring publishes a re-score (as ``ScoringHandler._record`` decides)."""
-    return (
-        last is None
-        or settings.band(last) != settings.band(score)
-        or abs(score - last) >= settings.scoring_publish_min_delta
-    )
-
-
 class Replay:
     """The services' engines over batches, in memory."""
 
@@ -338,7 +329,7 @@ class Replay:
                 self.day_scores[day][sid] = s.score
                 scored = step.state.setdefault("scored", {})
                 last = scored.get("published_score")
-                if published(self.settings, last, s.score):
+                if self.settings.worth_publishing(last, s.score):
                     scored["published_score"] = s.score
                     scores.append(
                         RiskScore(
@@ -463,18 +454,7 @@ class Replay:
                 )
                 if bumped is not None:
                     load[:] = [item for item in load if item[0] != bumped]
-                    old = self.tasks[bumped]
-                    self.tasks[bumped] = TaskRecord(
-                        old.task_id,
-                        old.subscriber_id,
-                        old.kind,
-                        old.channel,
-                        old.rule,
-                        capacity.overflow_queue,
-                        old.created_at,
-                        old.held_out,
-                        old.cause_id,
-                    )
+                    self.tasks[bumped] = replace(self.tasks[bumped], queue=capacity.overflow_queue)
                 if joins:
                     load.append((task.task_id, task.priority))
                 else:

@@ -21,6 +21,7 @@ from services.alerting.engine import (
     capacity_day,
 )
 from services.alerting.models import processed_messages
+from services.alerting.rules import ScoreTrigger
 from services.alerting.settings import AlertingSettings
 from shared.consumer import Inbound, Outbox
 from shared.db import keep_new
@@ -211,8 +212,9 @@ class Sweeper:
         self.topics = topics
         self.producer = producer
         self._stop = asyncio.Event()
-        score_rules = engine.rules.rules_on("score")
-        self.min_dwell = min((r.trigger.dwell for r in score_rules), default=None)  # type: ignore[union-attr]
+        self.min_dwell = min(
+            (trigger.dwell for _, trigger in engine.rules.triggered(ScoreTrigger)), default=None
+        )
 
     async def sweep_once(self, *, now: datetime | None = None) -> int:
         """One pass; returns how many subscribers were evaluated."""

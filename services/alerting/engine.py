@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 from services.alerting.rules import (
     ArrearsTrigger,
@@ -61,8 +61,6 @@ from shared.events import (
     UpdateCause,
     derive_id,
 )
-
-T = TypeVar("T")
 
 # Weight of a new bill in the subscriber's usual bill (exponentially weighted
 # mean): about the last four bills count.
@@ -259,10 +257,6 @@ class Engine:
         self.control_percent = control_percent
         self.control_salt = control_salt
 
-    def _triggered(self, trigger_type: type[T]) -> list[tuple[Rule, T]]:
-        """The rules with this trigger type, in file order, with their typed trigger."""
-        return [(r, r.trigger) for r in self.rules.rules if isinstance(r.trigger, trigger_type)]
-
     # --- entry points ---------------------------------------------------------
 
     def handle(
@@ -301,7 +295,7 @@ class Engine:
     ) -> None:
         """Fire score rules whose dwell has elapsed by ``now`` without a newer score."""
         ctx = Ctx(view, effects, silences, now)
-        for rule, trigger in self._triggered(ScoreTrigger):
+        for rule, trigger in self.rules.triggered(ScoreTrigger):
             state = view.states.get(rule.name)
             if state is None or state.pending_since is None or state.pending_score is None:
                 continue
@@ -313,7 +307,7 @@ class Engine:
 
     def _on_score(self, score: RiskScore, ctx: Ctx) -> None:
         t = score.event_time
-        for rule, trigger in self._triggered(ScoreTrigger):
+        for rule, trigger in self.rules.triggered(ScoreTrigger):
             state = ctx.view.state(rule.name)
             if score.score < trigger.rearm_below:
                 if not state.armed or state.pending_since is not None:
@@ -356,7 +350,7 @@ class Engine:
     def _on_stop_notice(self, event: StopNoticeEvent, ctx: Ctx) -> None:
         p = event.payload
         t = event.occurred_at
-        for rule, trigger in self._triggered(StopNoticeTrigger):
+        for rule, trigger in self.rules.triggered(StopNoticeTrigger):
             if p.suspension_at <= t:
                 ctx.effects.suppressed.append((rule.name, "too_late"))
                 continue
@@ -397,7 +391,7 @@ class Engine:
 
     def _on_arrears(self, event: ArrearsEvent, ctx: Ctx) -> None:
         p = event.payload
-        for rule, trigger in self._triggered(ArrearsTrigger):
+        for rule, trigger in self.rules.triggered(ArrearsTrigger):
             if p.overdue_amount < trigger.min_amount or p.days_overdue > trigger.max_days_overdue:
                 continue
             self._fire(
@@ -419,7 +413,7 @@ class Engine:
         amount = event.payload.amount_due
         facts = ctx.view.facts
         usual = facts.bill_mean
-        for rule, trigger in self._triggered(BillShockTrigger):
+        for rule, trigger in self.rules.triggered(BillShockTrigger):
             if (
                 usual is None
                 or facts.bills_seen < trigger.min_history
@@ -457,7 +451,7 @@ class Engine:
             if state.pending_since is not None:
                 state.pending_since, state.pending_score = None, None
                 state.dirty = True
-        for rule, trigger in self._triggered(ChurnTrigger):
+        for rule, trigger in self.rules.triggered(ChurnTrigger):
             if view.profile.monthly_value < trigger.min_monthly_value:
                 continue
             self._fire(

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -40,6 +40,8 @@ from pydantic import (
 
 from shared.events import Channel, TaskKind, Tier
 from shared.yamlconf import load_model
+
+T = TypeVar("T")
 
 DEFAULT_RULES_FILE = Path(__file__).with_name("default_rules.yaml")
 
@@ -313,13 +315,9 @@ class RulesFile(_Strict):
             seen.add(rule.name)
         return self
 
-    def rules_on(self, trigger: str) -> list[Rule]:
-        """The rules fired by this trigger type, in file order."""
-        return [r for r in self.rules if r.trigger.on == trigger]
-
-    def severity(self, rule_name: str) -> int:
-        """A rule's severity (0 for a rule no longer in the file)."""
-        return next((r.severity for r in self.rules if r.name == rule_name), 0)
+    def triggered(self, trigger_type: type[T]) -> list[tuple[Rule, T]]:
+        """The rules with this trigger type, in file order, with their typed trigger."""
+        return [(r, r.trigger) for r in self.rules if isinstance(r.trigger, trigger_type)]
 
 
 # --- loading ------------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -188,15 +188,9 @@ class ScoringHandler:
         for event in fresh:
             by_subscriber[event.subscriber_id].append(event)
 
-        versions = await service.lock_versions(conn, subscriber_ids=by_subscriber)
-        stale = [
-            sid
-            for sid, applied in versions.items()
-            if sid not in self._cache or self._cache[sid].applied != applied
-        ]
-        loaded = await service.load_states(conn, subscriber_ids=stale)
-        metrics.STATE_CACHE.labels("hit").inc(len(versions) - len(stale))
-        metrics.STATE_CACHE.labels("miss").inc(len(stale))
+        versions, loaded = await self._lock_and_load(conn, by_subscriber)
+        metrics.STATE_CACHE.labels("hit").inc(len(versions) - len(loaded))
+        metrics.STATE_CACHE.labels("miss").inc(len(loaded))
         metrics.STATE_CACHE.labels("new").inc(len(by_subscriber) - len(versions))
         feature_rows: list[dict[str, Any]] = []
         new_snapshots: list[tuple[str, Snapshot]] = []
@@ -268,13 +262,7 @@ class ScoringHandler:
         partition_of = {item.value.subscriber_id: item.partition for item in batch}
         # Rows of subscribers this batch's events touched are locked already; locking
         # them again in the same transaction is a no-op.
-        versions = await service.lock_versions(conn, subscriber_ids=treated)
-        stale = [
-            sid
-            for sid, applied in versions.items()
-            if sid not in self._cache or self._cache[sid].applied != applied
-        ]
-        loaded = await service.load_states(conn, subscriber_ids=stale)
+        versions, loaded = await self._lock_and_load(conn, treated)
         rows: list[dict[str, Any]] = []
         dropped: list[tuple[str, float]] = []
         # A subscriber scoring has never seen has nothing to censor: left out.
@@ -297,6 +285,23 @@ class ScoringHandler:
         censored = await service.take_snapshots(conn, keys=dropped)
         metrics.SNAPSHOTS_CENSORED.inc(len(censored))
         await service.save_features(conn, rows=rows)
+
+    async def _lock_and_load(
+        self, conn: AsyncConnection, subscriber_ids: Iterable[str]
+    ) -> tuple[dict[str, int], dict[str, Any]]:
+        """Lock the subscribers' feature rows; load the states the cache does not hold.
+
+        Returns each stored row's version (``events_applied``) and the states
+        read from the database: those whose cached copy is missing or stale
+        (another replica moved the row on).
+        """
+        versions = await service.lock_versions(conn, subscriber_ids=subscriber_ids)
+        stale = [
+            sid
+            for sid, applied in versions.items()
+            if sid not in self._cache or self._cache[sid].applied != applied
+        ]
+        return versions, await service.load_states(conn, subscriber_ids=stale)
 
     def _remember(self, subscriber_id: str, partition: int, state: State, applied: int) -> None:
         self._cache[subscriber_id] = _Cached(partition, state, applied)
@@ -341,11 +346,7 @@ class ScoringHandler:
         metrics.EVENT_TO_SCORE_SECONDS.observe(
             max(0.0, (now - scored.cause.occurred_at).total_seconds())
         )
-        if (
-            last is not None
-            and self.settings.band(last) == band
-            and abs(scored.score - last) < self.settings.scoring_publish_min_delta
-        ):
+        if not self.settings.worth_publishing(last, scored.score):
             metrics.SCORES_UNCHANGED.inc()
             return
         state["scored"]["published_score"] = scored.score

@@ -81,3 +81,14 @@ class ScoringSettings(BaseServiceSettings):
         if score >= self.scoring_band_high:
             return "high"
         return "medium" if score >= self.scoring_band_medium else "low"
+
+    def worth_publishing(self, last: float | None, score: float) -> bool:
+        """Whether a re-score is published: first one, band changed, or moved enough.
+
+        Alerting only acts on movement; the service and the backtest both ask here.
+        """
+        return (
+            last is None
+            or self.band(last) != self.band(score)
+            or abs(score - last) >= self.scoring_publish_min_delta
+        )
