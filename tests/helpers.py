@@ -184,3 +184,24 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         return {tp.partition: offset for tp, offset in ends.items()}
     finally:
         await consumer.stop()
+
+
+async def serve(app: Any, port: int) -> tuple[Any, asyncio.Task[None]]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1:``port``; return the server and its task.
+
+    Returns once the server listens (or fails after a deadline). Stop it with
+    ``server.should_exit = True`` and await the task.
+    """
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
+    )
+    serving = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        assert not serving.done(), "the server stopped while starting"
+        return bool(server.started)
+
+    await eventually(started, timeout_s=10, what=f"a server on port {port}")
+    return server, serving

@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 from prometheus_client import REGISTRY
 from sqlalchemy import update
 
@@ -39,7 +38,7 @@ from shared.events import (
     derive_id,
 )
 from shared.kafka import make_producer, topics_for
-from tests.helpers import eventually, sid
+from tests.helpers import eventually, serve, sid
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 TOKEN = "test-token"
@@ -245,14 +244,7 @@ async def gateway() -> AsyncIterator[tuple[str, Any]]:
         sms_gateway_port=free_port(), sms_gateway_token=TOKEN, sms_gateway_receipt_url=""
     )
     app = create_gateway_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=settings.sms_gateway_port, log_config=None, lifespan="off"
-        )
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    server, serving = await serve(app, settings.sms_gateway_port)
     yield f"http://127.0.0.1:{settings.sms_gateway_port}", app.state.messages
     server.should_exit = True
     await serving

@@ -24,8 +24,6 @@ from zoneinfo import ZoneInfo
 import httpx
 import orjson
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from churnwatch.embedded import free_port
@@ -47,7 +45,7 @@ from services.outreach.templates import (
     template_names,
 )
 from shared.events import Channel, OutreachTask, TaskKind, Tier
-from tests.helpers import eventually, sid
+from tests.helpers import eventually, serve, sid
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -415,16 +413,6 @@ class Rig:
         )
 
 
-async def _serve(app: FastAPI, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    return server, serving
-
-
 @pytest.fixture
 async def rig(env: dict[str, Any]) -> AsyncIterator[Rig]:
     gateway_port, outreach_port = free_port(), free_port()
@@ -455,7 +443,7 @@ async def rig(env: dict[str, Any]) -> AsyncIterator[Rig]:
     # Outreach's real app, routes only: without its lifespan no consumer or
     # dispatcher runs, so each test decides when (and at what time) to dispatch.
     outreach_app = create_app(settings)
-    servers = [await _serve(gateway_app, gateway_port), await _serve(outreach_app, outreach_port)]
+    servers = [await serve(gateway_app, gateway_port), await serve(outreach_app, outreach_port)]
     clients: list[httpx.AsyncClient] = []
     async with httpx.AsyncClient(base_url=outreach_url, timeout=10) as outreach:
         yield Rig(
