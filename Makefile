@@ -44,5 +44,5 @@ schemas: $(STAMP) ## Regenerate docs/schemas/*.json from the event models
 clean: ## Remove the venv and the embedded stack's data
 	rm -rf $(VENV) .churnwatch .pytest_cache .mypy_cache .ruff_cache
 
-bench: $(STAMP) ## Benchmarks (scoring throughput vs its bare limit); writes bench/results.{json,md}
+bench: $(STAMP) ## Benchmarks (ingest, scoring, latency, footprint, growth; BENCH_ARGS=--quick); writes bench/results.{json,md}
 	$(BIN)/python -m bench $(BENCH_ARGS)

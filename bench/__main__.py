@@ -1,302 +1,330 @@
-"""``python -m bench [--quick]``: run the benchmarks, write bench/results.{json,md}.
+"""``python -m bench [--quick] [--only NAME ...]``: run benchmarks, write bench/results.{json,md}.
 
-Each figure is the median of several repetitions and stands beside the limit it
-is measured against in the same run, because absolute times on a shared
-machine drift.
+Sections: ingest, scoring-limit, scoring, scale-out, e2e, footprint, growth (all
+by default). Each figure is the median of ``--repeat`` repetitions and stands
+beside the limit it is measured against in the same run, because absolute
+times on a shared machine drift. See bench/README.md and docs/performance.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
-import platform
-import statistics
-import subprocess
-import sys
-import tempfile
+import math
 import time
-import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import orjson
-import psutil
-from sqlalchemy import func, select
-
-from churnwatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
-from churnwatch.migrate import upgrade
+from bench import e2e, ingest, scoring
+from bench.common import (
+    ROOT,
+    Stack,
+    commit,
+    fresh_prefix,
+    machine,
+    median,
+    stack,
+    start,
+    stop,
+    wait_ready,
+)
+from bench.report import table, write
+from bench.scoring import Templates
 from churnwatch.synth import generate
-from services.scoring.engine import EngineParams, Scorer, run_in_memory
-from services.scoring.features import State, apply_event, new_state, vector
-from services.scoring.model import ChurnModel, ModelParams
-from services.scoring.models import features
-from services.scoring.service import save_checkpoint
-from services.scoring.settings import ScoringSettings
-from shared.db import create_engine
-from shared.events import Event, parse_event
-from shared.kafka import ensure_topics, make_producer
-from shared.topics import Topics
+from shared.events import parse_event
 
-ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ("ingest", "scoring-limit", "scoring", "scale-out", "e2e", "footprint", "growth")
+NEEDS_STACK = set(SECTIONS) - {"scoring-limit"}
 
 
-def trained_model() -> bytes:
-    """A model trained on a separate history, so every run scores with a real model.
+@dataclass(frozen=True)
+class Plan:
+    """The sizes of one run: full (``make bench``) or ``--quick``."""
 
-    The benchmark's own populations are too short for labels to resolve; without
-    this the service would score with the prior alone and never call the model.
-    """
-    history = generate(subscribers=600, days=100, seed=99, warning_days=(30, 40))
-    scorer = Scorer(EngineParams(), ChurnModel(ModelParams()))
-    run_in_memory(scorer, [parse_event(e) for e in history.events])
-    assert scorer.model.weight > 0, "the warm-up model learned nothing"
-    return scorer.model.dumps()
-
-
-def bare_limit(events: list[Event], blob: bytes) -> float:
-    """Events/s of the limit the issue names, with no Kafka and no database.
-
-    Per event: the feature update and the same (trained) River pipeline's
-    ``predict_proba_one``.
-    """
-    pipeline = ChurnModel.loads(ModelParams(), blob).pipeline
-    states: dict[str, State] = {}
-    start = time.perf_counter()
-    for event in events:
-        state = states.get(event.subscriber_id)
-        if state is None:
-            state = states[event.subscriber_id] = new_state()
-        apply_event(state, event)
-        pipeline.predict_proba_one(vector(state))
-    return len(events) / (time.perf_counter() - start)
+    scoring_population: tuple[int, int]  # subscribers, days
+    ingest_events: int
+    ingest_singles: int
+    e2e_seconds: float
+    e2e_rate: int
+    footprint_subscribers: int
+    growth_sizes: tuple[int, ...]
+    growth_events: int
+    templates: tuple[int, int]  # subscribers, days of the template history
 
 
-def engine_alone(events: list[Event], blob: bytes) -> float:
-    """Events/s of the whole engine in memory (coalescing, labels, learning)."""
-    scorer = Scorer(EngineParams(), ChurnModel.loads(ModelParams(), blob))
-    start = time.perf_counter()
-    run_in_memory(scorer, events, batch_size=2000)
-    return len(events) / (time.perf_counter() - start)
+FULL = Plan(
+    scoring_population=(2000, 40),
+    ingest_events=100_000,
+    ingest_singles=5_000,
+    e2e_seconds=60,
+    e2e_rate=2000,
+    footprint_subscribers=100_000,
+    growth_sizes=(10_000, 100_000, 1_000_000),
+    growth_events=60_000,
+    templates=(500, 40),
+)
+QUICK = Plan(
+    scoring_population=(600, 35),
+    ingest_events=20_000,
+    ingest_singles=1_000,
+    e2e_seconds=10,
+    e2e_rate=2000,
+    footprint_subscribers=10_000,
+    growth_sizes=(10_000, 100_000, 1_000_000),
+    growth_events=10_000,
+    templates=(200, 35),
+)
+GROWTH_KEYS = {10_000: "scoring_eps_10k", 100_000: "scoring_eps_100k", 1_000_000: "scoring_eps_1m"}
 
 
-async def _produce(settings: ScoringSettings, raw: list[dict[str, Any]], blob: bytes) -> None:
-    await ensure_topics(settings)
-    engine = create_engine(settings)
-    try:
-        async with engine.begin() as conn:  # the service resumes from this checkpoint
-            await save_checkpoint(
-                conn,
-                name=settings.scoring_model_name,
-                now=datetime.now(UTC),
-                model=ChurnModel.loads(settings.model_params(), blob),
-                keep=1,
-            )
-    finally:
-        await engine.dispose()
-    producer = make_producer(settings, linger_ms=20, max_batch_size=256 * 1024)
-    await producer.start()
-    try:
-        topic = Topics(settings.kafka_topic_prefix).events
-        futures = [
-            await producer.send(
-                topic,
-                key=e["subscriber_id"].encode(),
-                value=orjson.dumps(e),
-                headers=[("event_type", e["event_type"].encode())],
-            )
-            for e in raw
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+class Bench:
+    """Runs the chosen sections, collecting each figure's repetitions."""
 
+    def __init__(self, plan: Plan, repeat: int, stack_: Stack | None) -> None:
+        self.plan = plan
+        self.repeat = repeat
+        self.stack = stack_
+        self.runs: dict[str, list[float]] = {}
+        self.extra: dict[str, Any] = {}
+        self._blob: bytes | None = None
+        self._population: list[dict[str, Any]] | None = None
 
-async def _wait_applied(
-    settings: ScoringSettings, process: subprocess.Popen[bytes], base: int, target: int
-) -> dict[str, float]:
-    """Poll the applied-event count (one connection, every 0.1 s) until ``target``."""
-    engine = create_engine(settings)
-    query = select(func.coalesce(func.sum(features.c.events_applied), 0))
-    peak_rss, first_at, first_count = 0, None, 0
-    deadline = time.monotonic() + 600
-    try:
-        async with engine.connect() as conn:
-            while True:
-                count = int(await conn.scalar(query) or 0)
-                await conn.commit()  # a fresh snapshot for the next poll
-                now = time.perf_counter()
-                peak_rss = max(peak_rss, psutil.Process(process.pid).memory_info().rss)
-                if first_at is None and count > base:
-                    first_at, first_count = now, count
-                if count >= target:
-                    break
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("scoring did not finish the benchmark")
-                await asyncio.sleep(0.1)
-    finally:
-        await engine.dispose()
-    assert first_at is not None
-    return {"eps": (target - first_count) / max(now - first_at, 1e-9), "rss": float(peak_rss)}
+    @property
+    def blob(self) -> bytes:
+        """The trained model every section scores with (trained once per invocation)."""
+        if self._blob is None:
+            self._blob = scoring.trained_model()
+        return self._blob
 
+    @property
+    def population(self) -> list[dict[str, Any]]:
+        """The synthetic population (raw events) the throughput sections use."""
+        if self._population is None:
+            subscribers, days = self.plan.scoring_population
+            self._population = generate(subscribers=subscribers, days=days, seed=5).events
+        return self._population
 
-def scoring_service(
-    env: dict[str, str], raw: list[dict[str, Any]], base: int, blob: bytes
-) -> dict[str, float]:
-    """Events/s through one `python -m services.scoring` process with PostgreSQL.
+    def add(self, key: str, value: float) -> None:
+        """Record one repetition's value of a figure and print it."""
+        self.runs.setdefault(key, []).append(value)
+        print(f"  {key}: {value:,.3f}", flush=True)
 
-    The events are on the topic before the process starts; the clock runs from
-    the first applied event to the last, so start-up and the group join are not
-    counted. Also reports the process's peak resident memory.
-    """
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
-    environ = {
-        **os.environ,
-        **env,
-        "KAFKA_TOPIC_PREFIX": prefix,
-        "SCORING_CONSUMER_GROUP": f"g-{prefix}",
-        "SCORING_MODEL_NAME": prefix,
-        "SCORING_PORT": str(free_port()),
-        "LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
-    }
-    fields: dict[str, Any] = {
-        k.lower(): v for k, v in environ.items() if k.lower() in ScoringSettings.model_fields
-    }
-    settings = ScoringSettings(**fields)
-    asyncio.run(_produce(settings, raw, blob))
-    target = base + len(raw)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.scoring"],
-        env=environ,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        return asyncio.run(_wait_applied(settings, process, base, target))
-    finally:
-        process.terminate()
-        process.wait(60)
+    def need_stack(self) -> Stack:
+        """The stack (sections that need it are only run with one)."""
+        assert self.stack is not None
+        return self.stack
 
+    # --- sections ----------------------------------------------------------------
 
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    return {
-        "cores": os.cpu_count(),
-        "memory_bytes": psutil.virtual_memory().total,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
+    def scoring_limit(self) -> None:
+        """Bare limit and the engine alone, in this process (no Kafka, no database)."""
+        events = [parse_event(e) for e in self.population]
+        self.extra["scoring_events"] = len(events)
+        for _ in range(self.repeat):
+            self.add("scoring_limit_eps", scoring.bare_limit(events, self.blob))
+            self.add("scoring_engine_alone_eps", scoring.engine_alone(events, self.blob))
 
+    def scoring(self) -> None:
+        """One scoring process with Kafka and PostgreSQL, beside the bare limit."""
+        if "scoring_limit_eps" not in self.runs:
+            self.scoring_limit()
+        for n in range(self.repeat):
+            raw = scoring.relabel(self.population, fresh_prefix(f"s{n}"))
+            result = scoring.service_run(self.need_stack(), raw, self.blob)
+            self.add("scoring_eps", result.eps)
+            self.add("scoring_peak_rss_bytes", result.peak_rss)
 
-def commit() -> str:
-    """The commit measured (with '+dirty' when the tree has changes)."""
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return head + ("+dirty" if dirty else "")
+    def scale_out(self) -> None:
+        """Two scoring processes in one consumer group, beside one (same events)."""
+        for n in range(self.repeat):
+            if len(self.runs.get("scoring_eps", [])) <= n:
+                raw = scoring.relabel(self.population, fresh_prefix(f"s{n}"))
+                one = scoring.service_run(self.need_stack(), raw, self.blob)
+                self.add("scoring_eps", one.eps)
+            raw = scoring.relabel(self.population, fresh_prefix(f"t{n}"))
+            two = scoring.service_run(self.need_stack(), raw, self.blob, processes=2)
+            self.add("scoring_two_process_eps", two.eps)
+            self.add("scoring_two_process_ratio", two.eps / self.runs["scoring_eps"][n])
 
-
-def main() -> None:
-    """Run the benchmarks and write the results."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smaller population")
-    parser.add_argument("--repeat", type=int, default=3, help="repetitions (median reported)")
-    args = parser.parse_args()
-    subscribers, days = (2000, 35) if args.quick else (5000, 45)
-
-    blob = trained_model()
-    raw = generate(subscribers=subscribers, days=days, seed=5).events
-    events = [parse_event(e) for e in raw]
-    print(f"population: {subscribers} subscribers x {days} days = {len(raw)} events", flush=True)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        broker = None if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else EmbeddedBroker().start()
-        postgres = (
-            None
-            if os.environ.get("DATABASE_URL")
-            else EmbeddedPostgres(Path(tmp) / "pg", delete_on_stop=True).start()
-        )
-        env = {
-            "KAFKA_BOOTSTRAP_SERVERS": os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-            or (broker.bootstrap_servers if broker else ""),
-            "DATABASE_URL": os.environ.get("DATABASE_URL") or (postgres.url if postgres else ""),
-        }
+    def ingest(self) -> None:
+        """NDJSON batches and single events through ingest, beside the bare producer."""
+        st = self.need_stack()
+        raw = scoring.relabel(self.population[: self.plan.ingest_events], "ingest")
+        while len(raw) < self.plan.ingest_events:  # a small population is repeated
+            raw += scoring.relabel(raw[: self.plan.ingest_events - len(raw)], str(len(raw)))
+        singles = raw[: self.plan.ingest_singles]
+        prefix = fresh_prefix("ingest")
+        proc = start(st, "ingest", st.environ(prefix))
         try:
-            upgrade(env["DATABASE_URL"])
-            limits, engines, service, rss = [], [], [], []
-            base = 0
-            for run in range(args.repeat):
-                limits.append(bare_limit(events, blob))
-                engines.append(engine_alone(events, blob))
-                # Fresh subscriber ids each run, so every run starts from empty state.
-                run_raw = [
-                    {
-                        **e,
-                        "subscriber_id": f"r{run}-{e['subscriber_id']}",
-                        "event_id": str(uuid.uuid5(uuid.NAMESPACE_OID, f"{run}|{e['event_id']}")),
-                    }
-                    for e in raw
-                ]
-                result = scoring_service(env, run_raw, base, blob)
-                base += len(run_raw)
-                service.append(result["eps"])
-                rss.append(result["rss"])
-                print(
-                    f"run {run + 1}: bare limit {limits[-1]:,.0f} ev/s, engine alone "
-                    f"{engines[-1]:,.0f} ev/s, service {service[-1]:,.0f} ev/s",
-                    flush=True,
-                )
+            wait_ready([proc])
+            ingest.batch_eps(proc.url, raw[:2000])  # warm-up: connections, first requests
+            for _ in range(self.repeat):
+                self.add("ingest_batch_limit_eps", ingest.limit_eps(st, prefix, raw))
+                self.add("ingest_batch_eps", ingest.batch_eps(proc.url, raw))
+                self.add("ingest_single_rps", ingest.single_rps(proc.url, singles))
         finally:
-            if broker:
-                broker.stop()
-            if postgres:
-                postgres.stop()
+            stop([proc])
 
-    scoring_eps, limit_eps = statistics.median(service), statistics.median(limits)
-    results = {
-        "scoring_eps": round(scoring_eps),
-        "scoring_limit_eps": round(limit_eps),
-        "scoring_ratio": round(scoring_eps / limit_eps, 3),
-        "scoring_target_eps": 10_000,
-        "scoring_target_ratio": 0.4,
-        "scoring_runs_eps": [round(v) for v in service],
-        "scoring_limit_runs_eps": [round(v) for v in limits],
-        "scoring_engine_alone_eps": round(statistics.median(engines)),
-        "scoring_rss_bytes_per_subscriber": round(statistics.median(rss) / subscribers),
-        "events": len(raw),
-        "subscribers": subscribers,
-        "repetitions": args.repeat,
-        "quick": args.quick,
-        "machine": machine(),
-        "commit": commit(),
-    }
-    out = ROOT / "bench"
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(
-        "# Benchmark results\n\n"
-        f"Commit `{results['commit']}`, {results['machine']['cores']} cores, "
-        f"{results['events']:,} events of {subscribers:,} subscribers, "
-        f"median of {args.repeat} runs{' (quick)' if args.quick else ''}.\n\n"
-        "| figure | value | limit (same run) | ratio | target |\n|---|---|---|---|---|\n"
-        f"| scoring, one process with PostgreSQL (events/s) | {scoring_eps:,.0f} | "
-        f"{limit_eps:,.0f} (per event: feature update + predict_proba_one; no Kafka, no DB) "
-        f"| {scoring_eps / limit_eps:.2f} | ≥ 10,000 ev/s and ≥ 0.4 |\n"
-        f"| scoring engine alone, in memory (events/s) | "
-        f"{results['scoring_engine_alone_eps']:,} | | | for reference |\n"
-        f"| scoring resident memory per tracked subscriber (bytes) | "
-        f"{results['scoring_rss_bytes_per_subscriber']:,} | | | |\n"
+    def e2e(self) -> None:
+        """Latency through the whole pipeline at a fixed offered load."""
+        need = int(self.plan.e2e_rate * self.plan.e2e_seconds)
+        background = self.population[:need]
+        if len(background) < need:
+            raise RuntimeError("the population is too small for the offered load")
+        for _ in range(self.repeat):
+            result = e2e.e2e_run(
+                self.need_stack(),
+                background,
+                self.blob,
+                rate=self.plan.e2e_rate,
+                seconds=self.plan.e2e_seconds,
+            )
+            for name in ("task", "sms"):
+                for p in ("p50", "p95", "p99"):
+                    self.add(f"e2e_{name}_{p}_s", result[name][p])
+            self.add("e2e_achieved_eps", result["achieved_eps"])
+            self.add("e2e_tasks", result["tasks"])
+            self.add("e2e_sms", result["sms_count"])
+            self.add("e2e_sms_missing", result["sms_missing"])
+            self.add("e2e_failed_requests", result["failed_requests"])
+            self.add(
+                "pg_bytes_per_subscriber_alerting_outreach",
+                result["alerting_outreach_bytes"] / max(result["subscribers"], 1),
+            )
+        self.extra["e2e_offered_eps"] = self.plan.e2e_rate
+        self.extra["e2e_seconds"] = self.plan.e2e_seconds
+
+    def _templates(self) -> Templates:
+        if "templates" not in self.extra:
+            subscribers, days = self.plan.templates
+            self.extra["templates"] = scoring.make_templates(
+                self.need_stack(), self.blob, subscribers=subscribers, days=days
+            )
+        templates: Templates = self.extra["templates"]
+        return templates
+
+    def footprint(self) -> None:
+        """Scoring RSS and PostgreSQL bytes per tracked subscriber."""
+        templates = self._templates()
+        n = self.plan.footprint_subscribers
+        for _ in range(self.repeat):
+            result = scoring.footprint_run(self.need_stack(), self.blob, templates, subscribers=n)
+            self.add("scoring_rss_bytes_per_subscriber", result["rss_bytes_per_subscriber"])
+            self.add("pg_bytes_per_subscriber", result["pg_bytes_per_subscriber"])
+        self.extra["footprint_subscribers"] = n
+
+    def growth(self) -> None:
+        """Scoring throughput with 10k, 100k and 1M stored subscribers."""
+        st = self.need_stack()
+        templates = self._templates()
+        begin = time.monotonic()
+        names = scoring.growth_populate(st, templates, self.plan.growth_sizes)
+        self.extra["growth_populate_s"] = round(time.monotonic() - begin, 1)
+        for n in range(self.repeat):
+            for size, copies in names.items():
+                raw = scoring.growth_events(
+                    templates,
+                    copies=copies,
+                    population=size,
+                    events=self.plan.growth_events,
+                    seed=n,
+                )
+                result = scoring.service_run(st, raw, self.blob, label=f"g{size}")
+                self.add(GROWTH_KEYS.get(size, f"scoring_eps_{size}"), result.eps)
+        self.extra["growth_events"] = self.plan.growth_events
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmarks and write the results; return them."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small counts, one repetition")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="repetitions (median reported); 3, or 1 quick"
     )
-    print(json.dumps(results, indent=2))
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        metavar="NAME",
+        help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
+    )
+    parser.add_argument(
+        "--population",
+        type=int,
+        default=None,
+        help="subscribers in the scoring population (default 2,000; 600 quick)",
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench", help="where results go")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.population:
+        plan = replace(plan, scoring_population=(args.population, plan.scoring_population[1]))
+    repeat = args.repeat or (1 if args.quick else 3)
+    chosen = [s for s in SECTIONS if not args.only or s in args.only]
+    started = time.monotonic()
+    with ExitStack() as stack_cm:
+        st = stack_cm.enter_context(stack()) if NEEDS_STACK & set(chosen) else None
+        bench = Bench(plan, repeat, st)
+        steps: dict[str, Callable[[], None]] = {
+            "ingest": bench.ingest,
+            "scoring-limit": bench.scoring_limit,
+            "scoring": bench.scoring,
+            "scale-out": bench.scale_out,
+            "e2e": bench.e2e,
+            "footprint": bench.footprint,
+            "growth": bench.growth,
+        }
+        for name in chosen:
+            if name == "scoring-limit" and "scoring" in chosen:
+                continue  # the scoring section measures its limit itself
+            print(f"== {name}", flush=True)
+            section_begin = time.monotonic()
+            steps[name]()
+            print(f"   ({time.monotonic() - section_begin:.0f} s)", flush=True)
+    results: dict[str, Any] = {k: round(median(v), 6) for k, v in bench.runs.items()}
+    for key in ("e2e_tasks", "e2e_sms", "e2e_sms_missing", "e2e_failed_requests"):
+        if key in results:
+            results[key] = int(results[key])
+    if "scoring_eps" in results and "scoring_limit_eps" in results:
+        results["scoring_ratio"] = results["scoring_eps"] / results["scoring_limit_eps"]
+    if "ingest_batch_eps" in results:
+        results["ingest_ratio"] = results["ingest_batch_eps"] / results["ingest_batch_limit_eps"]
+    if "scoring_eps_1m" in results and "scoring_eps_10k" in results:
+        results["scoring_growth_ratio_1m_10k"] = (
+            results["scoring_eps_1m"] / results["scoring_eps_10k"]
+        )
+    if "scoring_rss_bytes_per_subscriber" in results:
+        results["scoring_rss_bytes_per_100k_subscribers"] = (
+            results["scoring_rss_bytes_per_subscriber"] * 100_000
+        )
+    results = {
+        k: (round(v, 4) if isinstance(v, float) and not math.isnan(v) else v)
+        for k, v in results.items()
+    }
+    results.update(
+        {
+            "runs": {k: [round(x, 4) for x in v] for k, v in bench.runs.items()},
+            "sections": chosen,
+            "repetitions": repeat,
+            "quick": args.quick,
+            "plan": asdict(plan),
+            "scoring_events": bench.extra.get("scoring_events"),
+            "footprint_subscribers": bench.extra.get("footprint_subscribers"),
+            "growth_events": bench.extra.get("growth_events"),
+            "growth_populate_s": bench.extra.get("growth_populate_s"),
+            "e2e_offered_eps": bench.extra.get("e2e_offered_eps"),
+            "e2e_seconds": bench.extra.get("e2e_seconds"),
+            "wall_seconds": round(time.monotonic() - started, 1),
+            "machine": machine(),
+            "commit": commit(),
+        }
+    )
+    write(results, args.out)
+    print(table(results))
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'results.md'}")
+    return results
 
 
 if __name__ == "__main__":

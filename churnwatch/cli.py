@@ -141,6 +141,16 @@ def up(
             env["DATABASE_URL"] = postgres.url
             console.print(f"postgres    [green]{data_dir / 'postgres'}[/] (embedded)")
         upgrade(env["DATABASE_URL"])
+        # Every API wants a key: one with all scopes for this session's own calls
+        # (sample, simulation), reused from the data directory when still valid.
+        from churnwatch.keys import ensure_dev_key
+
+        api_key = ensure_dev_key(env["DATABASE_URL"], data_dir / "dev-api-key")
+        os.environ.setdefault("CHURNWATCH_API_KEY", api_key)
+        console.print(
+            f"api key     {api_key}\n            (all scopes; saved in {data_dir / 'dev-api-key'};"
+            " export CHURNWATCH_API_KEY=<it> for curl and churnwatch commands)"
+        )
         env.setdefault("LOG_JSON", "true")
         # The stand-in gateway posts receipts and simulated replies to outreach,
         # wherever OUTREACH_PORT put it.
@@ -204,10 +214,11 @@ def up(
 
 def _feed_sample(children: list[Child]) -> None:
     from churnwatch.sample import AT_RISK_ID, VIP_ID, sample_events
+    from churnwatch.simulator import api_headers
 
     urls = {c.name: c.url for c in children}
     events = sample_events()
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, headers=api_headers()) as client:
         response = client.post(urls["ingest"] + "/v1/events", json=events)
         response.raise_for_status()
         console.print(f"sample      posted {response.json()['accepted']} events")
@@ -222,10 +233,16 @@ def _feed_sample(children: list[Child]) -> None:
             time.sleep(0.5)
     console.print(f"sample      {len(sms)} SMS at the gateway, {len(retention)} retention task(s)")
     console.print(f"  reminder SMS:    curl {urls['sms-gateway']}/v1/messages")
-    console.print(f"  VIP's tasks:     curl '{urls['outreach']}/v1/tasks?subscriber_id={VIP_ID}'")
-    console.print(f"  retention tasks: curl '{urls['outreach']}/v1/tasks?kind=retention'")
-    console.print(f"  risk and why:    curl {urls['scoring']}/v1/subscribers/{AT_RISK_ID}/risk")
-    console.print(f"  call queue:      curl {urls['outreach']}/v1/call-queue")
+    # The APIs want the key: `export CHURNWATCH_API_KEY=<the key printed above>`.
+    auth = '-H "Authorization: Bearer $CHURNWATCH_API_KEY"'
+    console.print(
+        f"  VIP's tasks:     curl {auth} '{urls['outreach']}/v1/tasks?subscriber_id={VIP_ID}'"
+    )
+    console.print(f"  retention tasks: curl {auth} '{urls['outreach']}/v1/tasks?kind=retention'")
+    console.print(
+        f"  risk and why:    curl {auth} {urls['scoring']}/v1/subscribers/{AT_RISK_ID}/risk"
+    )
+    console.print(f"  call queue:      curl {auth} {urls['outreach']}/v1/call-queue")
 
 
 def _feed_simulation(children: list[Child], subscribers: int, days: int, rate: float) -> None:
@@ -264,8 +281,9 @@ def _feed_simulation(children: list[Child], subscribers: int, days: int, rate: f
     for name in ("ingest", "scoring", "alerting", "outreach"):
         console.print(f"  {name:<9} API docs {urls[name]}/docs   metrics {urls[name]}/metrics")
     console.print(f"  SMS sent  curl {urls['sms-gateway']}/v1/messages")
-    console.print(f"  retention curl '{urls['outreach']}/v1/tasks?kind=retention'")
-    console.print(f"  KPIs      curl {urls['outreach']}/v1/kpis")
+    auth = '-H "Authorization: Bearer $CHURNWATCH_API_KEY"'  # the key printed at start
+    console.print(f"  retention curl {auth} '{urls['outreach']}/v1/tasks?kind=retention'")
+    console.print(f"  KPIs      curl {auth} {urls['outreach']}/v1/kpis")
 
 
 @app.command()
@@ -363,11 +381,17 @@ def sms_gateway() -> None:
 @app.command("sample")
 def post_sample(
     ingest_url: Annotated[str, typer.Option(help="Ingest base URL.")] = "http://127.0.0.1:8081",
+    api_key: Annotated[
+        str | None, typer.Option(envvar="CHURNWATCH_API_KEY", help="API key (events:write).")
+    ] = None,
 ) -> None:
     """Post the built-in sample events to ingest."""
     from churnwatch.sample import sample_events
+    from churnwatch.simulator import api_headers
 
-    response = httpx.post(ingest_url + "/v1/events", json=sample_events(), timeout=30)
+    response = httpx.post(
+        ingest_url + "/v1/events", json=sample_events(), timeout=30, headers=api_headers(api_key)
+    )
     console.print(response.status_code, response.json())
 
 
@@ -388,6 +412,18 @@ def schemas(
 
 rules_app = typer.Typer(help="Alerting rules files.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+
+
+def _register_keys() -> None:
+    # Imported here, like the other commands' heavy imports, to keep `--help` fast.
+    from churnwatch.dlq import dlq_app
+    from churnwatch.keys import keys_app
+
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(dlq_app, name="dlq")
+
+
+_register_keys()
 
 
 @rules_app.command("check")
@@ -453,7 +489,7 @@ def simulate(
     days: Annotated[int, typer.Option(help="Days (more than 30 when anyone churns).", min=1)] = 60,
     seed: Annotated[int, typer.Option(help="Fixes the population, the events and their ids.")] = 7,
     churn_rate: Annotated[float, typer.Option(help="Share who churn without outreach.")] = 0.08,
-    silent_share: Annotated[float, typer.Option(help="Share of churners with no warning.")] = 0.15,
+    silent_share: Annotated[float, typer.Option(help="Share of churners with no warning.")] = 0.10,
     recovery_share: Annotated[
         float, typer.Option(help="Share of the others who show warning signs, then recover.")
     ] = 0.04,
@@ -475,6 +511,13 @@ def simulate(
         float | None, typer.Option(help="Streaming: at most this many events/s.", min=1)
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Streaming: events per POST.", min=1)] = 1000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CHURNWATCH_API_KEY",
+            help="Streaming: API key (events:write, and tasks:read with --outreach-url).",
+        ),
+    ] = None,
     end: Annotated[
         str | None,
         typer.Option(
@@ -531,7 +574,13 @@ def simulate(
     else:
         assert ingest_url is not None
         stats = stream_with_progress(
-            sim, ingest_url, console, rate=rate, batch_size=batch_size, outreach_url=outreach_url
+            sim,
+            ingest_url,
+            console,
+            rate=rate,
+            batch_size=batch_size,
+            outreach_url=outreach_url,
+            api_key=api_key,
         )
         console.print(
             f"posted {stats.events:,} events in {stats.seconds:.1f} s ({stats.rate:,.0f}/s): "

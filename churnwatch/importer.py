@@ -61,6 +61,7 @@ from pydantic import (
     model_validator,
 )
 
+from churnwatch.simulator import api_headers
 from shared.events import EVENT_ADAPTER, EVENT_MODELS, SubscriberId, derive_id
 from shared.yamlconf import LineIndex, load_model, locate
 
@@ -1432,8 +1433,11 @@ def post_events(
     batch_size: int = 1000,
     client: httpx.Client | None = None,
     attempts: int = 5,
+    api_key: str | None = None,
 ) -> tuple[int, int]:
     """POST the events to ingest's ``/v1/events`` as NDJSON in batches; return (accepted, rejected).
+
+    ``api_key`` (else ``CHURNWATCH_API_KEY``) needs the ``events:write`` scope.
 
     A 503 (the broker did not acknowledge) is retried after its ``Retry-After``
     (at most 30 s) up to ``attempts`` times: resending is safe, the event ids
@@ -1450,7 +1454,9 @@ def post_events(
             body = b"\n".join(lines[start : start + batch_size]) + b"\n"
             for attempt in range(1, attempts + 1):
                 response = http.post(
-                    url, content=body, headers={"Content-Type": "application/x-ndjson"}
+                    url,
+                    content=body,
+                    headers={"Content-Type": "application/x-ndjson", **api_headers(api_key)},
                 )
                 if response.status_code != 503 or attempt == attempts:
                     break

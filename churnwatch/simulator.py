@@ -24,6 +24,7 @@ import csv
 import dataclasses
 import itertools
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -46,6 +47,7 @@ __all__ = [
     "Simulation",
     "SimulationConfig",
     "StreamStats",
+    "api_headers",
     "default_streaming_end",
     "poll_reached",
     "stream_to_ingest",
@@ -74,14 +76,17 @@ class SimulationConfig:
     seed: int = 7
     churn_rate: float = 0.08
     """Share of subscribers who would churn during the period without outreach."""
-    silent_churn_share: float = 0.15
+    silent_churn_share: float = 0.10
     """Share of churners who give no warning at all."""
     recovery_share: float = 0.04
     """Share of non-churners who show a churner's full warning signs, then recover."""
     outreach_effect: float = 0.5
     """Probability that a churner reached by a retention task stays (streaming only)."""
     id_prefix: str = "SIM"
-    warning_days: tuple[int, int] = (14, 35)
+    warning_days: tuple[int, int] = (28, 56)
+    """How many days before their churn a churner's warning signs begin (low, high)."""
+    ramp_power: float = 0.5
+    """Shape of the warning ramp: intensity = (share of the ramp elapsed) ** ramp_power."""
 
     def __post_init__(self) -> None:
         for name in ("recovery_share", "outreach_effect"):
@@ -142,6 +147,7 @@ class Simulation:
             silent_churn_share=config.silent_churn_share,
             id_prefix=config.id_prefix,
             warning_days=config.warning_days,
+            ramp_power=config.ramp_power,
         )
         self._plan = dataclasses.replace(
             plan, id_namespace=TASK_NAMESPACE, id_tag=ID_TAG, source=SOURCE
@@ -219,7 +225,7 @@ class Simulation:
                 continue
             # Freeze the signs where they are today, then fade them: a false-alarm
             # triangle peaking today with today's level as its height.
-            k = min(1.0, max(0.0, (d - sub.ramp_start) / sub.ramp_len)) if sub.ramp_len else 0.0
+            k = synth._intensity(sub, d)
             sub.voice_floor = 1.0 - k * (1.0 - sub.voice_floor)
             sub.comp_target = sub.comp_share + k * (sub.comp_target - sub.comp_share)
             self._saved[sid] = sub.ramp_start
@@ -333,6 +339,12 @@ class StreamStats:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
+def api_headers(api_key: str | None = None) -> dict[str, str]:
+    """The churnwatch APIs' auth header: ``api_key``, else ``CHURNWATCH_API_KEY``, else none."""
+    key = api_key or os.environ.get("CHURNWATCH_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def poll_reached(client: httpx.Client, outreach_url: str) -> set[str]:
     """Subscribers with a retention task that was delivered (SMS) or completed (call)."""
     reached: set[str] = set()
@@ -373,6 +385,7 @@ def stream_to_ingest(
     outreach_url: str | None = None,
     on_day: Callable[[int, StreamStats], None] | None = None,
     client: httpx.Client | None = None,
+    api_key: str | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> StreamStats:
@@ -389,7 +402,7 @@ def stream_to_ingest(
         raise ValueError("rate must be > 0")
     stats = StreamStats()
     own = client is None
-    http = client or httpx.Client(timeout=60)
+    http = client or httpx.Client(timeout=60, headers=api_headers(api_key))
     url = ingest_url.rstrip("/") + "/v1/events"
     t0 = clock()
     try:
@@ -434,6 +447,7 @@ def stream_with_progress(
     rate: float | None = None,
     batch_size: int = 1000,
     outreach_url: str | None = None,
+    api_key: str | None = None,
 ) -> StreamStats:
     """:func:`stream_to_ingest` with a rich progress bar over the simulated days."""
     columns = (
@@ -459,6 +473,7 @@ def stream_with_progress(
             batch_size=batch_size,
             outreach_url=outreach_url,
             on_day=on_day,
+            api_key=api_key,
         )
 
 
@@ -488,7 +503,7 @@ def wait_for_pipeline(sim: Simulation, urls: dict[str, str], *, timeout_s: float
     last_day = sim.end - timedelta(days=1)
     probes = [t.subscriber_id for t in sim.truth() if t.churn_at is None][-5:]
     deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=10, headers=api_headers()) as client:
         while probes and time.monotonic() < deadline:
             response = client.get(f"{urls['scoring']}/v1/subscribers/{probes[0]}/risk")
             if (
@@ -516,7 +531,7 @@ def _risks(urls: dict[str, str], subscriber_ids: list[str]) -> dict[str, dict[st
         response = client.get(f"{urls['scoring']}/v1/subscribers/{sid}/risk")
         return sid, response.json() if response.status_code == 200 else None
 
-    with httpx.Client(timeout=10) as client, ThreadPoolExecutor(8) as pool:
+    with httpx.Client(timeout=10, headers=api_headers()) as client, ThreadPoolExecutor(8) as pool:
         found = pool.map(lambda sid: one(client, sid), subscriber_ids)
         return {sid: risk for sid, risk in found if risk is not None}
 
@@ -555,7 +570,7 @@ def summary(sim: Simulation, stats: StreamStats | None, urls: dict[str, str]) ->
     scores.add_row("bands", ", ".join(f"{b} {bands[b]:,}" for b in ("high", "medium", "low")), "")
     tables.append(scores)
 
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, headers=api_headers()) as client:
         all_tasks = _all_tasks(client, urls["outreach"])
         messages = client.get(urls["sms-gateway"] + "/v1/messages", params={"limit": 10_000})
         kpis = [

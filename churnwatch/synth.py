@@ -117,6 +117,7 @@ class _Sub:
     silent: bool = False
     ramp_start: int = 0  # first day of the warning ramp (churners) or dip (false alarms)
     ramp_len: int = 0  # 0: no ramp or dip
+    ramp_power: float = 1.0  # shape of the ramp: 1 linear, below 1 most of the change early
     voice_floor: float = 1.0  # voice factor at the ramp's end / the dip's bottom
     comp_target: float = 0.0  # competitor share at the ramp's end / the dip's bottom
     downgrades: bool = False
@@ -187,10 +188,13 @@ def _make_plan(
     silent_churn_share: float,
     id_prefix: str,
     warning_days: tuple[int, int] = (14, 35),
+    ramp_power: float = 1.0,
 ) -> _Plan:
     t0 = _validate(subscribers, days, start, churn_rate, silent_churn_share, id_prefix)
     if not 1 <= warning_days[0] <= warning_days[1]:
         raise ValueError("warning_days must be (low, high) with 1 <= low <= high")
+    if not 0.0 < ramp_power <= 4.0:
+        raise ValueError("ramp_power must be in (0, 4]")
     rng = Random(seed)
     width = max(6, len(str(subscribers)))
     managers = max(1, subscribers // 200)
@@ -223,6 +227,7 @@ def _make_plan(
             comp_share=rng.uniform(0.02, 0.08),
             cdr_at=_CDR_AT + 60 * rng.randrange(120),
             late_payer=rng.random() < LATE_PAYER_SHARE,
+            ramp_power=ramp_power,
         )
         subs.append(sub)
         payload: dict[str, Any] = {
@@ -280,8 +285,8 @@ def _intensity(sub: _Sub, d: int) -> float:
     if x <= 0.0 or x > 1.0:
         return 0.0
     if sub.false_alarm:  # down and back up again
-        return 1.0 - abs(2.0 * x - 1.0)
-    return x
+        return float((1.0 - abs(2.0 * x - 1.0)) ** sub.ramp_power)
+    return float(x**sub.ramp_power)
 
 
 def _bill(sub: _Sub, d: int, day0: datetime, rng: Random, seed: int) -> dict[str, Any]:

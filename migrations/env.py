@@ -10,10 +10,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from services.alerting.models import metadata as alerting_metadata
 from services.outreach.models import metadata as outreach_metadata
 from services.scoring.models import metadata as scoring_metadata
+from shared.auth import metadata as auth_metadata
 from shared.db import to_async_url
 
-target_metadata = [scoring_metadata, alerting_metadata, outreach_metadata]
-SCHEMAS = ("scoring", "alerting", "outreach")
+target_metadata = [scoring_metadata, alerting_metadata, outreach_metadata, auth_metadata]
+SCHEMAS = ("scoring", "alerting", "outreach", "auth")
 
 
 def _url() -> str:

@@ -6,10 +6,11 @@ Services own their tables in a PostgreSQL schema of their own (``scoring``,
 
 from __future__ import annotations
 
+import ssl
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import DateTime, MetaData, Table, bindparam, func, select, text
@@ -41,10 +42,28 @@ def to_async_url(url: str) -> str:
     return url
 
 
+def connect_args(settings: BaseServiceSettings) -> dict[str, Any]:
+    """Connection arguments (asyncpg) for ``DATABASE_SSLMODE`` / ``DATABASE_SSL_ROOTCERT``.
+
+    The modes mean what they mean to libpq. asyncpg takes the mode names as they
+    are; only the verifying modes with our own CA bundle need an ``SSLContext``
+    (``verify-ca`` checks the chain but not the host name).
+    """
+    mode = settings.database_sslmode
+    if mode is None:
+        return {}
+    if mode in ("verify-ca", "verify-full") and settings.database_ssl_rootcert:
+        context = ssl.create_default_context(cafile=settings.database_ssl_rootcert)
+        context.check_hostname = mode == "verify-full"
+        return {"ssl": context}
+    return {"ssl": mode}
+
+
 def create_engine(settings: BaseServiceSettings) -> AsyncEngine:
     """The service's engine; ``pool_pre_ping`` survives a database restart."""
     return create_async_engine(
         to_async_url(settings.database_url),
+        connect_args=connect_args(settings),
         pool_size=settings.database_pool_size,
         pool_pre_ping=True,
         # orjson for JSONB columns: several times faster than json on feature states.

@@ -30,6 +30,9 @@ from shared.logging import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
+API_MAX_BODY_BYTES = 1024 * 1024
+"""Largest request body the APIs read (ingest has its own, larger, INGEST_MAX_BODY_BYTES)."""
+
 REQUEST_ID_HEADER = "X-Request-ID"
 """Request and response header that carries the request id."""
 
@@ -65,6 +68,13 @@ class Unauthorized(ChurnwatchError):
 
     status_code = 401
     code = "unauthorized"
+
+
+class Forbidden(ChurnwatchError):
+    """The credentials are valid but do not grant this (an API key without the scope)."""
+
+    status_code = 403
+    code = "forbidden"
 
 
 class NotFound(ChurnwatchError):
@@ -134,6 +144,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for routes that answer these error statuses with ``ErrorBody``."""
     meaning = {
         400: "Malformed request (e.g. a bad cursor).",
+        401: "No API key, or one that is unknown, revoked or malformed.",
+        403: "The API key lacks the scope this route needs.",
         404: "No such resource.",
         409: "The resource's state does not allow this.",
         413: "Body or batch over its limit.",
@@ -242,8 +254,58 @@ class RequestIdMiddleware:
             REQUEST_ID.reset(token)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Request ids, and the exception tree, HTTP and validation errors mapped to one body."""
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``limit`` bytes with a 413, before they fill memory.
+
+    A declared ``Content-Length`` over the limit is answered at once; a chunked
+    body is counted as the app reads it, and reading past the limit raises a 413
+    ``HTTPException`` (FastAPI turns any other error while reading into a 400).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = API_MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI call; only ``http`` calls are limited."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await JSONResponse(self._body(), status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise StarletteHTTPException(413, self._body()["error"]["message"])
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _body(self) -> dict[str, Any]:
+        return error_body(
+            "payload_too_large",
+            f"body over {self.limit} bytes",
+            {"limit": self.limit},
+        )
+
+
+def install_error_handlers(
+    app: FastAPI, *, max_body_bytes: int | None = API_MAX_BODY_BYTES
+) -> None:
+    """Request ids, a body limit, and errors of every kind mapped to one body.
+
+    ``max_body_bytes=None`` leaves bodies to the app (ingest streams and limits its own).
+    """
+    if max_body_bytes is not None:
+        # Added first, so it runs inside RequestIdMiddleware: its 413 has the request id.
+        app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
 
     async def _churnwatch(_: Request, exc: Exception) -> JSONResponse:
@@ -262,6 +324,7 @@ def install_error_handlers(app: FastAPI) -> None:
             403: "forbidden",
             404: "not_found",
             405: "method_not_allowed",
+            413: "payload_too_large",
         }
         return JSONResponse(
             error_body(code.get(exc.status_code, "http_error"), str(exc.detail)),

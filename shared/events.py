@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -48,6 +49,30 @@ Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4)]
 
 Period = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")]
 """A billing period as ``YYYY-MM``."""
+
+Label = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]*$")]
+"""Free text from the billing system without control characters: a NUL cannot be
+stored by PostgreSQL, and a newline or an escape sequence has no business in an id
+or a name (it would forge log lines and break CSV exports)."""
+
+# Times outside this range are typos or sentinels (0001-01-01, 9999-12-31): they
+# would poison time-decayed features, and date arithmetic near the ends overflows.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def _plausible(value: datetime) -> datetime:
+    if not EARLIEST <= value < LATEST:
+        raise PydanticCustomError(
+            "implausible_time",
+            "time must be from {earliest} up to {latest}",
+            {"earliest": EARLIEST.date().isoformat(), "latest": LATEST.date().isoformat()},
+        )
+    return value
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_plausible)]
+"""A timezone-aware time between 1970 and 2100."""
 
 
 class _Model(BaseModel):
@@ -91,7 +116,7 @@ class CdrPayload(_Model):
     service: Literal["voice", "sms", "data"]
     direction: Literal["outgoing", "incoming"]
     counterpart_network: Literal["own", "competitor", "international"] = "own"
-    counterpart_id: str | None = Field(
+    counterpart_id: Label | None = Field(
         default=None,
         max_length=128,
         description="Hashed/opaque id of the other party (for distinct-contact counts); "
@@ -117,10 +142,10 @@ class BillingPayload(_Model):
     period: Period
     amount_due: Money
     amount_paid: Money = Decimal(0)
-    plan_id: str = Field(min_length=1, max_length=64)
-    previous_plan_id: str | None = Field(default=None, max_length=64)
+    plan_id: Label = Field(min_length=1, max_length=64)
+    previous_plan_id: Label | None = Field(default=None, max_length=64)
     plan_change: Literal["none", "upgrade", "downgrade"] = "none"
-    due_date: AwareDatetime | None = None
+    due_date: Instant | None = None
 
 
 class PaymentPayload(_Model):
@@ -143,9 +168,9 @@ class StopNoticePayload(_Model):
     """A scheduled suspension for unpaid bills."""
 
     reason: Literal["arrears", "credit_limit", "fraud", "other"] = "arrears"
-    suspension_at: AwareDatetime
+    suspension_at: Instant
     amount_to_pay: Money
-    notice_id: str | None = Field(default=None, max_length=64)
+    notice_id: Label | None = Field(default=None, max_length=64)
 
 
 class SubscriberPayload(_Model):
@@ -153,14 +178,14 @@ class SubscriberPayload(_Model):
 
     tier: Tier = Tier.STANDARD
     monthly_value: Money = Decimal(0)
-    account_manager_id: str | None = Field(default=None, max_length=64)
+    account_manager_id: Label | None = Field(default=None, max_length=64)
     phone: PhoneNumber | None = None
     preferred_channel: Channel = Channel.SMS
     marketing_opt_out: bool = False
     language: str = Field(default="en", pattern=r"^[a-z]{2}$")
-    name: str | None = Field(default=None, max_length=128)
-    activated_at: AwareDatetime | None = None
-    plan_id: str | None = Field(default=None, max_length=64)
+    name: Label | None = Field(default=None, max_length=128)
+    activated_at: Instant | None = None
+    plan_id: Label | None = Field(default=None, max_length=64)
 
 
 class ComplaintPayload(_Model):
@@ -175,13 +200,13 @@ class ChurnPayload(_Model):
     """The subscriber left: the label the model learns from."""
 
     kind: Literal["port_out", "cancellation"]
-    competitor: str | None = Field(default=None, max_length=64)
+    competitor: Label | None = Field(default=None, max_length=64)
 
 
 class ReactivationPayload(_Model):
     """A churned subscriber came back."""
 
-    channel: str | None = Field(default=None, max_length=64)
+    channel: Label | None = Field(default=None, max_length=64)
 
 
 # --- envelopes ----------------------------------------------------------------
@@ -190,10 +215,10 @@ class ReactivationPayload(_Model):
 class _Envelope(_Model):
     event_id: uuid.UUID = Field(description="Set by the producer; the idempotency key.")
     subscriber_id: SubscriberId
-    occurred_at: AwareDatetime = Field(
+    occurred_at: Instant = Field(
         description="When it happened (timezone-aware); at most 1 hour in the future."
     )
-    source: str = Field(default="billing", min_length=1, max_length=64)
+    source: Label = Field(default="billing", min_length=1, max_length=64)
     schema_version: Literal[1] = 1
 
 

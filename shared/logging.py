@@ -1,9 +1,10 @@
 """Structured JSON logs with personal data masked.
 
 Phone numbers never reach a log line: a filter masks anything shaped like one
-in the message and in extra fields, and subscriber ids passed as the
-``subscriber_id`` extra are shortened to a stable hash prefix, enough to
-correlate lines without exposing the id.
+in the message, its arguments, extra fields (nested ones too) and tracebacks.
+Subscriber ids passed as the ``subscriber_id`` (or ``subscriber_ids``) extra are
+shortened to a stable hash prefix, enough to correlate lines without exposing
+the id. API keys and bearer tokens keep only their public key id.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import hashlib
 import logging
 import re
 import sys
+from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from numbers import Number
 from typing import Any
 
 import orjson
@@ -22,6 +25,11 @@ import orjson
 # written as a run of 9-15 digits. Not dates, not the digit groups of a UUID.
 _PHONE_RE = re.compile(r"\+\d[\d\s-]{5,}\d|(?<![\w-])\d{9,15}(?![\w-])")
 _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
+# Secrets that may end up in an error text: our API keys (the id may stay, it is
+# what `churnwatch keys list` shows) and any bearer token.
+_API_KEY_RE = re.compile(r"\b(cw_[0-9a-f]{12})_[A-Za-z0-9_-]+")
+_BEARER_RE = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_SUBSCRIBER_KEYS = frozenset({"subscriber_id", "subscriber_ids"})
 
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -31,6 +39,27 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 def mask_phone(text: str) -> str:
     """Replace anything shaped like a phone number, keeping the last two digits."""
     return _PHONE_RE.sub(lambda m: "***" + re.sub(r"\D", "", m.group())[-2:], text)
+
+
+def mask_text(text: str) -> str:
+    """Mask phone numbers, API key secrets and bearer tokens in free text."""
+    text = _API_KEY_RE.sub(r"\1_***", text)
+    text = _BEARER_RE.sub(r"\1***", text)
+    return mask_phone(text)
+
+
+def _mask_value(value: Any, *, subscriber: bool = False) -> Any:
+    """``value`` with personal data masked, looking into dicts, lists and tuples."""
+    if isinstance(value, str):
+        return mask_subscriber(value) if subscriber else mask_text(value)
+    if isinstance(value, dict):
+        return {
+            k: _mask_value(v, subscriber=subscriber or k in _SUBSCRIBER_KEYS)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_mask_value(v, subscriber=subscriber) for v in value]
+    return value
 
 
 def mask_subscriber(subscriber_id: str) -> str:
@@ -44,19 +73,20 @@ class PiiFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Mask the record in place; never drops it."""
         if isinstance(record.msg, str):
-            record.msg = mask_phone(record.msg)
-        if record.args:
+            record.msg = mask_text(record.msg)
+        if isinstance(record.args, Mapping):  # log.info("%(x)s", {"x": ...})
+            record.args = _mask_value(dict(record.args))
+        elif record.args:
+            # Numbers stay numbers (for %d, %.2f). Anything else (an exception, a
+            # dict) is rendered with %s or %r later: render it now, masked.
             record.args = tuple(
-                mask_phone(a) if isinstance(a, str) else a
-                for a in (record.args if isinstance(record.args, tuple) else (record.args,))
+                a if isinstance(a, Number) else mask_text(a if isinstance(a, str) else str(a))
+                for a in record.args
             )
         for key, value in list(vars(record).items()):
             if key in _RESERVED:
                 continue
-            if key == "subscriber_id" and isinstance(value, str):
-                setattr(record, key, mask_subscriber(value))
-            elif isinstance(value, str):
-                setattr(record, key, mask_phone(value))
+            setattr(record, key, _mask_value(value, subscriber=key in _SUBSCRIBER_KEYS))
         return True
 
 
@@ -86,8 +116,16 @@ class JsonFormatter(logging.Formatter):
             if key not in _RESERVED and not key.startswith("_"):
                 out[key] = value
         if record.exc_info:
-            out["exc"] = mask_phone(self.formatException(record.exc_info))
+            out["exc"] = mask_text(self.formatException(record.exc_info))
         return orjson.dumps(out, default=str).decode()
+
+
+class PlainFormatter(logging.Formatter):
+    """Text lines (``LOG_JSON=false``), with tracebacks masked like the message."""
+
+    def formatException(self, ei: Any) -> str:
+        """The traceback, with phone numbers and secrets masked."""
+        return mask_text(super().formatException(ei))
 
 
 def configure_logging(level: str = "INFO", *, json: bool = True, service: str = "") -> None:
@@ -99,7 +137,7 @@ def configure_logging(level: str = "INFO", *, json: bool = True, service: str = 
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
+            PlainFormatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -55,6 +55,15 @@ DLQ_MESSAGES = Counter(
 
 
 def _route_template(request: Request) -> str:
+    """The matched route's template (``/v1/tasks/{task_id}``), never the raw path.
+
+    Called after the request was handled: the router leaves the route it
+    matched in the scope. Scanning the app's routes instead finds only an
+    included router's wrapper (it has no path) in current FastAPI versions.
+    """
+    path = getattr(request.scope.get("route"), "path", None)
+    if path:
+        return str(path)
     for route in request.app.router.routes:
         match, _ = route.matches(request.scope)
         if match == Match.FULL:
@@ -69,7 +78,6 @@ def install_metrics(app: FastAPI, service: str) -> None:
     async def _measure(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        route = _route_template(request)
         start = time.perf_counter()
         status = "5xx"
         try:
@@ -77,6 +85,7 @@ def install_metrics(app: FastAPI, service: str) -> None:
             status = f"{response.status_code // 100}xx"
             return response
         finally:
+            route = _route_template(request)
             HTTP_REQUESTS.labels(service, route, request.method, status).inc()
             HTTP_LATENCY.labels(service, route, request.method).observe(time.perf_counter() - start)
 

@@ -45,6 +45,22 @@ class BaseServiceSettings(BaseSettings):
 
     database_url: str = DEFAULT_DATABASE_URL
     database_pool_size: int = Field(default=5, ge=1, le=100)
+    # TLS to PostgreSQL, passed to asyncpg (shared.db.connect_args). Unset leaves
+    # asyncpg's default (try TLS, fall back to plain), which is fine only in dev.
+    database_sslmode: (
+        Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None
+    ) = None
+    database_ssl_rootcert: str | None = None
+
+    # API keys on every HTTP API but probes and metrics (shared.auth). Tests and
+    # local experiments may turn it off; production refuses that.
+    auth_enabled: bool = True
+    auth_cache_ttl_s: float = Field(default=30.0, ge=0, le=3600)
+
+    # Retention of per-message bookkeeping (shared.retention): processed-id rows
+    # and published outbox rows older than this are purged; 0 keeps everything.
+    retention_days: int = Field(default=30, ge=0, le=3650)
+    retention_interval_s: float = Field(default=3600.0, gt=0, le=86_400)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production_defaults(self) -> Self:
@@ -55,6 +71,8 @@ class BaseServiceSettings(BaseSettings):
                 unsafe.append("KAFKA_BOOTSTRAP_SERVERS")
             if self.database_url == DEFAULT_DATABASE_URL:
                 unsafe.append("DATABASE_URL")
+            if not self.auth_enabled:
+                unsafe.append("AUTH_ENABLED (must be true)")
             if unsafe:
                 raise ValueError(
                     "ENVIRONMENT=production needs explicit "

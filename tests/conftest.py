@@ -68,6 +68,8 @@ def fresh_env(stack: Stack) -> dict[str, Any]:
         "alerting_consumer_group": f"alerting-{run}",
         "outreach_consumer_group": f"outreach-{run}",
         "log_json": False,
+        # API keys are tested in tests/test_auth.py; elsewhere they would only be noise.
+        "auth_enabled": False,
     }
 
 

@@ -8,6 +8,7 @@ overlay when kubectl is installed.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 from pydantic_settings import BaseSettings
@@ -38,7 +41,13 @@ OVERLAYS = {"dev": K8S / "overlays" / "dev", "production": K8S / "overlays" / "p
 SETTING_NAMES = frozenset(name.upper() for cls in SETTINGS_CLASSES for name in cls.model_fields)
 # Credentials: only ever from a Secret, never a literal in a manifest or ConfigMap.
 SECRET_SETTINGS = frozenset(
-    {"DATABASE_URL", "SMS_GATEWAY_TOKEN", "SMS_RECEIPT_SECRET", "KAFKA_SASL_PASSWORD"}
+    {
+        "DATABASE_URL",
+        "SMS_GATEWAY_TOKEN",
+        "SMS_RECEIPT_SECRET",
+        "KAFKA_SASL_PASSWORD",
+        "OUTREACH_PHONE_KEY",
+    }
 )
 
 SERVICES = ("ingest", "scoring", "alerting", "outreach")
@@ -254,6 +263,7 @@ def test_configmap_values_are_valid_settings(tree: str) -> None:
         "DATABASE_URL": "postgresql+asyncpg://u:p@db.invalid:5432/churnwatch",
         "SMS_GATEWAY_TOKEN": "not-the-dev-token",
         "SMS_RECEIPT_SECRET": "not-the-dev-secret",
+        "OUTREACH_PHONE_KEY": "bm90LXRoZS1kZXYta2V5LW5vdC10aGUtZGV2LWtleSE=",
     }
     for comp in SERVICES:
         settings_for(comp, {**data, **secrets})
@@ -580,3 +590,136 @@ def test_kubectl_kustomize_renders(tree: str) -> None:
                 ref = item["valueFrom"]["secretKeyRef"]["name"]
                 # Generated in dev (hashed name); external everywhere else.
                 assert ref in secrets if tree == "dev" else ref == "churnwatch-secrets"
+
+
+def rendered(tree: str) -> list[dict[str, Any]]:
+    """``kubectl kustomize`` output for one tree (the caller skips without kubectl)."""
+    assert KUBECTL is not None
+    result = subprocess.run(
+        [KUBECTL, "kustomize", str(all_trees()[tree])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+
+
+# Custom resources kubernetes-validate has no schema for; checked by their own tests below.
+CUSTOM_KINDS = frozenset({"ScaledObject"})
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed; cannot render overlays")
+@pytest.mark.parametrize("tree", list(OVERLAYS))
+def test_rendered_overlay_validates_against_kubernetes_schemas(tree: str) -> None:
+    docs = rendered(tree)
+    version = kubernetes_validate.latest_version()
+    kinds = set()
+    for doc in docs:
+        kinds.add(doc["kind"])
+        if doc["kind"] in CUSTOM_KINDS:
+            continue
+        try:
+            # strict: unknown fields (a typo such as `readinessprobe`) fail too.
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{tree}: {doc['kind']}/{doc['metadata']['name']}: {exc.message}")
+    assert {"Deployment", "Service", "PodDisruptionBudget", "Job", "ConfigMap"} <= kinds
+
+
+def test_kubernetes_validate_rejects_a_broken_manifest() -> None:
+    """The schema check above can fail: a misspelt field in a Deployment is refused."""
+    doc = deployments(BASE)["scoring"]
+    broken = {**doc, "spec": {**doc["spec"], "replica": 2}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
+
+
+# --- KEDA: scoring scales on consumer lag, capped by the partition count --------------------
+
+
+def scaled_objects(tree: str) -> list[dict[str, Any]]:
+    return of_kind(manifests(all_trees()[tree]), "ScaledObject")
+
+
+def test_keda_scales_scoring_within_the_partition_count() -> None:
+    (scaled,) = scaled_objects("production")
+    config = config_literals(OVERLAYS["production"])
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployments(BASE)["scoring"]["metadata"]["name"],
+    }
+    partitions = int(config["KAFKA_TOPIC_PARTITIONS"])
+    # A consumer group gives a partition to one member: more replicas would idle.
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert meta["allowIdleConsumers"] == "false"
+    assert meta["bootstrapServers"] == config["KAFKA_BOOTSTRAP_SERVERS"]
+    assert meta["topic"] == f"{config['KAFKA_TOPIC_PREFIX']}.events"
+    scoring = settings_for("scoring", {**config, "DATABASE_URL": "postgresql+asyncpg://u:p@db:1/x"})
+    assert meta["consumerGroup"] == scoring.scoring_consumer_group  # type: ignore[attr-defined]
+    assert int(meta["lagThreshold"]) > 0
+    assert not scaled_objects("dev"), "dev runs without KEDA"
+
+
+# --- docker-compose.yml against the Compose Specification ------------------------------------
+
+# The Compose Specification's JSON schema, vendored (see deploy/schemas/README.md).
+COMPOSE_SCHEMA = ROOT / "deploy" / "schemas" / "compose-spec.json"
+
+
+@cache
+def compose_validator() -> jsonschema.Draft7Validator:
+    schema = json.loads(COMPOSE_SCHEMA.read_text(encoding="utf-8"))
+    assert schema["title"] == "Compose Specification"
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def test_compose_file_validates_against_the_compose_spec() -> None:
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in compose_validator().iter_errors(compose())
+    ]
+    assert errors == []
+
+
+def test_compose_spec_check_can_fail() -> None:
+    broken = {**compose(), "services": {"x": {"image": "a", "depends_on": {"y": {}}}}}
+    assert list(compose_validator().iter_errors(broken)), "condition is required"
+    assert list(compose_validator().iter_errors({**compose(), "servces": {}}))
+
+
+def test_compose_runs_prometheus_and_grafana_with_the_repo_config() -> None:
+    services = compose_services()
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    for svc in (prometheus, grafana):
+        assert "healthcheck" in svc
+        for volume in svc["volumes"]:
+            source = volume.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{source} is mounted but missing"
+    mounted = {v.split(":")[0]: v.split(":")[1] for v in prometheus["volumes"]}
+    assert mounted["./deploy/prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    assert mounted["./deploy/prometheus/rules.yml"] == "/etc/prometheus/rules.yml"
+    # Prometheus scrapes each service at its compose name and port.
+    config = load_one(ROOT / "deploy" / "prometheus" / "prometheus.yml")
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    assert targets == {f"{name}:{PORTS[name]}" for name in SERVICES}
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    datasource = load_one(
+        ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+    )
+    (source,) = datasource["datasources"]
+    assert urlsplit(source["url"]).hostname == "prometheus"
+    assert urlsplit(source["url"]).port == int(prometheus["ports"][0].split(":")[1])

@@ -35,6 +35,7 @@ SCHEMAS_DIR = REPO / "docs" / "schemas"
 
 METRICS_MODULES = [
     "shared.metrics",
+    "shared.retention",
     "services.ingest.metrics",
     "services.scoring.metrics",
     "services.alerting.metrics",

@@ -48,7 +48,12 @@ def test_production_refuses_development_defaults(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ValidationError, match="SMS_RECEIPT_SECRET"):
         OutreachSettings(**explicit, sms_gateway_token="real")
     real = {"sms_gateway_token": "real", "sms_receipt_secret": "also-real"}
-    assert OutreachSettings(**explicit, **real).environment == "production"
+    with pytest.raises(ValidationError, match="OUTREACH_PHONE_KEY"):
+        OutreachSettings(**explicit, **real)
+    key = "cmVhbC1rZXktcmVhbC1rZXktcmVhbC1rZXktMzJieXQ="  # 32 bytes, base64
+    assert OutreachSettings(**explicit, **real, outreach_phone_key=key).environment == "production"
+    with pytest.raises(ValidationError, match="AUTH_ENABLED"):
+        IngestSettings(**explicit, auth_enabled=False)
 
 
 def test_plain_postgres_urls_get_the_asyncpg_driver() -> None:

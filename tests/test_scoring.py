@@ -166,7 +166,7 @@ async def test_risk_and_model_api(env: dict[str, Any]) -> None:
     assert risk["reasons"][0]["text_zh"]
     assert risk["features"]["competitor_share_7d"] > 0.9
     assert risk["model_version"] == "prior-v1"
-    assert model["kind"] == "logreg" and model["weight"] == 0.0
+    assert model["kind"] == "ga2m" and model["weight"] == 0.0
     assert model["quality"]["resolved"] == 0 and model["checkpoint"] is None
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 

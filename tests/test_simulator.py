@@ -133,7 +133,8 @@ def test_warned_churners_show_warning_signs_before_churning(
     rising = falling = 0
     for t in warned:
         assert t.churn_at is not None and t.warning_from is not None
-        assert 14 <= (t.churn_at - t.warning_from).days <= 36
+        low, high = STORY.warning_days
+        assert low <= (t.churn_at - t.warning_from).days <= high + 1
         # Its last event is the churn, a port-out or a cancellation.
         last = by_sub[t.subscriber_id][-1]
         assert last["event_type"] == "churn" and last["payload"]["kind"] == t.churn_kind

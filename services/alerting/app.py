@@ -10,12 +10,15 @@ from fastapi import FastAPI
 
 from services.alerting.consumer import AlertingHandler, Sweeper, make_parser
 from services.alerting.engine import Engine
+from services.alerting.models import processed_messages
 from services.alerting.rules import DEFAULT_RULES_FILE, load_rules
 from services.alerting.settings import AlertingSettings
 from services.alerting.views import router
+from shared.auth import auth_responses, install_auth
 from shared.errors import install_error_handlers
 from shared.health import health_router
 from shared.metrics import install_metrics
+from shared.retention import Purger, PurgeRule
 from shared.runtime import ServiceRuntime
 
 
@@ -32,6 +35,12 @@ def create_app(settings: AlertingSettings) -> FastAPI:
         control_salt=settings.alerting_control_group_salt,
     )
     runtime = ServiceRuntime(settings, "alerting")
+    purger = Purger(
+        runtime.engine,
+        [PurgeRule(processed_messages, "processed_at")],
+        days=settings.retention_days,
+        interval_s=settings.retention_interval_s,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -46,11 +55,13 @@ def create_app(settings: AlertingSettings) -> FastAPI:
         )
         app.state.sweeper = sweeper
         sweep_task = asyncio.create_task(sweeper.run(), name="alerting-sweep")
+        purge_task = asyncio.create_task(purger.run(), name="alerting-retention")
         try:
             yield
         finally:
             sweeper.stop()
-            await sweep_task
+            purger.stop()
+            await asyncio.gather(sweep_task, purge_task)
             await runtime.stop()
 
     app = FastAPI(
@@ -63,8 +74,10 @@ def create_app(settings: AlertingSettings) -> FastAPI:
     app.state.runtime = runtime
     app.state.rules = rules
     app.state.rules_source = settings.alerting_rules_file or DEFAULT_RULES_FILE
+    app.state.purger = purger
     install_error_handlers(app)
     install_metrics(app, "alerting")
+    install_auth(app, settings, runtime.engine)
     app.include_router(health_router(runtime.checks()))
-    app.include_router(router)
+    app.include_router(router, responses=auth_responses())
     return app

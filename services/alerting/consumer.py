@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.alerting import metrics, service
@@ -20,7 +21,7 @@ from services.alerting.engine import (
     allocate,
     capacity_day,
 )
-from services.alerting.models import processed_messages
+from services.alerting.models import processed_messages, subscriber_facts, subscribers
 from services.alerting.rules import ScoreTrigger
 from services.alerting.settings import AlertingSettings
 from shared.consumer import Inbound, Outbox
@@ -32,6 +33,7 @@ from shared.events import (
     SubscriberEvent,
     TaskAction,
     TaskUpdate,
+    Tier,
     UpdateCause,
     derive_id,
     parse_event,
@@ -188,6 +190,33 @@ class AlertingHandler:
             topics=self.topics,
             now=now,
         )
+        # Score -> decision latency; tasks a score fires go out in this same batch.
+        for message in todo:
+            if isinstance(message, RiskScore):
+                latency = (now - message.scored_at).total_seconds()
+                metrics.SCORE_TO_DECISION_SECONDS.observe(max(latency, 0.0))
+
+
+async def export_subscriber_counts(conn: AsyncConnection) -> None:
+    """Set ``churnwatch_alerting_subscribers`` by tier and state (the churn-rate KPI's base).
+
+    Tiers are a closed enum, so the label set stays small whatever the population.
+    """
+    state = case((subscriber_facts.c.churned_at.is_(None), "active"), else_="churned")
+    query = (
+        select(subscribers.c.tier, state.label("state"), func.count())
+        .select_from(
+            subscribers.outerjoin(
+                subscriber_facts, subscriber_facts.c.subscriber_id == subscribers.c.subscriber_id
+            )
+        )
+        .group_by(subscribers.c.tier, state)
+    )
+    counts = {(tier, label): count for tier, label, count in (await conn.execute(query)).all()}
+    # Every tier and state, zeros included: a state that emptied must not keep its old value.
+    for tier in Tier:
+        for label in ("active", "churned"):
+            metrics.SUBSCRIBERS.labels(tier.value, label).set(counts.get((tier.value, label), 0))
 
 
 class Sweeper:
@@ -249,6 +278,7 @@ class Sweeper:
                 await outbox.flush()
                 evaluated = len(views)
             counts = await service.open_task_counts(conn, now=now)
+            await export_subscriber_counts(conn)
         for kind in {*counts, *metrics.OPEN_KINDS}:
             metrics.OPEN_TASKS.labels(kind).set(counts.get(kind, 0))
         return evaluated

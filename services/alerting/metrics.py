@@ -1,6 +1,6 @@
 """Alerting metrics. Labels are rule names, tiers, kinds and reasons: never a subscriber."""
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from shared.events import TaskKind
 
@@ -47,4 +47,15 @@ MESSAGES = Counter(
 SWEEP_ERRORS = Counter(
     "churnwatch_alerting_sweep_errors_total",
     "Dwell sweeps that failed (retried on the next interval)",
+)
+SCORE_TO_DECISION_SECONDS = Histogram(
+    "churnwatch_alerting_score_to_decision_seconds",
+    "From a score's scored_at to alerting running the rules on it (any task it fires is "
+    "published in that same batch)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+SUBSCRIBERS = Gauge(
+    "churnwatch_alerting_subscribers",
+    "Subscribers with a profile, by tier and state (active, churned); refreshed every sweep",
+    ["tier", "state"],
 )

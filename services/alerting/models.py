@@ -27,6 +27,8 @@ processed_messages = Table(
     metadata,
     Column("message_id", Uuid, primary_key=True),
     Column("processed_at", DateTime(timezone=True), nullable=False),
+    # For the retention purge; BRIN because processed_at follows insertion order.
+    Index("ix_processed_messages_processed_at", "processed_at", postgresql_using="brin"),
     comment="event_id / score_id already handled: the alerting consumer's idempotency key.",
 )
 

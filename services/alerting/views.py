@@ -10,9 +10,11 @@ from fastapi import APIRouter, Query, Request, Response
 
 from services.alerting import service
 from services.alerting.schemas import RulesOut, SilenceIn, SilenceOut, SilencePage, SilenceState
+from shared.auth import require_scope
 from shared.errors import BadRequest, NotFound
 
-router = APIRouter(prefix="/v1")
+# Silences and the rules in force are operators' business: the admin scope (shared.auth).
+router = APIRouter(prefix="/v1", dependencies=[require_scope("admin")])
 
 
 def _out(row: dict[str, Any], now: datetime) -> SilenceOut:

@@ -9,15 +9,21 @@ from fastapi import FastAPI
 
 from services.ingest.settings import IngestSettings
 from services.ingest.views import router
+from shared.auth import auth_responses, install_auth
+from shared.db import create_engine, ping
 from shared.errors import install_error_handlers
 from shared.events import EVENT_ADAPTER
-from shared.health import health_router
+from shared.health import Check, health_router
 from shared.kafka import ensure_topics, make_producer, ping_broker, topics_for
 from shared.metrics import install_metrics
 
 
 def create_app(settings: IngestSettings) -> FastAPI:
-    """The ingest service: ``POST /v1/events``, schemas, probes, metrics."""
+    """The ingest service: ``POST /v1/events``, schemas, probes, metrics.
+
+    Ingest keeps no data of its own; its database engine only looks up API keys.
+    """
+    db = create_engine(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -29,6 +35,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
             yield
         finally:
             await producer.stop()
+            await db.dispose()
 
     app = FastAPI(
         title="churnwatch ingest",
@@ -42,10 +49,19 @@ def create_app(settings: IngestSettings) -> FastAPI:
     async def broker() -> bool:
         return await ping_broker(settings)
 
-    install_error_handlers(app)
+    async def database() -> bool:
+        return await ping(db)
+
+    # Ingest reads and limits its bodies itself (INGEST_MAX_BODY_BYTES, with NDJSON).
+    install_error_handlers(app, max_body_bytes=None)
     install_metrics(app, "ingest")
-    app.include_router(health_router({"broker": broker}))
-    app.include_router(router)
+    install_auth(app, settings, db)
+    # Without the database no API key can be checked, so ingest is not ready either.
+    checks: dict[str, Check] = {"broker": broker}
+    if settings.auth_enabled:
+        checks["database"] = database
+    app.include_router(health_router(checks))
+    app.include_router(router, responses=auth_responses())
     # Publish the event union in the OpenAPI document so POST /v1/events is documented.
     schema = EVENT_ADAPTER.json_schema(ref_template="#/components/schemas/{model}")
     defs = schema.pop("$defs", {})

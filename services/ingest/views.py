@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -11,10 +13,12 @@ from services.ingest import metrics
 from services.ingest.schemas import IngestResult
 from services.ingest.service import produce_events, split_body, validate_items
 from services.ingest.settings import IngestSettings
+from shared.auth import require_scope
 from shared.errors import NotFound, PayloadTooLarge, UnprocessableEntity
-from shared.events import json_schemas
+from shared.events import Event, json_schemas
 
-router = APIRouter(prefix="/v1", tags=["events"])
+# The billing system's key: posting events and reading their schemas (shared.auth).
+router = APIRouter(prefix="/v1", tags=["events"], dependencies=[require_scope("events:write")])
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -84,12 +88,16 @@ async def post_events(request: Request) -> JSONResponse:
             retry_after_s=settings.ingest_retry_after_s,
         )
     except Exception:
-        for event in valid:
-            metrics.EVENTS.labels(event.event_type, "unavailable").inc()
+        _count(valid, "unavailable")
         raise
-    for event in valid:
-        metrics.EVENTS.labels(event.event_type, "accepted").inc()
+    _count(valid, "accepted")
     return JSONResponse(result.model_dump(mode="json"), status_code=202)
+
+
+def _count(events: Sequence[Event], result: str) -> None:
+    # One label lookup per event type, not per event (profiled: 3% of ingest).
+    for event_type, n in Counter(e.event_type for e in events).items():
+        metrics.EVENTS.labels(event_type, result).inc(n)
 
 
 @router.get("/schemas", tags=["schemas"])

@@ -13,24 +13,44 @@ from services.outreach.consumer import OutreachHandler, parse_record
 from services.outreach.contacts import router as contacts_router
 from services.outreach.feedback import KpiRefresher, Relay
 from services.outreach.feedback import router as feedback_router
+from services.outreach.models import outbox
 from services.outreach.queue import QueueKeeper
+from services.outreach.service import encrypt_plain_phones
 from services.outreach.settings import OutreachSettings
 from services.outreach.sms import Dispatcher, SmsClient
 from services.outreach.templates import check_templates
 from services.outreach.views import router
+from shared.auth import auth_responses, install_auth, require_scope
+from shared.crypto import use_phone_key
 from shared.errors import install_error_handlers
 from shared.health import health_router
 from shared.metrics import install_metrics
+from shared.retention import Purger, PurgeRule
 from shared.runtime import ServiceRuntime
 
 
 def create_app(settings: OutreachSettings) -> FastAPI:
     """The outreach service: task consumer, SMS dispatcher, tasks API, probes, metrics."""
     check_templates()  # a broken SMS template stops outreach here, naming every problem
+    # The tasks' phone column encrypts with this key (process-wide: a column type
+    # has no other way to reach the settings).
+    use_phone_key(settings.outreach_phone_key.get_secret_value())
     runtime = ServiceRuntime(settings, "outreach")
+    # Published outbox rows only: an unpublished one is a message still to hand on.
+    purger = Purger(
+        runtime.engine,
+        [PurgeRule(outbox, "published_at")],
+        days=settings.retention_days,
+        interval_s=settings.retention_interval_s,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Rows stored before phones were encrypted (migration 0005) are encrypted now.
+        while True:
+            async with runtime.engine.begin() as conn:
+                if not await encrypt_plain_phones(conn):
+                    break
         async with httpx.AsyncClient(
             base_url=settings.sms_gateway_url, timeout=settings.sms_timeout_s
         ) as http:
@@ -51,11 +71,12 @@ def create_app(settings: OutreachSettings) -> FastAPI:
             app.state.relay, app.state.keeper, app.state.kpis = relay, keeper, kpis
             # Background loops beside the consumer: SMS sending, the outbox relay
             # (task outcomes to Kafka), the call queue's timeouts, the KPI gauges.
-            loops: list[Dispatcher | Relay | QueueKeeper | KpiRefresher] = [
+            loops: list[Dispatcher | Relay | QueueKeeper | KpiRefresher | Purger] = [
                 dispatcher,
                 relay,
                 keeper,
                 kpis,
+                purger,
             ]
             tasks = [
                 asyncio.create_task(loop.run(), name=f"outreach-{type(loop).__name__}")
@@ -77,10 +98,16 @@ def create_app(settings: OutreachSettings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.runtime = runtime
+    app.state.purger = purger
     install_error_handlers(app)
     install_metrics(app, "outreach")
+    install_auth(app, settings, runtime.engine)
     app.include_router(health_router(runtime.checks()))
-    app.include_router(router)
+    app.include_router(router, responses=auth_responses())
+    # Its key-checked routes document their 401/403 themselves; the webhooks are signed.
     app.include_router(contacts_router)
-    app.include_router(feedback_router)
+    # The KPIs are read like tasks; the router lives in feedback.py, its scope here.
+    app.include_router(
+        feedback_router, dependencies=[require_scope("tasks:read")], responses=auth_responses()
+    )
     return app

@@ -3,8 +3,10 @@
 The provider calls the two webhooks (``POST /v1/sms/receipts`` and
 ``POST /v1/sms/inbound``), each signed with an HMAC-SHA256 of the raw body
 (``policy.verify``): a missing, wrong or stale signature is a 401 and
-changes nothing. Other systems keep the do-not-contact list through
-``/v1/contacts/{subscriber_id}``.
+changes nothing; they carry no API key (the provider signs instead, see
+docs/security.md). Other systems keep the do-not-contact list through
+``/v1/contacts/{subscriber_id}``, with an API key: ``tasks:read`` to read,
+``admin`` to change it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from services.outreach.schemas import (
     ReceiptOut,
 )
 from services.outreach.settings import OutreachSettings
+from shared.auth import auth_responses, require_scope
 from shared.errors import Conflict, ErrorBody, NotFound, PayloadTooLarge, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -209,9 +212,10 @@ def _contact(subscriber_id: str, entry: dict[str, Any] | None) -> ContactOut:
 
 @router.get(
     "/contacts/{subscriber_id}",
+    dependencies=[require_scope("tasks:read")],
     summary="A subscriber's opt-out status",
     response_model=ContactOut,
-    responses=_errors(status_422=INVALID),
+    responses={**_errors(status_422=INVALID), **auth_responses()},
 )
 async def get_contact(subscriber_id: SubscriberPath, request: Request) -> ContactOut:
     """A subscriber's contact status: whether they are on the do-not-contact list.
@@ -226,11 +230,13 @@ async def get_contact(subscriber_id: SubscriberPath, request: Request) -> Contac
 
 @router.put(
     "/contacts/{subscriber_id}/opt-out",
+    dependencies=[require_scope("admin")],
     summary="Opt a subscriber out of marketing SMS",
     response_model=ContactOut,
     responses={
         201: {"description": "Put on the list now.", "model": ContactOut},
         **_errors(status_422=INVALID),
+        **auth_responses(),
     },
 )
 async def put_opt_out(
@@ -260,9 +266,10 @@ async def put_opt_out(
 
 @router.delete(
     "/contacts/{subscriber_id}/opt-out",
+    dependencies=[require_scope("admin")],
     summary="Opt a subscriber back in",
     status_code=204,
-    responses=_errors(status_422=INVALID),
+    responses={**_errors(status_422=INVALID), **auth_responses()},
 )
 async def delete_opt_out(subscriber_id: SubscriberPath, request: Request) -> Response:
     """Take a subscriber off the do-not-contact list (204 whether or not they were on it).

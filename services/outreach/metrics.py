@@ -55,6 +55,11 @@ CALLS = Counter(
     "and outcome (for completed)",
     ["event", "outcome"],
 )
+RETENTION_OUTCOMES = Counter(
+    "churnwatch_outreach_retention_outcomes_total",
+    "Completed calls by the subscriber's tier and the call's outcome",
+    ["tier", "outcome"],
+)
 CALL_QUEUE_AGE = Gauge(
     "churnwatch_outreach_call_queue_oldest_seconds",
     "Age of the oldest due call waiting in the queue",

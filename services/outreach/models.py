@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
+from shared.crypto import EncryptedPhone
 from shared.db import make_metadata
 
 metadata = make_metadata("outreach")
@@ -33,7 +34,10 @@ tasks = Table(
     Column("status", String(16), nullable=False),
     Column("subscriber_id", String(64), nullable=False),
     Column("tier", String(16), nullable=False),
-    Column("phone", String(16), nullable=True),
+    # Encrypted (AES-GCM, OUTREACH_PHONE_KEY); the code reads and writes it plain.
+    Column("phone", EncryptedPhone, nullable=True),
+    # HMAC of the number: finds an inbound reply's sender without decrypting every row.
+    Column("phone_hash", String(64), nullable=True, index=True),
     Column("language", String(2), nullable=False),
     Column("account_manager_id", String(64), nullable=True),
     Column("rule", String(64), nullable=True),  # the alerting rule that made the task
@@ -122,6 +126,9 @@ outbox = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("published_at", DateTime(timezone=True), nullable=True),
     Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
+    # The retention purge looks for old published rows. BRIN: published_at grows
+    # with the heap order, so the index is tiny and costs the relay nothing.
+    Index("ix_outbox_published_at", "published_at", postgresql_using="brin"),
     comment="Transactional outbox: messages (task outcomes) written with the state change "
     "they report, published to Kafka by a relay.",
 )

@@ -283,6 +283,7 @@ async def record_outcome(
             outcome=outcome.value,
         )
         metrics.CALLS.labels("completed", outcome.value).inc()
+        metrics.RETENTION_OUTCOMES.labels(task["tier"], outcome.value).inc()
     return await _reread(conn, task_id)
 
 

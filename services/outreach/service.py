@@ -13,8 +13,10 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import (
     ColumnElement,
+    Text,
     and_,
     bindparam,
+    cast,
     delete,
     func,
     or_,
@@ -28,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.outreach.models import opt_outs, outbox, task_transitions, tasks
 from services.outreach.schemas import CallStatus, SmsStatus, TaskCreate
+from shared.crypto import PREFIX, phone_hash
 from shared.errors import BadRequest, Conflict, NotFound, UnprocessableEntity
 from shared.events import (
     Channel,
@@ -117,6 +120,7 @@ async def store_tasks(
                     "subscriber_id": t.subscriber_id,
                     "tier": t.tier.value,
                     "phone": t.phone,
+                    "phone_hash": phone_hash(t.phone),
                     "language": t.language,
                     "account_manager_id": t.account_manager_id,
                     "rule": t.rule,
@@ -810,13 +814,36 @@ async def remove_opt_out(conn: AsyncConnection, *, subscriber_id: str) -> bool:
 async def subscribers_with_phone(conn: AsyncConnection, *, phone: str) -> list[str]:
     """Every subscriber whose tasks carry this phone number (an inbound reply's sender).
 
-    There is no index on the phone column: a sequential scan of the tasks, which
-    is fine for the rate of inbound replies.
+    Phones are stored encrypted, each differently: the keyed hash column (indexed)
+    is what can be compared.
     """
     rows = await conn.execute(
-        select(tasks.c.subscriber_id).where(tasks.c.phone == phone).distinct()
+        select(tasks.c.subscriber_id).where(tasks.c.phone_hash == phone_hash(phone)).distinct()
     )
     return sorted(rows.scalars())
+
+
+async def encrypt_plain_phones(conn: AsyncConnection, *, batch: int = 1000) -> int:
+    """Encrypt up to ``batch`` phones stored before encryption; return how many.
+
+    Migration 0005 cannot (it has no key): the outreach app calls this at start
+    until it returns 0. Reading a plain row works meanwhile (see shared.crypto).
+    """
+    raw = cast(tasks.c.phone, Text)  # the stored text, not the decrypting column type
+    rows = (
+        await conn.execute(
+            select(tasks.c.task_id, raw.label("stored"))
+            .where(raw.is_not(None), func.left(raw, len(PREFIX)) != PREFIX)
+            .limit(batch)
+        )
+    ).all()
+    for row in rows:
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.task_id == row.task_id)
+            .values(phone=row.stored, phone_hash=phone_hash(row.stored))
+        )
+    return len(rows)
 
 
 def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:

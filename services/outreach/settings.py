@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, model_validator
 
+from shared.crypto import DEV_PHONE_KEY, decode_key
 from shared.settings import BaseServiceSettings
 
 DEV_GATEWAY_TOKEN = "dev-gateway-token"  # noqa: S105 - the embedded stand-in's token
@@ -66,6 +67,10 @@ class OutreachSettings(BaseServiceSettings):
     outreach_kpi_interval_s: float = Field(
         default=60.0, gt=0, description="How often the KPI gauges are recomputed."
     )
+    outreach_phone_key: SecretStr = Field(
+        default=SecretStr(DEV_PHONE_KEY),
+        description="32 bytes, base64: encrypts phone numbers at rest (shared.crypto).",
+    )
 
     @model_validator(mode="after")
     def _no_dev_secrets_in_production(self) -> Self:
@@ -75,6 +80,13 @@ class OutreachSettings(BaseServiceSettings):
                 raise ValueError("ENVIRONMENT=production needs an explicit SMS_GATEWAY_TOKEN")
             if self.sms_receipt_secret.get_secret_value() == DEV_RECEIPT_SECRET:
                 raise ValueError("ENVIRONMENT=production needs an explicit SMS_RECEIPT_SECRET")
+            if self.outreach_phone_key.get_secret_value() == DEV_PHONE_KEY:
+                raise ValueError("ENVIRONMENT=production needs an explicit OUTREACH_PHONE_KEY")
+        return self
+
+    @model_validator(mode="after")
+    def _phone_key_is_32_bytes(self) -> Self:
+        decode_key(self.outreach_phone_key.get_secret_value())  # ValueError names the setting
         return self
 
     @model_validator(mode="after")

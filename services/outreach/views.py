@@ -31,6 +31,7 @@ from services.outreach.schemas import (
 from services.outreach.scripts import scripts_for
 from services.outreach.settings import OutreachSettings
 from services.outreach.sms import Dispatcher
+from shared.auth import require_scope
 from shared.errors import NotFound, error_responses
 from shared.events import Channel, TaskKind
 
@@ -84,6 +85,7 @@ def _check_range(name: str, start: datetime | None, end: datetime | None) -> Non
 
 @router.get(
     "/tasks",
+    dependencies=[require_scope("tasks:read")],
     response_model=TaskPage,
     tags=[TASKS],
     summary="List tasks",
@@ -143,6 +145,7 @@ async def list_tasks(
 
 @router.post(
     "/tasks",
+    dependencies=[require_scope("tasks:write")],
     response_model=TaskOut,
     status_code=status.HTTP_201_CREATED,
     tags=[TASKS],
@@ -187,6 +190,7 @@ async def create_task(
 
 @router.get(
     "/tasks/{task_id}",
+    dependencies=[require_scope("tasks:read")],
     response_model=TaskDetail,
     tags=[TASKS],
     summary="Get a task with its audit trail",
@@ -203,6 +207,7 @@ async def get_task(task_id: TaskId, request: Request) -> TaskDetail:
 
 @router.post(
     "/tasks/{task_id}/cancel",
+    dependencies=[require_scope("tasks:write")],
     response_model=TaskOut,
     tags=[TASKS],
     summary="Cancel a task not yet done",
@@ -225,6 +230,7 @@ async def cancel_task(task_id: TaskId, body: CancelRequest, request: Request) ->
 @router.post(
     # ':path', so that a queue named after a manager id with a '/' can be claimed too.
     "/call-queues/{queue:path}/claim",
+    dependencies=[require_scope("queue:work")],
     response_model=ClaimedTask,
     tags=[CALL_QUEUE],
     summary="Claim the most urgent due call of a queue",
@@ -268,6 +274,7 @@ async def claim(
 
 @router.post(
     "/tasks/{task_id}/start",
+    dependencies=[require_scope("queue:work")],
     response_model=TaskOut,
     tags=[CALL_QUEUE],
     summary="Start a claimed call",
@@ -282,6 +289,7 @@ async def start(task_id: TaskId, body: AgentRequest, request: Request) -> TaskOu
 
 @router.post(
     "/tasks/{task_id}/outcome",
+    dependencies=[require_scope("queue:work")],
     response_model=TaskOut,
     tags=[CALL_QUEUE],
     summary="Record a call's outcome",
@@ -304,6 +312,7 @@ async def outcome(task_id: TaskId, body: OutcomeRequest, request: Request) -> Ta
 
 @router.get(
     "/call-queue",
+    dependencies=[require_scope("queue:work")],
     response_model=list[TaskOut],
     tags=[CALL_QUEUE],
     summary="List the due calls",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -9,11 +10,14 @@ from datetime import UTC, datetime
 from fastapi import FastAPI
 
 from services.scoring.consumer import ScoringHandler
+from services.scoring.models import processed_events
 from services.scoring.settings import ScoringSettings
 from services.scoring.views import router
+from shared.auth import auth_responses, install_auth
 from shared.errors import install_error_handlers
 from shared.health import health_router
 from shared.metrics import install_metrics
+from shared.retention import Purger, PurgeRule
 from shared.runtime import ServiceRuntime
 
 
@@ -21,6 +25,12 @@ def create_app(settings: ScoringSettings) -> FastAPI:
     """The scoring service: the events and outcomes consumer, scores API, probes, metrics."""
     runtime = ServiceRuntime(settings, "scoring")
     handler = ScoringHandler(settings, runtime.topics)
+    purger = Purger(
+        runtime.engine,
+        [PurgeRule(processed_events, "processed_at")],
+        days=settings.retention_days,
+        interval_s=settings.retention_interval_s,
+    )
 
     async def final_checkpoint() -> None:
         # Learning since the last checkpoint is not lost on a clean shutdown.
@@ -43,17 +53,22 @@ def create_app(settings: ScoringSettings) -> FastAPI:
             on_revoked=handler.forget,
             max_records=settings.scoring_batch_max_records,
         )
+        purge_task = asyncio.create_task(purger.run(), name="scoring-retention")
         try:
             yield
         finally:
+            purger.stop()
+            await purge_task
             await runtime.stop()
 
     app = FastAPI(title="churnwatch scoring", version="1", lifespan=lifespan)
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.handler = handler
+    app.state.purger = purger
     install_error_handlers(app)
     install_metrics(app, "scoring")
+    install_auth(app, settings, runtime.engine)
     app.include_router(health_router(runtime.checks()))
-    app.include_router(router)
+    app.include_router(router, responses=auth_responses())
     return app

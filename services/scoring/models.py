@@ -6,6 +6,7 @@ from sqlalchemy import (
     DateTime,
     Double,
     Identity,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -23,6 +24,8 @@ processed_events = Table(
     metadata,
     Column("event_id", Uuid, primary_key=True),
     Column("processed_at", DateTime(timezone=True), nullable=False),
+    # For the retention purge; BRIN because processed_at follows insertion order.
+    Index("ix_processed_events_processed_at", "processed_at", postgresql_using="brin"),
     comment="Event ids already applied: the idempotency key of the scoring consumer.",
 )
 

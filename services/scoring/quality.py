@@ -38,6 +38,8 @@ class Quality:
         self.auc_prior: Any = metrics.RollingROCAUC(window_size=window)
         self.auc_model: Any = metrics.RollingROCAUC(window_size=window)
         self.component_labels = 0
+        # Labels behind the rolling component AUCs: both classes must be in the window.
+        self.component_recent: deque[bool] = deque(maxlen=window)
         self.classes_after_warmup: set[bool] = set()
         self.component_classes: set[bool] = set()
         self.drifts = 0
@@ -60,6 +62,7 @@ class Quality:
             self.auc_model.update(churned, components[1])
             self.component_labels += 1
             self.component_classes.add(churned)
+            self.component_recent.append(churned)
         self.logloss.update(churned, {True: predicted, False: 1 - predicted})
         self.recent.append((predicted, churned))
         p = min(1 - 1e-9, max(1e-9, predicted))
@@ -69,9 +72,14 @@ class Quality:
         self.resolved += 1
 
     def prior_lead(self) -> float | None:
-        """How far the prior's rolling ROC AUC is ahead of the model's (None: too early)."""
-        if self.component_labels < self.warmup or len(self.component_classes) < 2:
-            return None  # too early, or one class only: AUC means nothing yet
+        """How far the prior's rolling ROC AUC is ahead of the model's (None: too early).
+
+        None until ``warmup`` labels were scored by both, and while the window holds
+        one class only (labels resolve in bursts: churns at once, non-churns a horizon
+        later), when an AUC means nothing.
+        """
+        if self.component_labels < self.warmup or len(set(self.component_recent)) < 2:
+            return None
         prior, model = self.auc_prior.get(), self.auc_model.get()
         return float(prior - model)
 

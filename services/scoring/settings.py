@@ -16,10 +16,12 @@ class ScoringSettings(BaseServiceSettings):
 
     scoring_port: int = Field(default=8082, ge=1, le=65535)
     scoring_consumer_group: str = "churnwatch-scoring"
-    scoring_model: ModelKind = "logreg"
+    scoring_model: ModelKind = "ga2m"
     scoring_model_name: str = Field(default="default", max_length=64)
     scoring_min_labels: int = Field(default=200, ge=1)
-    scoring_learning_rate: float = Field(default=0.005, gt=0)
+    scoring_learning_rate: float | None = Field(
+        default=None, gt=0, description="None: the model kind's default."
+    )
     scoring_l2: float = Field(default=0.001, ge=0)
     scoring_seed: int = 42
     scoring_horizon_days: float = Field(default=30.0, gt=0)

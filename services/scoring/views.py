@@ -7,10 +7,12 @@ from fastapi import APIRouter, Request
 from services.scoring import service
 from services.scoring.features import vector
 from services.scoring.schemas import CheckpointOut, ModelOut, RiskOut
+from shared.auth import require_scope
 from shared.errors import NotFound
 from shared.events import ScoreReason
 
-router = APIRouter(prefix="/v1", tags=["risk"])
+# Every route reads scores: one scope for the router (shared.auth).
+router = APIRouter(prefix="/v1", tags=["risk"], dependencies=[require_scope("scores:read")])
 
 
 @router.get("/subscribers/{subscriber_id}/risk", response_model=RiskOut)
