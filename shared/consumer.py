@@ -37,6 +37,7 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.partitioner import murmur2
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -74,6 +75,42 @@ class Outbox:
             headers=headers,
         )
         self._pending.append(future)
+
+    async def send_many(
+        self, topic: str, messages: Sequence[tuple[bytes, bytes, list[tuple[str, bytes]]]]
+    ) -> None:
+        """Queue many keyed ``(key, value, headers)`` messages: one record batch per partition.
+
+        The same partitions as ``send`` (murmur2 of the key, as the default
+        partitioner), but one accumulator entry and one acknowledgement future per
+        batch instead of per message (profiled: per-message sends were a third of
+        ingest's time for NDJSON bodies).
+        """
+        partitions = sorted(await self._producer.partitions_for(topic))
+        open_batches: dict[int, Any] = {}
+        for key, value, headers in messages:
+            partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            batch = open_batches.get(partition)
+            if batch is not None and batch.append(
+                timestamp=None, key=key, value=value, headers=headers
+            ):
+                continue
+            if batch is not None:  # full: off it goes, a new one takes the message
+                self._pending.append(
+                    await self._producer.send_batch(batch, topic, partition=partition)
+                )
+            batch = self._producer.create_batch()
+            if batch.append(timestamp=None, key=key, value=value, headers=headers):
+                open_batches[partition] = batch
+            else:  # larger than a whole batch: on its own, as send() would
+                open_batches.pop(partition, None)
+                self._pending.append(
+                    await self._producer.send(
+                        topic, value=value, key=key, headers=headers, partition=partition
+                    )
+                )
+        for partition, batch in open_batches.items():
+            self._pending.append(await self._producer.send_batch(batch, topic, partition=partition))
 
     @property
     def pending(self) -> int:

@@ -214,3 +214,34 @@ async def test_stop_lets_the_batch_in_hand_finish_and_commit(setup: Any) -> None
     finally:
         loop.stop()
         await producer.stop()
+
+
+async def test_send_many_batches_by_partition_as_send_would(setup: Any) -> None:
+    settings, _, _ = setup
+    topics = Topics(settings.kafka_topic_prefix)
+    await ensure_topics(settings)
+    # Many keys, with values big enough that a partition's messages fill several
+    # record batches, and one message bigger than a whole batch.
+    keys = [f"S-{i:04d}".encode() for i in range(300)]
+    messages = [(k, k + b"|" + b"x" * 400, [("n", str(i).encode())]) for i, k in enumerate(keys)]
+    messages.append((b"S-BIG", b"y" * 40_000, []))
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        outbox = Outbox(producer)
+        await outbox.send_many(topics.events, messages)
+        assert 3 <= outbox.pending < len(messages)  # batches, not one future per message
+        await outbox.flush()
+        # The partitions send() chooses for the same keys (the default partitioner).
+        expected = {
+            k: (await (await producer.send(topics.scores, value=b"-", key=k))).partition
+            for k, _, _ in messages
+        }
+    finally:
+        await producer.stop()
+    records = await read_topic(settings.kafka_bootstrap_servers, topics.events, count=len(messages))
+    assert sorted(r.value for r in records) == sorted(v for _, v, _ in messages)
+    for record in records:
+        assert record.partition == expected[record.key], record.key
+    n = {r.key: r.headers for r in records}
+    assert list(n[b"S-0007"]) == [("n", b"7")]

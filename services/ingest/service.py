@@ -120,13 +120,17 @@ async def produce_events(
 
     async def _send_all() -> None:
         outbox = Outbox(producer)
-        for event in events:
-            await outbox.send(
-                topics.events,
-                key=event.subscriber_id,
-                value=event,
-                headers=[("event_type", event.event_type.encode())],
-            )
+        await outbox.send_many(
+            topics.events,
+            [
+                (
+                    event.subscriber_id.encode(),
+                    event.model_dump_json().encode(),
+                    [("event_type", event.event_type.encode())],
+                )
+                for event in events
+            ],
+        )
         await outbox.flush()
 
     try:
