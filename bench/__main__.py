@@ -27,11 +27,11 @@ from bench.common import (
     median,
     stack,
     start,
-    stop,
     wait_ready,
 )
 from bench.report import table, write
 from bench.scoring import Templates
+from churnwatch.embedded import stop_processes
 from churnwatch.synth import generate
 from shared.events import parse_event
 
@@ -165,7 +165,7 @@ class Bench:
                 self.add("ingest_batch_eps", ingest.batch_eps(proc.url, raw))
                 self.add("ingest_single_rps", ingest.single_rps(proc.url, singles))
         finally:
-            stop([proc])
+            stop_processes([proc])
 
     def e2e(self) -> None:
         """Latency through the whole pipeline at a fixed offered load."""

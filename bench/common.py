@@ -11,7 +11,6 @@ import asyncio
 import os
 import platform
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import orjson
 import psutil
+from aiokafka import AIOKafkaProducer
 
 from churnwatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from churnwatch.migrate import upgrade
@@ -198,24 +199,29 @@ def wait_ready(procs: Sequence[Proc], timeout_s: float = 90) -> None:
             time.sleep(0.1)  # a readiness poll interval, not synchronisation
 
 
+async def send_raw(
+    producer: AIOKafkaProducer, topic: str, raw: Sequence[dict[str, Any]]
+) -> list[Any]:
+    """Produce raw event dicts as ingest does (keyed by subscriber, type header); await every ack.
+
+    Returns each event's record metadata, in order.
+    """
+    futures = [
+        await producer.send(
+            topic,
+            key=e["subscriber_id"].encode(),
+            value=orjson.dumps(e),
+            headers=[("event_type", e["event_type"].encode())],
+        )
+        for e in raw
+    ]
+    return list(await asyncio.gather(*futures))
+
+
 def tail(proc: Proc, chars: int = 2000) -> str:
     """The end of a process's log, for error messages."""
     proc.log.flush()
     return Path(proc.log.name).read_text(errors="replace")[-chars:]
-
-
-def stop(procs: Sequence[Proc]) -> None:
-    """SIGTERM every process (each finishes its batch), then wait; kill stragglers."""
-    for proc in procs:
-        if proc.process.poll() is None:
-            proc.process.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.process.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.process.kill()
-            proc.process.wait()
-        proc.log.close()
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ([-+0-9.eE]+|NaN|[+-]Inf)$")

@@ -22,9 +22,9 @@ import httpx
 import orjson
 from sqlalchemy import text
 
-from bench.common import Proc, Stack, fresh_prefix, run, start, stop, table_bytes, wait_ready
+from bench.common import Proc, Stack, fresh_prefix, run, start, table_bytes, wait_ready
 from bench.scoring import relabel, store_model
-from churnwatch.embedded import free_port
+from churnwatch.embedded import free_port, stop_processes
 from shared.db import create_engine
 
 Raw = dict[str, Any]
@@ -230,4 +230,4 @@ def e2e_run(
         result["alerting_outreach_bytes"] = after - before
         return result
     finally:
-        stop(procs)
+        stop_processes(procs)

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.common import Stack
+from bench.common import Stack, send_raw
 from shared.kafka import ensure_topics, make_producer
 from shared.topics import Topics
 
@@ -63,16 +63,7 @@ async def _produce_timed(stack: Stack, prefix: str, raw: Sequence[Raw]) -> float
     try:
         topic = Topics(prefix).events
         begin = time.perf_counter()
-        futures = [
-            await producer.send(
-                topic,
-                key=e["subscriber_id"].encode(),
-                value=orjson.dumps(e),
-                headers=[("event_type", e["event_type"].encode())],
-            )
-            for e in raw
-        ]
-        await asyncio.gather(*futures)
+        await send_raw(producer, topic, raw)
         return time.perf_counter() - begin
     finally:
         await producer.stop()

@@ -19,7 +19,8 @@ from collections import Counter
 from pathlib import Path
 
 from bench import ingest, scoring
-from bench.common import ROOT, Proc, fresh_prefix, run, stack, start, stop, wait_ready
+from bench.common import ROOT, Proc, fresh_prefix, run, stack, start, wait_ready
+from churnwatch.embedded import stop_processes
 from churnwatch.synth import generate
 
 
@@ -102,7 +103,7 @@ def main() -> None:
                 result = run(scoring.until_done(st, procs, len(events), tail_ids))
                 _finish(spy)
             finally:
-                stop(procs)
+                stop_processes(procs)
             print(f"{args.service}: {result.eps:,.0f} events/s while sampled")
         else:
             procs = [start(st, "ingest", st.environ(prefix))]
@@ -117,7 +118,7 @@ def main() -> None:
                     what = "requests/s of one event"
                 _finish(spy)
             finally:
-                stop(procs)
+                stop_processes(procs)
             print(f"ingest: {eps:,.0f} {what} while sampled")
     summary = summarise(collapsed)
     (args.out / f"{args.service}-top.txt").write_text(summary)

@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import orjson
 from sqlalchemy import text
 
-from bench.common import Proc, Stack, fresh_prefix, run, start, stop, table_bytes, wait_ready
+from bench.common import Proc, Stack, fresh_prefix, run, send_raw, start, table_bytes, wait_ready
+from churnwatch.embedded import stop_processes
 from churnwatch.synth import generate
 from services.scoring.engine import EngineParams, Scorer, run_in_memory
 from services.scoring.features import State, apply_event, new_state, vector
@@ -115,16 +115,7 @@ async def produce(stack: Stack, prefix: str, raw: Sequence[Raw]) -> list[str]:
     await producer.start()
     try:
         topic = Topics(prefix).events
-        futures = [
-            await producer.send(
-                topic,
-                key=e["subscriber_id"].encode(),
-                value=orjson.dumps(e),
-                headers=[("event_type", e["event_type"].encode())],
-            )
-            for e in raw
-        ]
-        sent = await asyncio.gather(*futures)
+        sent = await send_raw(producer, topic, raw)
     finally:
         await producer.stop()
     last: dict[int, tuple[int, str]] = {}
@@ -219,7 +210,7 @@ def service_run(
         result: Throughput = run(until_done(stack, procs, len(raw), tail_ids))
         return result
     finally:
-        stop(procs)
+        stop_processes(procs)
 
 
 # --- footprint and cost of growth: many subscribers with realistic stored state ------
@@ -338,7 +329,7 @@ def footprint_run(
         run(until_done(stack, procs, len(first) + len(rest), rest_tail))
         rss_after = proc.rss()
     finally:
-        stop(procs)
+        stop_processes(procs)
     after = run(table_bytes(stack, ["scoring"]))
     return {
         "rss_bytes_per_subscriber": (rss_after - rss_before) / subscribers,

@@ -61,20 +61,6 @@ def _wait_ready(children: list[Child], timeout_s: float) -> None:
             time.sleep(0.2)
 
 
-def _stop_children(children: list[Child]) -> None:
-    # Services first (each finishes its batch and commits), then nothing is left.
-    for child in children:
-        if child.process.poll() is None:
-            child.process.send_signal(signal.SIGTERM)
-    for child in children:
-        try:
-            child.process.wait(30)
-        except subprocess.TimeoutExpired:
-            child.process.kill()
-            child.process.wait()
-        child.log.close()
-
-
 @app.command()
 def up(
     sample: Annotated[bool, typer.Option(help="Feed the built-in sample once ready.")] = False,
@@ -99,7 +85,7 @@ def up(
     With KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL set, those are used and no
     embedded broker / database is started.
     """
-    from churnwatch.embedded import EmbeddedBroker, EmbeddedPostgres
+    from churnwatch.embedded import EmbeddedBroker, EmbeddedPostgres, stop_processes
     from churnwatch.gateway import GatewaySettings
     from churnwatch.migrate import upgrade
     from services.alerting.settings import AlertingSettings
@@ -171,7 +157,7 @@ def up(
             ("outreach", OutreachSettings().outreach_port, "/readyz", ["-m", "services.outreach"]),
         ]
         for name, port, probe, args in specs:
-            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in _stop_children
+            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop_processes
             process = subprocess.Popen(
                 [sys.executable, *args],
                 env=env,
@@ -204,7 +190,7 @@ def up(
     finally:
         running = True  # a second Ctrl-C must not interrupt the clean-up
         console.print("stopping...")
-        _stop_children(children)
+        stop_processes(children)
         if broker is not None:
             broker.stop()
         if postgres is not None:
@@ -213,8 +199,8 @@ def up(
 
 
 def _feed_sample(children: list[Child]) -> None:
+    from churnwatch.keys import api_headers
     from churnwatch.sample import AT_RISK_ID, VIP_ID, sample_events
-    from churnwatch.simulator import api_headers
 
     urls = {c.name: c.url for c in children}
     events = sample_events()
@@ -386,8 +372,8 @@ def post_sample(
     ] = None,
 ) -> None:
     """Post the built-in sample events to ingest."""
+    from churnwatch.keys import api_headers
     from churnwatch.sample import sample_events
-    from churnwatch.simulator import api_headers
 
     response = httpx.post(
         ingest_url + "/v1/events", json=sample_events(), timeout=30, headers=api_headers(api_key)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 
 def free_port() -> int:
@@ -38,6 +40,38 @@ def wait_for_port(host: str, port: int, *, timeout_s: float = 30.0) -> None:
                     f"nothing listening on {host}:{port} after {timeout_s}s"
                 ) from exc
             time.sleep(0.05)
+
+
+class Supervised(Protocol):
+    """A child process we started, with the log file it writes to."""
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The running child."""
+        ...
+
+    @property
+    def log(self) -> IO[Any]:
+        """Its log file, closed once it has stopped."""
+        ...
+
+
+def stop_processes(children: Iterable[Supervised], *, grace_s: float = 30.0) -> None:
+    """SIGTERM every child at once (each service finishes its batch), then wait.
+
+    A child still running after ``grace_s`` is killed. Each log is closed.
+    """
+    children = list(children)
+    for child in children:
+        if child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()
+        child.log.close()
 
 
 class EmbeddedBroker:

@@ -61,7 +61,7 @@ from pydantic import (
     model_validator,
 )
 
-from churnwatch.simulator import api_headers
+from churnwatch.keys import api_headers
 from shared.events import EVENT_ADAPTER, EVENT_MODELS, SubscriberId, derive_id
 from shared.yamlconf import LineIndex, load_model, locate
 

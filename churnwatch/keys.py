@@ -25,6 +25,13 @@ console = Console()
 
 keys_app = typer.Typer(help="API keys of the churnwatch HTTP APIs.", no_args_is_help=True)
 
+
+def api_headers(api_key: str | None = None) -> dict[str, str]:
+    """The auth header a churnwatch command sends: ``api_key``, else ``CHURNWATCH_API_KEY``."""
+    key = api_key or os.environ.get("CHURNWATCH_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 DEV_KEY_NAME = "dev (churnwatch up)"
 """Name of the all-scopes key ``churnwatch up`` creates for its own calls."""
 

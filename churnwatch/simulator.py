@@ -24,7 +24,6 @@ import csv
 import dataclasses
 import itertools
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -41,13 +40,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from churnwatch import synth
+from churnwatch.keys import api_headers
 from shared.events import TASK_NAMESPACE
 
 __all__ = [
     "Simulation",
     "SimulationConfig",
     "StreamStats",
-    "api_headers",
     "default_streaming_end",
     "poll_reached",
     "stream_to_ingest",
@@ -337,12 +336,6 @@ class StreamStats:
     def rate(self) -> float:
         """Events per second, end to end."""
         return self.events / self.seconds if self.seconds > 0 else 0.0
-
-
-def api_headers(api_key: str | None = None) -> dict[str, str]:
-    """The churnwatch APIs' auth header: ``api_key``, else ``CHURNWATCH_API_KEY``, else none."""
-    key = api_key or os.environ.get("CHURNWATCH_API_KEY")
-    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def poll_reached(client: httpx.Client, outreach_url: str) -> set[str]:
