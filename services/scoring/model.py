@@ -303,21 +303,19 @@ class ChurnModel:
                 return {k: w.get(k, 0.0) * v for k, v in scaled.items() if k in FEATURES}
             # gam: the feature's term (slope and step) against the term at its mean
             # (z = 0), so an ordinary value contributes nothing whatever its bin weight.
-            out = {}
             clipped = binned(scaled)
-            for k, z in clipped.items():
-                if k in FEATURES:
-                    step = bisect.bisect_left(BIN_EDGES, z)
-                    out[k] = w.get(k, 0.0) * z + w.get(f"{k}#{step}", 0.0)
-                    out[k] -= w.get(f"{k}#{_ZERO_BIN}", 0.0)
+            names = tuple(sorted(k for k in scaled if k in FEATURES))
+            out = {}
+            for k in names:
+                z = clipped[k]
+                step = _bin_key(k, bisect.bisect_left(BIN_EDGES, z))
+                out[k] = w.get(k, 0.0) * z + w.get(step, 0.0) - w.get(_bin_key(k, _ZERO_BIN), 0.0)
             if self.params.kind == "ga2m":
                 # A pair's term (0 when either is at its mean) is split between the two.
-                names = sorted(k for k in clipped if k in FEATURES)
-                for i, a in enumerate(names):
-                    for b in names[i + 1 :]:
-                        half = 0.5 * w.get(f"{a}*{b}", 0.0) * clipped[a] * clipped[b]
-                        out[a] += half
-                        out[b] += half
+                for i, j, key in _pair_plan(names):
+                    half = 0.5 * w.get(key, 0.0) * clipped[names[i]] * clipped[names[j]]
+                    out[names[i]] += half
+                    out[names[j]] += half
             return out
         # Trees: how far the probability falls (in log-odds) when the feature is set to
         # its mean. Only the most unusual features are probed: each costs a prediction.

@@ -41,7 +41,6 @@ class Quality:
         # Labels behind the rolling component AUCs: both classes must be in the window.
         self.component_recent: deque[bool] = deque(maxlen=window)
         self.classes_after_warmup: set[bool] = set()
-        self.component_classes: set[bool] = set()
         self.drifts = 0
         self.drift_detected = False
         self.resolved = 0
@@ -61,7 +60,6 @@ class Quality:
             self.auc_prior.update(churned, components[0])
             self.auc_model.update(churned, components[1])
             self.component_labels += 1
-            self.component_classes.add(churned)
             self.component_recent.append(churned)
         self.logloss.update(churned, {True: predicted, False: 1 - predicted})
         self.recent.append((predicted, churned))
