@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic_settings import BaseSettings
 
+from churnwatch.embedded import free_port
 from churnwatch.gateway import GatewaySettings
 from services.alerting.settings import AlertingSettings
 from services.ingest.settings import IngestSettings
@@ -205,3 +209,31 @@ async def serve(app: Any, port: int) -> tuple[Any, asyncio.Task[None]]:
 
     await eventually(started, timeout_s=10, what=f"a server on port {port}")
     return server, serving
+
+
+UP_PORTS = ("INGEST_PORT", "SCORING_PORT", "ALERTING_PORT", "OUTREACH_PORT", "SMS_GATEWAY_PORT")
+
+
+def spawn_up(
+    args: list[str], environ: Mapping[str, str], log: Path
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """Start ``churnwatch up ARGS`` in its own session, output to ``log``.
+
+    Every service and the gateway get a free port, so tests never collide with
+    each other or with a stack already running. Returns the process and the
+    environment it got (its ports).
+    """
+    env = dict(environ)
+    for name in UP_PORTS:
+        env[name] = str(free_port())
+    env["SMS_GATEWAY_URL"] = f"http://127.0.0.1:{env['SMS_GATEWAY_PORT']}"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "churnwatch", "up", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return process, env

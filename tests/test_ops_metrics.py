@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from churnwatch.embedded import free_port
 from tests.conftest import REPO, Stack, as_environ, fresh_env
+from tests.helpers import spawn_up
 from tests.test_docs import METRICS_MODULES
 
 DEPLOY = REPO / "deploy"
@@ -320,32 +321,13 @@ def running(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")
         },
         **as_environ(fresh_env(stack)),
-        "PYTHONPATH": str(REPO),
         # Refresh the swept gauges (subscribers by tier, KPIs) within the test's time.
         "ALERTING_SWEEP_INTERVAL_S": "1",
         "OUTREACH_KPI_INTERVAL_S": "1",
     }
-    for name in (*SERVICE_PORTS.values(), "SMS_GATEWAY_PORT"):
-        environ[name] = str(free_port())
-    environ["SMS_GATEWAY_URL"] = f"http://127.0.0.1:{environ['SMS_GATEWAY_PORT']}"
     workdir = tmp_path_factory.mktemp("ops-metrics")
     output = workdir / "up.log"
-    with output.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "churnwatch",
-                "up",
-                "--sample",
-                "--data-dir",
-                str(workdir / "data"),
-            ],
-            env=environ,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process, environ = spawn_up(["--sample", "--data-dir", str(workdir / "data")], environ, output)
     try:
         deadline = time.monotonic() + 150
         while "churnwatch is up" not in output.read_text(errors="replace"):

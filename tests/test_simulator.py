@@ -35,7 +35,7 @@ from churnwatch.simulator import (
 from shared.events import derive_id, parse_event
 from shared.topics import Topics
 from tests.conftest import REPO, Stack, as_environ, fresh_env
-from tests.helpers import read_topic
+from tests.helpers import read_topic, spawn_up
 
 SMALL = SimulationConfig(subscribers=300, days=45, seed=3)
 # The story needs enough churners and recoverers to look at: a bigger, richer run.
@@ -427,20 +427,11 @@ def test_up_simulate_prints_the_summary(tmp_path: Path, stack: Stack) -> None:
     import signal
 
     environ = {**os.environ, **as_environ(fresh_env(stack))}
-    for name in ("INGEST_PORT", "SCORING_PORT", "ALERTING_PORT", "OUTREACH_PORT"):
-        environ[name] = str(free_port())
-    environ["SMS_GATEWAY_PORT"] = str(free_port())
-    environ["SMS_GATEWAY_URL"] = f"http://127.0.0.1:{environ['SMS_GATEWAY_PORT']}"
-    environ["PYTHONPATH"] = str(REPO)
     environ["COLUMNS"] = "200"  # rich wraps tables at the terminal's width
     output = tmp_path / "up.log"
-    command = [sys.executable, "-m", "churnwatch", "up", "--simulate", "60"]
-    command += ["--simulate-days", "35", "--data-dir", str(tmp_path / "data")]
+    command = ["--simulate", "60", "--simulate-days", "35", "--data-dir", str(tmp_path / "data")]
     command += ["--broker-port", str(free_port())]
-    with open(output, "wb") as out:
-        process = subprocess.Popen(
-            command, env=environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    process, environ = spawn_up(command, environ, output)
     try:
         deadline = time.monotonic() + 150
         text = ""

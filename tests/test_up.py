@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import psutil
 import pytest
 
 from churnwatch.embedded import free_port
-from tests.conftest import REPO
+from tests.helpers import spawn_up
 
 pytestmark = pytest.mark.e2e
 
@@ -47,36 +46,13 @@ def test_up_runs_the_sample_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> 
     environ = {
         k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")
     }
-    for name in (
-        "INGEST_PORT",
-        "SCORING_PORT",
-        "ALERTING_PORT",
-        "OUTREACH_PORT",
-        "SMS_GATEWAY_PORT",
-    ):
-        environ[name] = str(free_port())
-    environ["SMS_GATEWAY_URL"] = f"http://127.0.0.1:{environ['SMS_GATEWAY_PORT']}"
-    environ["PYTHONPATH"] = str(REPO)
     output = tmp_path / "up.log"
     data_dir = tmp_path / "data"
-    with open(output, "wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "churnwatch",
-                "up",
-                "--sample",
-                "--data-dir",
-                str(data_dir),
-                "--broker-port",
-                str(free_port()),
-            ],
-            env=environ,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process, environ = spawn_up(
+        ["--sample", "--data-dir", str(data_dir), "--broker-port", str(free_port())],
+        environ,
+        output,
+    )
     try:
         text = _wait_for(output, r"churnwatch is up", process, timeout_s=120)
         match = re.search(r"(\d+) SMS at the gateway, (\d+) retention task", text)
