@@ -17,7 +17,8 @@ from sqlalchemy import text
 from bench.common import Proc, Stack, fresh_prefix, run, send_raw, start, table_bytes, wait_ready
 from churnwatch.embedded import stop_processes
 from churnwatch.synth import generate
-from services.scoring.engine import EngineParams, Scorer, run_in_memory
+from services.scoring.batch import run_in_memory
+from services.scoring.engine import EngineParams, Scorer
 from services.scoring.features import State, apply_event, new_state, vector
 from services.scoring.model import ChurnModel, ModelParams
 from services.scoring.service import save_checkpoint

@@ -16,16 +16,14 @@ from __future__ import annotations
 import csv
 import math
 import random
-import statistics
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
 from pydantic import ValidationError
 
 from services.alerting.engine import (
@@ -38,17 +36,16 @@ from services.alerting.engine import (
 )
 from services.alerting.rules import RulesFile, load_rules
 from services.alerting.settings import AlertingSettings
-from services.scoring.engine import DAY, Scorer, Snapshot
+from services.scoring.batch import Learnt, MemoryStore, learn, process_batch, run_sync
+from services.scoring.engine import Scorer
 from services.scoring.model import ChurnModel
 from services.scoring.settings import ScoringSettings
 from shared.events import (
     Event,
     OutreachTask,
     RiskScore,
-    ScoreReason,
     StopNoticeEvent,
     SubscriberEvent,
-    TaskKind,
     derive_id,
     parse_event,
 )
@@ -266,6 +263,7 @@ class Result:
     min_labels: int
     daily_calls: int
     model_summary: dict[str, Any] = field(default_factory=dict)
+    model: ChurnModel | None = None  # the model as it stood at the end of the replay
 
 
 class Replay:
@@ -281,11 +279,11 @@ class Replay:
     ) -> None:
         self.settings = settings
         self.scorer = Scorer(settings.engine_params(), ChurnModel(settings.model_params()))
-        self.pending: dict[str, dict[float, Snapshot]] = defaultdict(dict)
-        self.states: dict[str, Any] = {}
-        self.seen: set[uuid.UUID] = set()
+        # The scoring service's own batch core, on an in-memory store.
+        self.store = MemoryStore()
         self.duplicates = 0
         self.examples: list[Example] = []
+        self.labels_learnt = 0
         self.final_scores: dict[str, float] = {}
         self.day_scores: dict[date, dict[str, float]] = defaultdict(dict)
         self.alerting = Engine(rules, control_percent=control_percent, control_salt=control_salt)
@@ -296,89 +294,51 @@ class Replay:
         self.vip_notices: list[tuple[str, uuid.UUID, datetime, datetime]] = []
         self.managers: set[str] = set()
 
-    # scoring, as ScoringHandler._apply_events does it
+    @property
+    def states(self) -> dict[str, Any]:
+        """Every subscriber's feature state."""
+        return self.store.states
+
+    # scoring: the live consumer's batch core (services.scoring.batch)
     def step_batch(self, batch: list[Event]) -> tuple[list[Event], list[RiskScore]]:
-        """One handler batch: step each subscriber once, then learn.
+        """One handler batch through ``process_batch``, as the scoring service runs it.
 
         Returns the batch's new events (an ``event_id`` already applied is
-        dropped, as both services do) and the scores published.
+        dropped, as both services do) and the scores published (stamped with
+        their cause's event time).
         """
-        fresh = []
-        for e in batch:
-            if e.event_id in self.seen:
-                self.duplicates += 1
-                continue
-            self.seen.add(e.event_id)
-            fresh.append(e)
-        by_sub: dict[str, list[Event]] = defaultdict(list)
-        for e in fresh:
-            by_sub[e.subscriber_id].append(e)
-        resolved: list[tuple[str, float, bool | None]] = []
-        new: list[tuple[str, Snapshot]] = []
-        scores: list[RiskScore] = []
-        for sid, sub_events in by_sub.items():
-            step = self.scorer.step(self.states.get(sid), sub_events)
-            self.states[sid] = step.state
-            resolved.extend((sid, at, label) for at, label in step.resolved)
-            if step.snapshot is not None:
-                new.append((sid, step.snapshot))
-            if step.scored is not None:
-                s = step.scored
-                self.final_scores[sid] = s.score
-                day = s.cause.occurred_at.astimezone(UTC).date()
-                self.day_scores[day][sid] = s.score
-                scored = step.state.setdefault("scored", {})
-                last = scored.get("published_score")
-                if self.settings.worth_publishing(last, s.score):
-                    scored["published_score"] = s.score
-                    scores.append(
-                        RiskScore(
-                            score_id=derive_id("score", s.cause.event_id),
-                            subscriber_id=sid,
-                            score=s.score,
-                            previous_score=last,
-                            band=self.settings.band(s.score),
-                            model_version=s.version,
-                            # Explained by the model of this moment, as the handler does.
-                            reasons=[
-                                ScoreReason(
-                                    code=r.code,
-                                    text_en=r.text_en,
-                                    text_zh=r.text_zh,
-                                    contribution=r.contribution,
-                                )
-                                for r in self.scorer.model.explain(s.x)
-                            ],
-                            cause_event_id=s.cause.event_id,
-                            event_time=s.cause.occurred_at,
-                            scored_at=s.cause.occurred_at,
-                        )
-                    )
-        self._learn(resolved, source="stream")
-        for sid, snap in new:
-            self.pending[sid][snap.at] = snap
-        return fresh, scores
+        outcome = run_sync(
+            process_batch(
+                batch, store=self.store, scorer=self.scorer, settings=self.settings, now=None
+            )
+        )
+        self.duplicates += outcome.duplicates
+        for sid, scored in outcome.scored:
+            self.final_scores[sid] = scored.score
+            day = scored.cause.occurred_at.astimezone(UTC).date()
+            self.day_scores[day][sid] = scored.score
+        self._record(outcome.learnt, source="stream")
+        return outcome.fresh, outcome.published
 
-    def _learn(self, resolved: list[tuple[str, float, bool | None]], *, source: str) -> None:
-        examples = []
-        for sid, at, label in resolved:
-            snap = self.pending[sid].pop(at, None)
-            if snap is not None and label is not None:
-                examples.append((snap, label))
-                self.examples.append(
-                    Example(
-                        sid,
-                        at,
-                        snap.x,
-                        snap.predicted,
-                        snap.prior,
-                        snap.model,
-                        label,
-                        len(self.examples),
-                        source,
-                    )
+    def _record(self, learnt: list[Learnt], *, source: str) -> None:
+        for item in learnt:
+            if item.kind == "step":
+                self.labels_learnt += 1
+                continue
+            snap = item.snapshot
+            self.examples.append(
+                Example(
+                    item.subscriber_id,
+                    snap.at,
+                    snap.x,
+                    snap.predicted,
+                    snap.prior,
+                    snap.model,
+                    item.label,
+                    len(self.examples),
+                    source,
                 )
-        self.scorer.learn(examples)
+            )
 
     # alerting, as AlertingHandler and the sweeper do it
     def alert_batch(self, batch: list[Event], scores: list[RiskScore]) -> None:
@@ -486,7 +446,7 @@ class Replay:
         """
         churn_at = self.churn_times(truth)
         unresolved = 0
-        for sid in sorted(self.pending):
+        for sid in sorted({sid for sid, _ in self.store.snapshots}):
             unresolved += self.close(sid, churn_at.get(sid), truth, end, table=table)
         return churn_at, unresolved
 
@@ -504,21 +464,32 @@ class Replay:
         Learned like any label, so in subscriber order the next subscribers are
         scored by a model that learnt this one. Returns how many stay unlabelled.
         """
-        h = self.scorer.params.horizon_s
+        params = self.scorer.params
         t_end = end.timestamp()
+        state = self.store.states.get(sid) or {}
+        stepping = set(state.get("stepping", state.get("pending")) or [])
         resolved: list[tuple[str, float, bool | None]] = []
-        for at in sorted(self.pending.get(sid, {})):
-            label: bool | None
-            if churn is not None:
-                c = churn.timestamp()
-                label = None if at > c else c - at <= h
-            elif table and truth is not None and sid in truth:
-                label = False
-            else:
-                label = False if t_end - at > h else None
-            resolved.append((sid, at, label))
-        self._learn(resolved, source="end")
-        return sum(1 for _, _, label in resolved if label is None)
+        settled: list[tuple[str, float, bool | None]] = []
+        for at in sorted(at for s, at in self.store.snapshots if s == sid):
+            for within, labels in ((params.horizon_s, settled), (params.step_s, resolved)):
+                if labels is resolved and at not in stepping:
+                    continue  # its step label was learnt already
+                label: bool | None
+                if churn is not None:
+                    c = churn.timestamp()
+                    label = None if at > c else c - at <= within
+                elif table and truth is not None and sid in truth:
+                    label = False
+                else:
+                    label = False if t_end - at > within else None
+                labels.append((sid, at, label))
+        learnt = run_sync(
+            learn(self.store, self.scorer, resolved=resolved, settled=settled, final=table)
+        )
+        for key in [(s, at) for s, at, label in settled if label is None]:
+            self.store.snapshots.pop(key, None)
+        self._record(learnt, source="end")
+        return sum(1 for _, _, label in settled if label is None)
 
     def churn_times(
         self, truth: dict[str, Truth] | None, *, only: str | None = None
@@ -578,6 +549,10 @@ def run_backtest(
     start = min(e.occurred_at for e in events)
     end = max(e.occurred_at for e in events)
     closed = 0
+    if mode == "subscriber":
+        # A table's labels are all known when each subscriber's data ends: none waits
+        # to mature (the calibration's order guard is for a live stream's delays).
+        replay.scorer.advance(math.inf)
     for i, batch in enumerate(cut):
         fresh, scores = replay.step_batch(batch)
         replay.alert_batch(fresh, scores)
@@ -616,304 +591,5 @@ def run_backtest(
         min_labels=settings.scoring_min_labels,
         daily_calls=rules.capacity.default_daily_calls,
         model_summary=quality.summary() if quality is not None else {},
+        model=replay.scorer.model,
     )
-
-
-# --- metrics --------------------------------------------------------------------
-
-
-def roc_auc(y: Sequence[bool], p: Sequence[float]) -> float | None:
-    """ROC AUC (ties count half); None with one class only."""
-    from sklearn.metrics import roc_auc_score
-
-    if len(set(y)) < 2:
-        return None
-    return float(roc_auc_score(list(y), list(p)))
-
-
-def log_loss(y: Sequence[bool], p: Sequence[float]) -> float | None:
-    """Mean log loss, probabilities clipped to [1e-9, 1 - 1e-9]; None when empty."""
-    if not y:
-        return None
-    total = 0.0
-    for label, q in zip(y, p, strict=True):
-        q = min(1 - 1e-9, max(1e-9, q))
-        total -= math.log(q if label else 1 - q)
-    return total / len(y)
-
-
-def offline_baseline(examples: Sequence[Example], *, seed: int, folds: int = 5) -> list[float]:
-    """Out-of-fold churn probabilities from an analyst's model on the same snapshots.
-
-    scikit-learn's HistGradientBoostingClassifier (defaults, ``random_state=seed``)
-    with ``folds``-fold cross-validation, stratified by label and grouped by
-    subscriber: all of one subscriber's snapshots fall in the same fold. Plain
-    k-fold over snapshots would put a subscriber's neighbouring days in both
-    train and test, and the trees would recognise the subscriber (tenure,
-    monthly value) instead of churn: measured AUC 0.999 on synthetic data, a
-    leak, not a model. It still sees every label at once, in hindsight, which
-    the online model never can.
-    """
-    import numpy as np
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    y = np.array([e.label for e in examples], dtype=int)
-    names = sorted({k for e in examples for k in e.x})
-    x = np.array([[e.x.get(k, 0.0) for k in names] for e in examples], dtype=float)
-    oof = np.full(len(examples), float(y.mean()) if len(y) else 0.0)
-    if len(set(y.tolist())) < 2 or min(int(y.sum()), int(len(y) - y.sum())) < folds:
-        return [float(v) for v in oof]
-    groups = [e.subscriber_id for e in examples]
-    split = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train, test in split.split(x, y, groups):
-        model = HistGradientBoostingClassifier(random_state=seed)
-        model.fit(x[train], y[train])
-        oof[test] = model.predict_proba(x[test])[:, 1]
-    return [float(v) for v in oof]
-
-
-def metrics(
-    result: Result, *, offline: Sequence[float], capacity: int | None = None
-) -> dict[str, Any]:
-    """The report's figures (``docs/backtest.md`` says what each one is).
-
-    ``offline``: the baseline's out-of-fold probabilities, one per example
-    (``offline_baseline``). ``capacity``: k of the daily top-k; default the
-    number of account managers x the rules file's ``default_daily_calls``.
-    """
-    ex = result.examples
-    after = [e for e in ex if e.order >= result.min_labels]
-    y_all = [e.label for e in ex]
-    oof = list(offline)
-    oof_after = [oof[e.order] for e in after]
-    online_auc = roc_auc([e.label for e in after], [e.predicted for e in after])
-    offline_auc = roc_auc([e.label for e in after], oof_after)
-    k = capacity if capacity is not None else max(1, len(result.managers)) * result.daily_calls
-
-    lead = lead_times(result)
-    churners = sorted(result.churn_at)
-    early = [s for s in churners if (lead.get(s) or -1.0) >= EARLY_DAYS]
-    warned = [s for s in churners if result.warning_signs.get(s)]
-    early_warned = [s for s in warned if (lead.get(s) or -1.0) >= EARLY_DAYS]
-    reminders = reminder_rate(result)
-    per_manager = tasks_per_manager_day(result)
-    precision = precision_at_capacity(result, k)
-    return {
-        "events": result.events,
-        "duplicate_events": result.duplicates,
-        "subscribers": result.subscribers,
-        "churners": len(churners),
-        "order": result.order,
-        "batches": result.batches,
-        "start": result.start.isoformat(),
-        "end": result.end.isoformat(),
-        "labels": len(ex),
-        "positive_labels": sum(y_all),
-        "labels_at_end_of_data": sum(1 for e in ex if e.source == "end"),
-        "unlabelled_at_end": result.unresolved,
-        "warmup_labels": result.min_labels,
-        "online_roc_auc": online_auc,
-        "online_roc_auc_all": roc_auc(y_all, [e.predicted for e in ex]),
-        "online_log_loss": log_loss([e.label for e in after], [e.predicted for e in after]),
-        "prior_roc_auc": roc_auc([e.label for e in after], [e.prior for e in after]),
-        "offline_roc_auc": offline_auc,
-        "offline_roc_auc_all": roc_auc(y_all, oof),
-        "auc_ratio": (online_auc / offline_auc if online_auc is not None and offline_auc else None),
-        "capacity_k": k,
-        "precision_at_capacity": precision,
-        "lead_time_median_days": statistics.median(lead.values()) if lead else None,
-        "churners_alerted": len(lead),
-        "share_alerted_7d": len(early) / len(churners) if churners else None,
-        "churners_with_warning_signs": len(warned) if result.warning_signs else None,
-        "share_alerted_7d_with_warning_signs": (
-            len(early_warned) / len(warned) if warned else None
-        ),
-        "vip_stop_notices": reminders[1],
-        "reminder_before_suspension_rate": reminders[0],
-        "tasks": len(result.tasks),
-        "tasks_by_kind": _count(t.kind for t in result.tasks),
-        "tasks_by_channel": _count(t.channel for t in result.tasks),
-        "managers": len(result.managers),
-        "tasks_per_manager_per_day": per_manager,
-        "model": result.model_summary,
-    }
-
-
-def _count(items: Iterable[str]) -> dict[str, int]:
-    out: dict[str, int] = defaultdict(int)
-    for item in items:
-        out[item] += 1
-    return dict(sorted(out.items()))
-
-
-def lead_times(result: Result) -> dict[str, float]:
-    """Days from each churner's first retention alert to the churn.
-
-    Any retention alert (held out or not: the system did warn) at most
-    ``LEAD_WINDOW_DAYS`` before the churn; churners with none are left out.
-    """
-    first: dict[str, datetime] = {}
-    for t in result.tasks:
-        churn = result.churn_at.get(t.subscriber_id)
-        if t.kind != TaskKind.RETENTION.value or churn is None:
-            continue
-        if churn - timedelta(days=LEAD_WINDOW_DAYS) <= t.created_at <= churn:
-            prev = first.get(t.subscriber_id)
-            first[t.subscriber_id] = t.created_at if prev is None else min(prev, t.created_at)
-    return {s: (result.churn_at[s] - at).total_seconds() / DAY for s, at in first.items()}
-
-
-def reminder_rate(result: Result) -> tuple[float | None, int]:
-    """Share of VIP stop-notices whose reminder task was sent before the suspension."""
-    reminded = {
-        t.cause_id
-        for t in result.tasks
-        if t.kind == TaskKind.PRE_SUSPENSION_REMINDER.value and not t.held_out
-    }
-    due = [(eid, at, susp) for _, eid, at, susp in result.stop_notices if susp > at]
-    if not due:
-        return None, 0
-    return sum(1 for eid, _, _ in due if eid in reminded) / len(due), len(due)
-
-
-def tasks_per_manager_day(result: Result) -> dict[str, float | int | None]:
-    """Calls in account managers' own queues per manager per day (after capacity)."""
-    counts: dict[tuple[str, date], int] = defaultdict(int)
-    for t in result.tasks:
-        if t.queue and t.queue.startswith("am:") and not t.held_out:
-            counts[(t.queue[3:], t.created_at.astimezone(UTC).date())] += 1
-    days = (result.end.date() - result.start.date()).days + 1
-    managers = len(result.managers)
-    total = sum(counts.values())
-    return {
-        "mean": total / (managers * days) if managers else None,
-        "max": max(counts.values(), default=0),
-        "overflow_calls": sum(
-            1 for t in result.tasks if t.channel == "call" and t.queue == "general"
-        ),
-    }
-
-
-def precision_at_capacity(result: Result, k: int) -> dict[str, Any]:
-    """Churners among each day's k riskiest subscribers, averaged over the days.
-
-    At the end of each day every subscriber not yet churned is ranked by their
-    latest score so far (what the retention team would see); a hit churns
-    within the horizon after that day. Days with fewer than k candidates are
-    skipped.
-    """
-    precisions: list[float] = []
-    series: list[list[str | float]] = []
-    current: dict[str, float] = {}
-    for day in sorted(result.day_scores):
-        current.update(result.day_scores[day])
-        day_end = datetime.combine(day, datetime.min.time(), UTC) + timedelta(days=1)
-        candidates = [
-            (score, sid)
-            for sid, score in current.items()
-            if sid not in result.churn_at or result.churn_at[sid] >= day_end
-        ]
-        if len(candidates) < k:
-            continue
-        top = sorted(candidates, reverse=True)[:k]
-        hits = sum(
-            1
-            for _, sid in top
-            if sid in result.churn_at
-            and (result.churn_at[sid] - day_end).total_seconds() <= result.horizon_s
-        )
-        precisions.append(hits / k)
-        series.append([day.isoformat(), hits / k])
-    return {
-        "k": k,
-        "days": len(precisions),
-        "mean": statistics.fmean(precisions) if precisions else None,
-        "by_day": series,
-    }
-
-
-def to_json(data: dict[str, Any]) -> bytes:
-    """``metrics.json`` text (sorted keys, indented, NaN-free)."""
-    return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-
-
-def main(
-    paths: Sequence[Path],
-    *,
-    report: Path | None,
-    rules_file: Path | None,
-    truth_file: Path | None,
-    seed: int,
-    capacity: int | None,
-    order: Order,
-    window_hours: float,
-    console: Any,
-) -> int:
-    """``churnwatch backtest``: replay with a progress bar, print the headline, write the report.
-
-    Returns the exit code: 0 done, 2 unusable input (named with file and line).
-    """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    from services.alerting.rules import RulesError
-
-    try:
-        with Progress(
-            TextColumn("replaying"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("events"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("replay", total=None)
-
-            def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            result = run_backtest(
-                paths,
-                rules_file=rules_file,
-                truth_file=truth_file,
-                seed=seed,
-                order=order,
-                window_hours=window_hours,
-                progress=progress,
-            )
-    except (BacktestError, RulesError) as exc:
-        console.print(f"[red]error[/red] {exc}", markup=True, highlight=False)
-        return 2
-    console.print("training the offline baseline (5-fold cross-validation)...")
-    offline = offline_baseline(result.examples, seed=seed)
-    figures = metrics(result, offline=offline, capacity=capacity)
-    for key in (
-        "events",
-        "subscribers",
-        "churners",
-        "labels",
-        "online_roc_auc",
-        "offline_roc_auc",
-        "auc_ratio",
-        "lead_time_median_days",
-        "share_alerted_7d",
-        "share_alerted_7d_with_warning_signs",
-        "reminder_before_suspension_rate",
-    ):
-        value = figures[key]
-        console.print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
-    console.print(f"precision_at_capacity: {figures['precision_at_capacity']['mean']}")
-    console.print(f"tasks_per_manager_per_day: {figures['tasks_per_manager_per_day']['mean']}")
-    if report is not None:
-        from churnwatch.report import write_report
-
-        write_report(result, figures, offline, report)
-        console.print(f"report: {report / 'index.html'}")
-    return 0

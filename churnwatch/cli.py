@@ -299,7 +299,8 @@ def train(
     import orjson
 
     from services.scoring import service
-    from services.scoring.engine import Scorer, run_in_memory
+    from services.scoring.batch import run_in_memory
+    from services.scoring.engine import Scorer
     from services.scoring.settings import ScoringSettings
     from shared.db import create_engine
     from shared.events import parse_event
@@ -452,6 +453,10 @@ def import_table(
         str | None,
         typer.Option(help="Override the mapping's timeline.as_of (ISO date or time; UTC)."),
     ] = None,
+    summary: Annotated[
+        Path | None,
+        typer.Option(help="Also write the figures as JSON (rows, rejections by reason, events)."),
+    ] = None,
 ) -> None:
     """Turn a churn table into events of our contract with a declarative YAML mapping.
 
@@ -462,7 +467,15 @@ def import_table(
     from churnwatch.importer import run
 
     code = run(
-        file, mapping, out=out, truth=truth, post=post, limit=limit, as_of=as_of, console=console
+        file,
+        mapping,
+        out=out,
+        truth=truth,
+        post=post,
+        limit=limit,
+        as_of=as_of,
+        console=console,
+        summary=summary,
     )
     raise typer.Exit(code)
 
@@ -600,7 +613,7 @@ def backtest(
     window_hours: Annotated[float, typer.Option(help="Event time per batch.", min=0.01)] = 24.0,
 ) -> None:
     """Replay event files through scoring and alerting in memory; report how well it warns."""
-    from churnwatch.backtest import main as run_backtest
+    from churnwatch.backtest_metrics import main as run_backtest
 
     if order not in ("auto", "time", "subscriber"):
         raise typer.BadParameter("order must be auto, time or subscriber", param_hint="--order")
@@ -615,6 +628,31 @@ def backtest(
         window_hours=window_hours,
         console=console,
     )
+    raise typer.Exit(code)
+
+
+@app.command("evaluate-table")
+def evaluate_table(
+    file: Annotated[Path, typer.Argument(help="The table (CSV), one row per subscriber.")],
+    mapping: Annotated[
+        Path,
+        typer.Option(help="The mapping (YAML, docs/import.md), or a shipped one by name."),
+    ],
+    report: Annotated[Path, typer.Option(help="Write index.html, figures.json and charts here.")],
+    seed: Annotated[int, typer.Option(help="Subscriber order, folds and bootstrap.")] = 42,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds of the baselines.", min=2)] = 5,
+) -> None:
+    """Import a churn table, backtest it and compare with models trained on the raw table.
+
+    One score per subscriber, side by side: churnwatch's online score against
+    logistic regression and HistGBM cross-validated on the table's own columns,
+    with calibration, feature importance, column coverage and rejected rows
+    (docs/evaluation.md). Exit 0 when done, 1 when no row could be imported,
+    2 when the mapping or the table cannot be used.
+    """
+    from churnwatch.evaluation.table import evaluate_table as run_evaluation
+
+    code = run_evaluation(file, mapping, report=report, seed=seed, folds=folds, console=console)
     raise typer.Exit(code)
 
 

@@ -86,6 +86,8 @@ class SimulationConfig:
     """How many days before their churn a churner's warning signs begin (low, high)."""
     ramp_power: float = 0.5
     """Shape of the warning ramp: intensity = (share of the ramp elapsed) ** ramp_power."""
+    churn_from_day: int = synth.CHURN_AFTER_DAY
+    """The first day (0-based) a churner may churn; earlier churns began warning before day 0."""
 
     def __post_init__(self) -> None:
         for name in ("recovery_share", "outreach_effect"):
@@ -147,6 +149,7 @@ class Simulation:
             id_prefix=config.id_prefix,
             warning_days=config.warning_days,
             ramp_power=config.ramp_power,
+            churn_from_day=config.churn_from_day,
         )
         self._plan = dataclasses.replace(
             plan, id_namespace=TASK_NAMESPACE, id_tag=ID_TAG, source=SOURCE

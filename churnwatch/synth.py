@@ -155,6 +155,7 @@ def _validate(
     churn_rate: float,
     silent_churn_share: float,
     id_prefix: str,
+    churn_from_day: int = CHURN_AFTER_DAY,
 ) -> datetime:
     if subscribers < 0:
         raise ValueError("subscribers must be >= 0")
@@ -164,10 +165,11 @@ def _validate(
         raise ValueError("churn_rate must be between 0 and 1")
     if not 0.0 <= silent_churn_share <= 1.0:
         raise ValueError("silent_churn_share must be between 0 and 1")
-    if churn_rate > 0 and days <= CHURN_AFTER_DAY:
+    if not churn_from_day >= 0:
+        raise ValueError("churn_from_day must be >= 0")
+    if churn_rate > 0 and days <= churn_from_day:
         raise ValueError(
-            f"churners churn after day {CHURN_AFTER_DAY}: use days > {CHURN_AFTER_DAY} "
-            "or churn_rate=0"
+            f"churners churn from day {churn_from_day}: use days > {churn_from_day} or churn_rate=0"
         )
     if not _ID_PREFIX.match(id_prefix) or len(id_prefix) > 40:
         raise ValueError("id_prefix must be 1-40 chars of letters, digits and ._:- ")
@@ -189,8 +191,11 @@ def _make_plan(
     id_prefix: str,
     warning_days: tuple[int, int] = (14, 35),
     ramp_power: float = 1.0,
+    churn_from_day: int = CHURN_AFTER_DAY,
 ) -> _Plan:
-    t0 = _validate(subscribers, days, start, churn_rate, silent_churn_share, id_prefix)
+    t0 = _validate(
+        subscribers, days, start, churn_rate, silent_churn_share, id_prefix, churn_from_day
+    )
     if not 1 <= warning_days[0] <= warning_days[1]:
         raise ValueError("warning_days must be (low, high) with 1 <= low <= high")
     if not 0.0 < ramp_power <= 4.0:
@@ -250,7 +255,9 @@ def _make_plan(
     n_silent = round(n_churn * silent_churn_share)
     for rank, i in enumerate(churners):
         sub = subs[i]
-        sub.churn_day = rng.randint(CHURN_AFTER_DAY, days - 1)
+        # A churn before its warning ramp could fit in the data starts its signs
+        # before the first day: a fresh deployment sees them mid-way.
+        sub.churn_day = rng.randint(churn_from_day, days - 1)
         sub.churn_offset = rng.randrange(*_DAYTIME)
         if rng.random() < 0.75:
             sub.churn_payload = {"kind": "port_out", "competitor": rng.choice(COMPETITORS)}

@@ -1,4 +1,4 @@
-"""The event contract: what the billing system publishes and what services exchange.
+"""The event contract: what the billing system publishes to ingest.
 
 Every subscriber event is an envelope (``event_id``, ``event_type``,
 ``subscriber_id``, ``occurred_at``, ``source``, ``schema_version``) with a typed
@@ -6,28 +6,65 @@ Every subscriber event is an envelope (``event_id``, ``event_type``,
 any event and rejects an unknown type with a clear error. JSON Schema for every
 type is generated from these models (``churnwatch schemas``) and served by
 ingest at ``GET /v1/schemas``.
+
+Version 2 of the contract adds optional fields (``V2_FIELDS``) and the
+``contact`` type (``V2_EVENT_TYPES``). They need ``schema_version: 2``: a
+version 1 event that uses one is refused, so a producer never believes it sent
+something a version 1 reader would ignore. Every version 1 event is accepted as
+before, and its wire form (``model_dump_json``) is unchanged: a version 2 field
+left unset is not written out.
+
+The value types (``Money``, ``Instant``, ``Category``, ...) live in
+``shared.contract_types`` and the messages between services (``RiskScore``,
+``OutreachTask``, ...) in ``shared.messages``; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Self
 
 from pydantic import (
-    AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
+    model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from shared.contract_types import EARLIEST as EARLIEST
+from shared.contract_types import LATEST as LATEST
+from shared.contract_types import Category as Category
+from shared.contract_types import Channel as Channel
+from shared.contract_types import ContractModel
+from shared.contract_types import Instant as Instant
+from shared.contract_types import Label as Label
+from shared.contract_types import Money as Money
+from shared.contract_types import Period as Period
+from shared.contract_types import PhoneNumber as PhoneNumber
+from shared.contract_types import SubscriberId as SubscriberId
+from shared.contract_types import Tier as Tier
+from shared.messages import TASK_MESSAGE_ADAPTER as TASK_MESSAGE_ADAPTER
+from shared.messages import TASK_NAMESPACE as TASK_NAMESPACE
+from shared.messages import CallOutcome as CallOutcome
+from shared.messages import OutreachTask as OutreachTask
+from shared.messages import RiskScore as RiskScore
+from shared.messages import ScoreReason as ScoreReason
+from shared.messages import TaskAction as TaskAction
+from shared.messages import TaskKind as TaskKind
+from shared.messages import TaskMessage as TaskMessage
+from shared.messages import TaskOutcome as TaskOutcome
+from shared.messages import TaskUpdate as TaskUpdate
+from shared.messages import UpdateCause as UpdateCause
+from shared.messages import derive_id as derive_id
 
 # Events further in the future than this are refused: clock skew between the
 # billing system and us is minutes, not days, and a year-3000 timestamp would
@@ -35,78 +72,58 @@ from pydantic_core import PydanticCustomError
 # future, but their `occurred_at` is when the notice was issued.
 MAX_FUTURE_SKEW = timedelta(hours=1)
 
-SubscriberId = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"),
-]
-"""Operator subscriber id: opaque, 1-64 chars of letters, digits and ``._:-``."""
+SCHEMA_VERSION_KEY: Final = "x-schema-version"
+"""JSON Schema keyword on what version 2 added (fields and the ``contact`` type)."""
 
-PhoneNumber = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")]
-"""A phone number in E.164 form (``+`` then 7-15 digits)."""
-
-Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4)]
-"""A non-negative amount in the operator's currency."""
-
-Period = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")]
-"""A billing period as ``YYYY-MM``."""
-
-Label = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]*$")]
-"""Free text from the billing system without control characters: a NUL cannot be
-stored by PostgreSQL, and a newline or an escape sequence has no business in an id
-or a name (it would forge log lines and break CSV exports)."""
-
-# Times outside this range are typos or sentinels (0001-01-01, 9999-12-31): they
-# would poison time-decayed features, and date arithmetic near the ends overflows.
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+AttributeName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+"""A key of ``SubscriberPayload.attributes``: snake_case, 1-32 chars."""
 
 
-def _plausible(value: datetime) -> datetime:
-    if not EARLIEST <= value < LATEST:
-        raise PydanticCustomError(
-            "implausible_time",
-            "time must be from {earliest} up to {latest}",
-            {"earliest": EARLIEST.date().isoformat(), "latest": LATEST.date().isoformat()},
-        )
-    return value
+def _absent(value: object) -> bool:
+    """True for the value of a version 2 field that was not given (None, [] or {})."""
+    return value is None or (isinstance(value, list | dict) and not value)
 
 
-Instant = Annotated[AwareDatetime, AfterValidator(_plausible)]
-"""A timezone-aware time between 1970 and 2100."""
+def _since_v2(
+    *,
+    description: str,
+    empty: Callable[[], list[Any] | dict[Any, Any]] | None = None,
+    schema_extra: dict[str, Any] | None = None,
+    **constraints: Any,
+) -> Any:
+    """A field added by version 2: optional, and left out of the wire form while absent.
+
+    Leaving it out keeps a version 1 event's JSON byte for byte what it was, so a
+    consumer still on version 1 reads what a version 2 ingest produced. ``empty``
+    (``list`` or ``dict``) makes the default an empty one instead of None;
+    ``schema_extra`` adds keywords to the field's JSON Schema.
+    """
+    default: dict[str, Any] = {"default_factory": empty} if empty else {"default": None}
+    return Field(
+        **default,
+        description=f"(schema_version 2) {description}",
+        exclude_if=_absent,
+        json_schema_extra={SCHEMA_VERSION_KEY: 2, **(schema_extra or {})},
+        **constraints,
+    )
 
 
-class _Model(BaseModel):
-    """Base for contract models: strict about unknown fields, immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Tier(StrEnum):
-    """Customer value tier; every tier but ``standard`` has an account manager."""
-
-    DIAMOND = "diamond"
-    GOLD = "gold"
-    SILVER = "silver"
-    VIP_GUEST = "vip_guest"
-    STANDARD = "standard"
-
-    @property
-    def is_vip(self) -> bool:
-        """True for the tiers served by an account manager."""
-        return self is not Tier.STANDARD
-
-
-class Channel(StrEnum):
-    """How outreach reaches a subscriber."""
-
-    SMS = "sms"
-    CALL = "call"
+def _error(loc: tuple[str | int, ...], what: str, value: object) -> InitErrorDetails:
+    return {
+        "type": PydanticCustomError(
+            "needs_schema_version",
+            "{what} needs schema_version {version}",
+            {"what": what, "version": 2},
+        ),
+        "loc": loc,
+        "input": value,
+    }
 
 
 # --- payloads -----------------------------------------------------------------
 
 
-class CdrPayload(_Model):
+class CdrPayload(ContractModel):
     """A call detail record: one voice call, SMS or data session, or a summary of several.
 
     ``count`` lets a history import carry a period's usage as one record
@@ -127,6 +144,16 @@ class CdrPayload(_Model):
     roaming: bool = False
     charge: Money = Decimal(0)
     count: int = Field(default=1, ge=1, le=1_000_000)
+    time_band: Category | None = _since_v2(
+        description="When in the day or week: day, evening, night, weekend, peak, off_peak, "
+        "... (any label)."
+    )
+    distinct_counterparts: int | None = _since_v2(
+        description="For a summary record: how many distinct other parties it covers "
+        "(at most count).",
+        ge=0,
+        le=1_000_000,
+    )
 
     @field_validator("duration_s")
     @classmethod
@@ -135,8 +162,22 @@ class CdrPayload(_Model):
             raise ValueError("duration_s must be a number")
         return v
 
+    @field_validator("distinct_counterparts")
+    @classmethod
+    def _counterparts_within_count(cls, v: int | None, info: ValidationInfo) -> int | None:
+        # A field validator, not a model one: it runs only when the field is given,
+        # so the usual CDR (the bulk of the stream) pays nothing for it.
+        count = info.data.get("count")  # absent when count itself was invalid
+        if v is not None and count is not None and v > count:
+            raise PydanticCustomError(
+                "counterparts_above_count",
+                "distinct_counterparts ({distinct}) must not exceed count ({count})",
+                {"distinct": v, "count": count},
+            )
+        return v
 
-class BillingPayload(_Model):
+
+class BillingPayload(ContractModel):
     """A monthly bill."""
 
     period: Period
@@ -146,9 +187,15 @@ class BillingPayload(_Model):
     previous_plan_id: Label | None = Field(default=None, max_length=64)
     plan_change: Literal["none", "upgrade", "downgrade"] = "none"
     due_date: Instant | None = None
+    recurring_charge: Money | None = _since_v2(
+        description="The part of amount_due that is the monthly recurring (plan) charge."
+    )
+    overage_charge: Money | None = _since_v2(
+        description="The part of amount_due for usage beyond the plan."
+    )
 
 
-class PaymentPayload(_Model):
+class PaymentPayload(ContractModel):
     """A payment received from the subscriber."""
 
     amount: Money
@@ -157,14 +204,14 @@ class PaymentPayload(_Model):
     late: bool = False
 
 
-class ArrearsPayload(_Model):
+class ArrearsPayload(ContractModel):
     """The subscriber owes money past its due date."""
 
     overdue_amount: Money
     days_overdue: int = Field(ge=0, le=3650)
 
 
-class StopNoticePayload(_Model):
+class StopNoticePayload(ContractModel):
     """A scheduled suspension for unpaid bills."""
 
     reason: Literal["arrears", "credit_limit", "fraud", "other"] = "arrears"
@@ -173,7 +220,35 @@ class StopNoticePayload(_Model):
     notice_id: Label | None = Field(default=None, max_length=64)
 
 
-class SubscriberPayload(_Model):
+class Handset(ContractModel):
+    """The subscriber's handset (version 2): every field optional."""
+
+    model: Category | None = Field(default=None, description="Make and model, e.g. 'Pixel 8'.")
+    acquired_at: Instant | None = Field(default=None, description="When it was bought.")
+    age_months: int | None = Field(
+        default=None, ge=0, le=600, description="Its age in months at the event's occurred_at."
+    )
+    price_band: Category | None = Field(
+        default=None, description="e.g. low, mid, high, flagship (any label)."
+    )
+    capabilities: list[Category] = Field(
+        default_factory=list, max_length=16, description="e.g. 4g, 5g, volte, esim (any labels)."
+    )
+
+
+class PlanAttributes(ContractModel):
+    """What the subscriber's plan includes (version 2): every field optional."""
+
+    international: bool | None = Field(default=None, description="An international calling plan.")
+    roaming: bool | None = Field(default=None, description="Roaming included or enabled.")
+    voicemail: bool | None = Field(default=None, description="A voicemail plan.")
+    data_allowance_mb: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="Monthly data allowance in MB."
+    )
+    unlimited_data: bool | None = Field(default=None, description="Unlimited data.")
+
+
+class SubscriberPayload(ContractModel):
     """The subscriber's profile; the latest one wins."""
 
     tier: Tier = Tier.STANDARD
@@ -186,9 +261,31 @@ class SubscriberPayload(_Model):
     name: Label | None = Field(default=None, max_length=128)
     activated_at: Instant | None = None
     plan_id: Label | None = Field(default=None, max_length=64)
+    handset: Handset | None = _since_v2(description="The handset.")
+    lines: int | None = _since_v2(
+        description="Lines or members on the account (family plan size).", ge=1, le=10_000
+    )
+    recurring_charge: Money | None = _since_v2(description="The monthly recurring (plan) charge.")
+    credit_class: Category | None = _since_v2(description="Credit class (any label).")
+    age_band: Category | None = _since_v2(description="Age band, e.g. 18-24, 65+ (any label).")
+    region: Category | None = _since_v2(description="Region or service area (any label).")
+    contract: Category | None = _since_v2(
+        description="Contract type, e.g. month_to_month, one_year, two_year (any label)."
+    )
+    contract_end_at: Instant | None = _since_v2(description="When the commitment ends.")
+    plan: PlanAttributes | None = _since_v2(description="What the plan includes.")
+    attributes: dict[AttributeName, Category] = _since_v2(
+        description="Other operator attributes (payment_method, paperless_billing, ...): "
+        "snake_case keys, at most 32.",
+        empty=dict,
+        max_length=32,
+        # The generated schema lists the key pattern under patternProperties, which
+        # alone lets any other key through; ingest refuses them, so say so.
+        schema_extra={"additionalProperties": False},
+    )
 
 
-class ComplaintPayload(_Model):
+class ComplaintPayload(ContractModel):
     """A complaint raised by the subscriber."""
 
     category: Literal["network", "billing", "service", "device", "other"] = "other"
@@ -196,14 +293,29 @@ class ComplaintPayload(_Model):
     resolved: bool = False
 
 
-class ChurnPayload(_Model):
+class ContactPayload(ContractModel):
+    """The subscriber contacted the operator (version 2); not necessarily a complaint."""
+
+    team: Category = Field(
+        default="care",
+        description="Who handled it: care, retention (the retention or cancellation desk), "
+        "technical, billing, sales, ... (any label).",
+    )
+    channel: Category | None = Field(
+        default=None, description="call, shop, chat, app, email, ... (any label)."
+    )
+    reason: Category | None = Field(default=None, description="Why they got in touch (any label).")
+    resolved: bool | None = Field(default=None, description="Resolved in that contact.")
+
+
+class ChurnPayload(ContractModel):
     """The subscriber left: the label the model learns from."""
 
     kind: Literal["port_out", "cancellation"]
     competitor: Label | None = Field(default=None, max_length=64)
 
 
-class ReactivationPayload(_Model):
+class ReactivationPayload(ContractModel):
     """A churned subscriber came back."""
 
     channel: Label | None = Field(default=None, max_length=64)
@@ -212,14 +324,53 @@ class ReactivationPayload(_Model):
 # --- envelopes ----------------------------------------------------------------
 
 
-class _Envelope(_Model):
+class _Envelope(ContractModel):
     event_id: uuid.UUID = Field(description="Set by the producer; the idempotency key.")
     subscriber_id: SubscriberId
     occurred_at: Instant = Field(
         description="When it happened (timezone-aware); at most 1 hour in the future."
     )
     source: Label = Field(default="billing", min_length=1, max_length=64)
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = Field(
+        default=1,
+        description="2 for an event that uses a type or a field of version 2, else 1.",
+    )
+
+    if TYPE_CHECKING:
+        # Every concrete event declares both; the version gate reads them.
+        event_type: str
+        payload: ContractModel
+
+    @model_validator(mode="after")
+    def _version_gate(self) -> Self:
+        # Every event passes here, so the common case (nothing of version 2) is
+        # decided with one set test before anything else is looked at.
+        if self.schema_version == 1 and (
+            self.event_type in V2_EVENT_TYPES
+            or not self.payload.model_fields_set.isdisjoint(V2_FIELDS.get(self.event_type, ()))
+        ):
+            _refuse_v2_in_v1(self)
+        return self
+
+
+def _refuse_v2_in_v1(event: _Envelope) -> None:
+    """Raise if a version 1 event uses a version 2 type or sets a version 2 field.
+
+    A version 1 reader would silently drop what version 2 added; refusing it
+    tells the producer to send ``schema_version: 2``. An explicit null (or an
+    empty list or object) carries nothing a version 1 reader could miss, so it
+    is accepted.
+    """
+    errors: list[InitErrorDetails] = []
+    if event.event_type in V2_EVENT_TYPES:
+        errors.append(_error(("event_type",), f"event type {event.event_type}", event.event_type))
+    payload = event.payload
+    for name in sorted(V2_FIELDS.get(event.event_type, frozenset()) & payload.model_fields_set):
+        value = getattr(payload, name)
+        if not _absent(value):
+            errors.append(_error(("payload", name), name, value))
+    if errors:
+        raise ValidationError.from_exception_data(type(event).__name__, errors)
 
 
 class CdrEvent(_Envelope):
@@ -271,6 +422,15 @@ class ComplaintEvent(_Envelope):
     payload: ComplaintPayload
 
 
+class ContactEvent(_Envelope):
+    """The subscriber contacted the operator: care, the retention desk, ... (version 2)."""
+
+    model_config = ConfigDict(json_schema_extra={SCHEMA_VERSION_KEY: 2})
+
+    event_type: Literal["contact"]
+    payload: ContactPayload
+
+
 class ChurnEvent(_Envelope):
     """A port-out or cancellation."""
 
@@ -293,6 +453,7 @@ Event = Annotated[
     | StopNoticeEvent
     | SubscriberEvent
     | ComplaintEvent
+    | ContactEvent
     | ChurnEvent
     | ReactivationEvent,
     Field(discriminator="event_type"),
@@ -307,9 +468,36 @@ EVENT_MODELS: dict[str, type[_Envelope]] = {
     "stop_notice": StopNoticeEvent,
     "subscriber": SubscriberEvent,
     "complaint": ComplaintEvent,
+    "contact": ContactEvent,
     "churn": ChurnEvent,
     "reactivation": ReactivationEvent,
 }
+
+
+def _v2_fields(model: Any) -> frozenset[str]:
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return frozenset()
+    return frozenset(
+        name
+        for name, info in model.model_fields.items()
+        if isinstance(info.json_schema_extra, dict)
+        and info.json_schema_extra.get(SCHEMA_VERSION_KEY) == 2
+    )
+
+
+V2_EVENT_TYPES: frozenset[str] = frozenset({"contact"})
+"""Event types that need ``schema_version: 2`` whatever their payload."""
+
+V2_FIELDS: dict[str, frozenset[str]] = {
+    name: fields
+    for name, model in EVENT_MODELS.items()
+    if (fields := _v2_fields(model.model_fields["payload"].annotation))
+}
+"""Event type -> the payload fields version 2 added to it (they need ``schema_version: 2``).
+
+Only types that exist in version 1 are listed; a ``V2_EVENT_TYPES`` type is
+version 2 as a whole.
+"""
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
@@ -343,184 +531,6 @@ def parse_event(data: bytes | str | dict[str, Any], *, check_clock: bool = True)
             ],
         )
     return event
-
-
-# --- messages between services ------------------------------------------------
-
-
-class ScoreReason(_Model):
-    """One reason behind a risk score: a stable code, its text, and its weight."""
-
-    code: str = Field(max_length=64, description="Stable, e.g. COMPETITOR_CALLS_UP.")
-    text_en: str
-    text_zh: str
-    contribution: float = Field(description="Log-odds this reason adds to the score.")
-
-
-class RiskScore(_Model):
-    """Published by scoring on the scores topic when a subscriber's score moved.
-
-    At most one per subscriber per handled batch, and only when the band changed
-    or the score moved at least SCORING_PUBLISH_MIN_DELTA since the last one.
-    """
-
-    message_type: Literal["risk_score"] = "risk_score"
-    score_id: uuid.UUID = Field(description="Deterministic: derived from the triggering event.")
-    subscriber_id: SubscriberId
-    score: float = Field(ge=0, le=1)
-    previous_score: float | None = Field(default=None, ge=0, le=1)
-    band: Literal["high", "medium", "low"]
-    model_version: str
-    reasons: list[ScoreReason] = Field(default_factory=list, max_length=10)
-    cause_event_id: uuid.UUID
-    event_time: AwareDatetime
-    scored_at: AwareDatetime
-
-
-class TaskKind(StrEnum):
-    """What an outreach task is for."""
-
-    PRE_SUSPENSION_REMINDER = "pre_suspension_reminder"
-    RETENTION = "retention"
-    WIN_BACK = "win_back"
-    CARE = "care"
-
-
-class OutreachTask(_Model):
-    """Published by alerting on the tasks topic; outreach stores and works it."""
-
-    message_type: Literal["outreach_task"] = "outreach_task"
-    task_id: uuid.UUID = Field(
-        description="Deterministic: same rule, subscriber and cause, same id."
-    )
-    kind: TaskKind
-    channel: Channel
-    rule: str | None = Field(
-        default=None, max_length=64, description="The alerting rule that made it."
-    )
-    subscriber_id: SubscriberId
-    tier: Tier = Tier.STANDARD
-    monthly_value: Money | None = None
-    phone: PhoneNumber | None = None
-    language: str = Field(default="en", pattern=r"^[a-z]{2}$")
-    account_manager_id: str | None = Field(default=None, max_length=64)
-    queue: str | None = Field(
-        default=None,
-        max_length=80,
-        description="Call queue: 'am:<account manager id>' or a shared queue such as 'general'.",
-    )
-    template: str | None = Field(
-        default=None, max_length=64, description="SMS template name; unset means the kind's."
-    )
-    marketing: bool = Field(
-        default=False,
-        description="A marketing message (offers): opt-out, quiet hours and caps apply.",
-    )
-    priority: float = Field(default=50, ge=0, description="Higher is more urgent.")
-    risk: float | None = Field(default=None, ge=0, le=1, description="Churn risk when it fired.")
-    not_before: AwareDatetime | None = Field(default=None, description="Do not act before this.")
-    due_at: AwareDatetime | None = Field(default=None, description="Act before this time.")
-    reasons: list[str] = Field(default_factory=list, max_length=10)
-    reason_codes: list[str] = Field(default_factory=list, max_length=10)
-    params: dict[str, str] = Field(default_factory=dict, description="Template variables.")
-    cause_event_id: uuid.UUID
-    created_at: AwareDatetime
-
-
-class TaskAction(StrEnum):
-    """What a task update asks outreach to do."""
-
-    CANCEL = "cancel"
-    CLOSE = "close"
-    REROUTE = "reroute"
-
-
-class UpdateCause(StrEnum):
-    """Why alerting changes a task: stable codes for reports (the KPI needs ``paid``)."""
-
-    PAID = "paid"
-    CHURNED = "churned"
-    SUPERSEDED = "superseded"
-    REACTIVATED = "reactivated"
-    CAPACITY = "capacity"
-    OTHER = "other"
-
-
-class TaskUpdate(_Model):
-    """Published by alerting on the tasks topic to change a task it published before.
-
-    ``cancel`` stops a task not yet done (a payment arrived before the
-    suspension, the subscriber churned); ``close`` records an outcome (a
-    reactivation wins a subscriber back) and stops the task if it was not done
-    yet; ``reroute`` moves a queued call to another queue (a manager's day is
-    full). Keyed by subscriber like the task, so it always follows the task.
-    """
-
-    message_type: Literal["task_update"] = "task_update"
-    update_id: uuid.UUID = Field(description="Deterministic: same cause, same id.")
-    task_id: uuid.UUID
-    subscriber_id: SubscriberId
-    action: TaskAction
-    reason: str = Field(max_length=200)
-    cause: UpdateCause = Field(
-        default=UpdateCause.OTHER, description="Why, as a stable code (paid, churned, ...)."
-    )
-    outcome: str | None = Field(
-        default=None, max_length=32, description="For close: e.g. won_back."
-    )
-    queue: str | None = Field(
-        default=None, max_length=80, description="For reroute: the new queue."
-    )
-    at: AwareDatetime
-
-
-class CallOutcome(StrEnum):
-    """What an account manager's call achieved."""
-
-    RETAINED = "retained"
-    OFFER_ACCEPTED = "offer_accepted"
-    NOT_INTERESTED = "not_interested"
-    UNREACHABLE = "unreachable"
-    CALLBACK = "callback"
-
-
-class TaskOutcome(_Model):
-    """Published by outreach on the outcomes topic: a task's final state or a call's outcome.
-
-    One per final state (``delivered``, ``failed``, ``cancelled``, ``expired``,
-    ``completed``) and one per recorded call outcome; ``outcome_id`` is
-    derived from the task, the status and the outcome, so a republished
-    message is recognisable.
-    """
-
-    message_type: Literal["task_outcome"] = "task_outcome"
-    outcome_id: uuid.UUID = Field(description="Deterministic: task, status and outcome.")
-    task_id: uuid.UUID
-    subscriber_id: SubscriberId
-    kind: TaskKind
-    channel: Channel
-    rule: str | None = Field(default=None, max_length=64)
-    tier: Tier = Tier.STANDARD
-    status: str = Field(max_length=16, description="The task's state after the change.")
-    outcome: str | None = Field(
-        default=None, max_length=32, description="Call outcome, or a close's (won_back)."
-    )
-    reason: str | None = Field(default=None, max_length=500)
-    at: AwareDatetime
-
-
-TaskMessage = Annotated[OutreachTask | TaskUpdate, Field(discriminator="message_type")]
-"""Anything on the tasks topic, discriminated on ``message_type``."""
-
-TASK_MESSAGE_ADAPTER: TypeAdapter[OutreachTask | TaskUpdate] = TypeAdapter(TaskMessage)
-
-
-TASK_NAMESPACE = uuid.UUID("5b0e7a52-6f0e-4c55-9d1c-2f8a3c1e9b11")
-
-
-def derive_id(*parts: object) -> uuid.UUID:
-    """A deterministic UUID (v5) from the parts: same cause, same id, on every replay."""
-    return uuid.uuid5(TASK_NAMESPACE, "|".join(str(p) for p in parts))
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

@@ -23,12 +23,10 @@ from churnwatch.backtest import (
     batches,
     load_events,
     load_truth,
-    main,
-    metrics,
-    offline_baseline,
     resolve_order,
     run_backtest,
 )
+from churnwatch.backtest_metrics import main, metrics, offline_baseline
 from churnwatch.report import write_report
 from churnwatch.synth import generate, write_ndjson
 from services.alerting.rules import load_rules
@@ -42,11 +40,20 @@ from shared.kafka import ensure_topics, make_producer
 from shared.topics import Topics
 
 FIGURES = {
-    "online_roc_auc",
-    "online_log_loss",
-    "offline_roc_auc",
-    "auc_ratio",
-    "prior_roc_auc",
+    "per_subscriber_roc_auc",
+    "per_subscriber_roc_auc_ci",
+    "per_subscriber_log_loss",
+    "per_subscriber_brier",
+    "expected_calibration_error",
+    "per_subscriber",
+    "calibration",
+    "feature_importance",
+    "learning_curve",
+    "pooled_snapshot_roc_auc",
+    "pooled_snapshot_log_loss",
+    "pooled_offline_roc_auc",
+    "pooled_auc_ratio",
+    "pooled_prior_roc_auc",
     "precision_at_capacity",
     "capacity_k",
     "lead_time_median_days",
@@ -84,17 +91,35 @@ def test_the_report_has_every_file_and_figure(
     written = write_report(result, figures, offline, tmp_path)
     names = {p.name for p in written}
     assert {"metrics.json", "index.html", "roc.png", "lead_time.png"} <= names
-    for name in ("prequential", "roc", "gains", "calibration", "precision_at_k", "lead_time"):
+    for name in (
+        "prequential",
+        "within_day",
+        "roc",
+        "gains",
+        "calibration",
+        "importance",
+        "precision_at_k",
+        "lead_time",
+    ):
         png = tmp_path / f"{name}.png"
         assert png.read_bytes()[:4] == b"\x89PNG"
         assert f'src="{name}.png"' in (tmp_path / "index.html").read_text()
     stored = json.loads((tmp_path / "metrics.json").read_text())
     assert stored.keys() >= FIGURES
     assert stored["labels"] > 1000 and stored["positive_labels"] > 50
-    assert 0.5 < stored["online_roc_auc"] <= 1 and 0.5 < stored["offline_roc_auc"] <= 1
-    assert stored["auc_ratio"] == pytest.approx(
-        stored["online_roc_auc"] / stored["offline_roc_auc"]
+    # A history: the headline is the AUC within each scoring day, with its interval.
+    assert stored["per_subscriber"]["method"] == "within_day"
+    lo, hi = stored["per_subscriber_roc_auc_ci"]
+    assert 0.5 < lo < stored["per_subscriber_roc_auc"] < hi <= 1
+    assert 0 <= stored["expected_calibration_error"] < 1
+    assert len(stored["calibration"]["bins"]) == 10
+    assert stored["feature_importance"]["features"][0]["mean_abs_contribution"] > 0
+    assert 0.5 < stored["pooled_snapshot_roc_auc"] <= 1
+    assert 0.5 < stored["pooled_offline_roc_auc"] <= 1
+    assert stored["pooled_auc_ratio"] == pytest.approx(
+        stored["pooled_snapshot_roc_auc"] / stored["pooled_offline_roc_auc"]
     )
+    assert "snapshot" in stored["pooled_note"] and stored["not_meaningful_for_a_table"] == []
     assert stored["lead_time_median_days"] > 0
     assert stored["precision_at_capacity"]["mean"] is not None
     # No warning-sign column in this truth: said so, not guessed.
@@ -268,7 +293,10 @@ async def test_the_backtest_and_the_live_service_give_the_same_scores(
         await engine.dispose()
 
     live = {r.subscriber_id: r.score for r in rows if r.score is not None}
-    assert handler.model.labels_seen == len([e for e in result.examples if e.source == "stream"])
+    # The same labels learnt: step labels by the model, horizon labels by the quality.
+    assert handler.model.labels_seen == replay.scorer.model.labels_seen > 0
+    stream_examples = [e for e in result.examples if e.source == "stream"]
+    assert handler.model.horizon_quality.resolved == len(stream_examples) > 0
     # The same prequential record, down to the model's and the prior's rolling AUCs
     # (prior_lead): the learned model predicted the same for every labelled snapshot.
     assert handler.model.quality is not None and replay.scorer.model.quality is not None
@@ -292,7 +320,10 @@ def test_the_command_prints_the_headline_and_writes_the_report(
         app, ["backtest", str(history), "--report", str(tmp_path / "r"), "--capacity", "5"]
     )
     assert done.exit_code == 0, done.output
-    assert "online_roc_auc" in done.output and "auc_ratio" in done.output
+    assert "per_subscriber_roc_auc" in done.output and "pooled_auc_ratio" in done.output
+    # The per-subscriber figures come first; the pooled ones are labelled secondary.
+    assert done.output.index("per_subscriber_roc_auc") < done.output.index("pooled")
+    assert "secondary" in done.output
     stored = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert stored["capacity_k"] == 5
     assert (tmp_path / "r" / "index.html").is_file()

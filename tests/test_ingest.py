@@ -13,6 +13,7 @@ import pytest
 from churnwatch.embedded import EmbeddedBroker
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
+from shared.events import V2_FIELDS, SubscriberPayload
 from shared.topics import Topics
 from tests.helpers import calls, event, profile, read_topic, sid, stop_notice
 
@@ -173,3 +174,151 @@ async def test_event_ids_are_kept_verbatim(client: httpx.AsyncClient, env: dict[
         env["kafka_bootstrap_servers"], Topics(env["kafka_topic_prefix"]).events, count=1
     )
     assert orjson.loads(record.value)["event_id"] == event_id
+
+
+# --- contract version 2 ---------------------------------------------------------------------
+
+
+def _v2(item: dict[str, Any]) -> dict[str, Any]:
+    return item | {"schema_version": 2}
+
+
+def _locs(rejection: dict[str, Any]) -> dict[tuple[Any, ...], str]:
+    return {tuple(e["loc"]): e["msg"] for e in rejection["errors"]}
+
+
+async def test_v2_batch_rejects_wrong_types_by_index_and_accepts_unknown_categories(
+    client: httpx.AsyncClient, env: dict[str, Any]
+) -> None:
+    subscriber = sid()
+    good_profile = _v2(profile(subscriber))
+    good_profile["payload"] |= {
+        "handset": {"model": "Nokia 3310 (2031)", "age_months": 7, "capabilities": ["6g"]},
+        "lines": 3,
+        "credit_class": "ZZ-new-class",
+        "age_band": "centenarian",
+        "region": "moon-base",
+        "contract": "lifetime",
+        "contract_end_at": "2099-12-31T00:00:00Z",
+        "plan": {"international": True, "data_allowance_mb": 0},
+        "attributes": {"payment_method": "barter", "internet_service": "Fiber optic"},
+    }
+    bad_profile = _v2(profile(subscriber))
+    bad_profile["payload"] |= {
+        "handset": "iphone",
+        "lines": -1,
+        "contract_end_at": "soon",
+        "attributes": {"payment method": "card"},
+        "plan": {"international": True, "fax": True},
+    }
+    contact = _v2(event("contact", subscriber, {"team": "retention", "channel": "carrier pigeon"}))
+    usage = _v2(
+        event(
+            "cdr",
+            subscriber,
+            {
+                "service": "voice",
+                "direction": "outgoing",
+                "count": 12,
+                "distinct_counterparts": 5,
+                "time_band": "small_hours",
+            },
+        )
+    )
+    items = [good_profile, bad_profile, contact, usage]
+    response = await client.post(
+        "/v1/events",
+        content=b"\n".join(orjson.dumps(item) for item in items) + b"\n",
+        headers={"content-type": "application/x-ndjson"},
+    )
+    assert response.status_code == 202
+    body = response.json()
+    assert body["accepted"] == 3
+    [rejection] = body["rejected"]
+    assert rejection["index"] == 1
+    assert rejection["event_id"] == bad_profile["event_id"]
+    locs = _locs(rejection)
+    # Every wrong field is reported, each where it is, in the one rejection.
+    prefix = ("subscriber", "payload")
+    assert locs[(*prefix, "handset")] == "Input should be a valid dictionary or instance of Handset"
+    assert locs[(*prefix, "lines")] == "Input should be greater than or equal to 1"
+    assert "datetime" in locs[(*prefix, "contract_end_at")]
+    assert "pattern" in locs[(*prefix, "attributes", "payment method", "[key]")]
+    assert locs[(*prefix, "plan", "fax")] == "Extra inputs are not permitted"
+    assert len(locs) == 5
+
+    records = await read_topic(
+        env["kafka_bootstrap_servers"], Topics(env["kafka_topic_prefix"]).events, count=3
+    )
+    produced = {orjson.loads(r.value)["event_id"]: r for r in records}
+    assert set(produced) == {good_profile["event_id"], contact["event_id"], usage["event_id"]}
+    stored = orjson.loads(produced[good_profile["event_id"]].value)
+    assert stored["schema_version"] == 2
+    assert stored["payload"]["credit_class"] == "ZZ-new-class"
+    assert stored["payload"]["handset"]["capabilities"] == ["6g"]
+    assert stored["payload"]["attributes"]["payment_method"] == "barter"
+    contact_record = produced[contact["event_id"]]
+    assert dict(contact_record.headers)["event_type"] == b"contact"
+    assert orjson.loads(contact_record.value)["payload"] == {
+        "team": "retention",
+        "channel": "carrier pigeon",
+        "reason": None,
+        "resolved": None,
+    }
+    assert orjson.loads(produced[usage["event_id"]].value)["payload"]["distinct_counterparts"] == 5
+
+
+async def test_v1_events_using_v2_are_rejected_by_index_and_v1_is_unchanged(
+    client: httpx.AsyncClient, env: dict[str, Any]
+) -> None:
+    subscriber = sid()
+    plain = profile(subscriber)  # no schema_version: version 1
+    uses_v2 = profile(subscriber)
+    uses_v2["payload"] |= {"lines": 2, "handset": {"model": "x"}}
+    v1_contact = event("contact", subscriber, {"team": "care"}) | {"schema_version": 1}
+    v1_bill = event(
+        "billing",
+        subscriber,
+        {"period": "2026-10", "amount_due": "40", "plan_id": "P-1", "overage_charge": "5"},
+    )
+    response = await client.post("/v1/events", json=[plain, uses_v2, v1_contact, v1_bill])
+    assert response.status_code == 202
+    body = response.json()
+    assert body["accepted"] == 1
+    assert [r["index"] for r in body["rejected"]] == [1, 2, 3]
+    assert [r["event_id"] for r in body["rejected"]] == [
+        uses_v2["event_id"],
+        v1_contact["event_id"],
+        v1_bill["event_id"],
+    ]
+    assert _locs(body["rejected"][0]) == {
+        ("subscriber", "payload", "handset"): "handset needs schema_version 2",
+        ("subscriber", "payload", "lines"): "lines needs schema_version 2",
+    }
+    assert _locs(body["rejected"][1]) == {
+        ("contact", "event_type"): "event type contact needs schema_version 2"
+    }
+    assert _locs(body["rejected"][2]) == {
+        ("billing", "payload", "overage_charge"): "overage_charge needs schema_version 2"
+    }
+    assert {e["type"] for r in body["rejected"] for e in r["errors"]} == {"needs_schema_version"}
+    [record] = await read_topic(
+        env["kafka_bootstrap_servers"], Topics(env["kafka_topic_prefix"]).events, count=1
+    )
+    stored = orjson.loads(record.value)
+    assert stored["event_id"] == plain["event_id"]
+    # A version 1 event goes on as version 1, without the fields it did not send.
+    assert stored["schema_version"] == 1
+    assert set(stored["payload"]) == set(SubscriberPayload.model_fields) - V2_FIELDS["subscriber"]
+
+
+async def test_a_lone_bad_v2_profile_is_a_422_naming_its_index(client: httpx.AsyncClient) -> None:
+    bad = _v2(profile(sid()))
+    bad["payload"]["handset"] = {"model": "x", "colour": "red"}
+    response = await client.post("/v1/events", json=bad)
+    assert response.status_code == 422
+    [rejection] = response.json()["error"]["details"]["rejected"]
+    assert rejection["index"] == 0
+    assert _locs(rejection) == {
+        ("subscriber", "payload", "handset", "colour"): "Extra inputs are not permitted"
+    }

@@ -11,13 +11,17 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from churnwatch.simulator import Simulation, SimulationConfig
 from churnwatch.synth import generate, write_ndjson
-from services.scoring.engine import EngineParams, Scorer, run_in_memory
+from services.scoring.batch import run_in_memory
+from services.scoring.engine import EngineParams, Scorer
 from services.scoring.model import ChurnModel, ModelParams
+from services.scoring.settings import ScoringSettings
 from shared.events import parse_event
 from tests.conftest import REPO, Stack
 
@@ -34,6 +38,24 @@ def test_prequential_roc_auc_after_warm_up_is_at_least_0_8() -> None:
     assert summary["roc_auc_after_warmup"] >= 0.8, summary
     # The online model, not only the prior, carries the score by now.
     assert scorer.model.weight > 0.5, summary
+
+
+def test_a_fresh_install_learns_both_classes_within_its_first_week() -> None:
+    """Default settings, a simulated operator from its first event: by day 7 the
+    model has learnt churns and non-churns (step labels), not only the prior."""
+    settings = ScoringSettings()
+    sim = Simulation(
+        SimulationConfig(subscribers=600, days=14, seed=5, churn_rate=0.2, churn_from_day=1)
+    )
+    events = [parse_event(e) for e in sim.events()]
+    first = min(e.occurred_at for e in events)
+    week = [e for e in events if e.occurred_at < first + timedelta(days=7)]
+    assert len(week) < len(events)  # the simulation runs on past the week
+    scorer = Scorer(settings.engine_params(), ChurnModel(settings.model_params()))
+    run_in_memory(scorer, week, batch_size=settings.scoring_batch_max_records)
+    model = scorer.model
+    assert model.positives_seen > 0, (model.labels_seen, model.positives_seen)
+    assert model.labels_seen - model.positives_seen > 0
 
 
 def test_a_weak_model_hands_the_score_back_to_the_prior() -> None:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from services.scoring.engine import DAY, EngineParams, MemorySnapshots, Scorer, run_in_memory
+from services.scoring.batch import run_in_memory
+from services.scoring.engine import DAY, EngineParams, Scorer, Snapshot
 from services.scoring.features import FEATURES, apply_event, is_churned, new_state, vector
 from services.scoring.model import PRIOR_VERSION, ChurnModel, ModelParams, build_model
 from shared.events import Event, parse_event
@@ -164,6 +165,26 @@ def day_of_calls(subscriber: str, day: float) -> list[Event]:
             )
         ]
     )
+
+
+class MemorySnapshots:
+    """Snapshots by (subscriber, time) until their labels come."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[str, float], Snapshot] = {}
+
+    def add(self, subscriber_id: str, snapshot: Snapshot) -> None:
+        self.by_key[(subscriber_id, snapshot.at)] = snapshot
+
+    def take(
+        self, subscriber_id: str, resolved: list[tuple[float, bool | None]]
+    ) -> list[tuple[Snapshot, bool]]:
+        out = []
+        for at, label in resolved:
+            snapshot = self.by_key.pop((subscriber_id, at), None)
+            if snapshot is not None and label is not None:
+                out.append((snapshot, label))
+        return out
 
 
 def scorer(**params: Any) -> Scorer:

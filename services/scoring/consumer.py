@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +30,8 @@ from aiokafka import ConsumerRecord, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.scoring import metrics, service
-from services.scoring.engine import Scored, Scorer, Snapshot
+from services.scoring.batch import SnapshotKey, process_batch
+from services.scoring.engine import Scorer, Snapshot
 from services.scoring.features import State
 from services.scoring.model import ChurnModel
 from services.scoring.models import processed_events
@@ -40,10 +41,7 @@ from shared.db import keep_new
 from shared.events import (
     CallOutcome,
     Event,
-    RiskScore,
-    ScoreReason,
     TaskOutcome,
-    derive_id,
     parse_event,
 )
 from shared.topics import Topics
@@ -175,52 +173,35 @@ class ScoringHandler:
     async def _apply_events(
         self, conn: AsyncConnection, batch: Sequence[Inbound[Event]], outbox: Outbox, now: datetime
     ) -> None:
-        """Apply new events, learn labels, store features and snapshots, publish scores."""
-        events = [item.value for item in batch]
-        fresh = await keep_new(
-            conn, table=processed_events, items=events, key=lambda e: e.event_id, now=now
+        """Run the batch core on PostgreSQL; publish the scores that moved; count it all."""
+        store = _PostgresStore(self, conn, {i.value.subscriber_id: i.partition for i in batch}, now)
+        outcome = await process_batch(
+            [item.value for item in batch],
+            store=store,
+            scorer=self.scorer,
+            settings=self.settings,
+            now=now,
         )
-        metrics.EVENTS.labels("applied").inc(len(fresh))
-        metrics.EVENTS.labels("duplicate").inc(len(events) - len(fresh))
-        if not fresh:
+        metrics.EVENTS.labels("applied").inc(len(outcome.fresh))
+        metrics.EVENTS.labels("duplicate").inc(outcome.duplicates)
+        if not outcome.fresh:
             return
-        partition_of = {item.value.subscriber_id: item.partition for item in batch}
-        by_subscriber: dict[str, list[Event]] = defaultdict(list)
-        for event in fresh:
-            by_subscriber[event.subscriber_id].append(event)
-
-        versions, loaded = await self._lock_and_load(conn, by_subscriber)
-        metrics.STATE_CACHE.labels("hit").inc(len(versions) - len(loaded))
-        metrics.STATE_CACHE.labels("miss").inc(len(loaded))
-        metrics.STATE_CACHE.labels("new").inc(len(by_subscriber) - len(versions))
-        feature_rows: list[dict[str, Any]] = []
-        new_snapshots: list[tuple[str, Snapshot]] = []
-        resolved: list[tuple[str, float, bool | None]] = []
-        for subscriber_id, sub_events in by_subscriber.items():
-            cached = self._cache.get(subscriber_id)
-            state = loaded.get(subscriber_id) or (cached.state if cached else None)
-            applied = versions.get(subscriber_id, 0) + len(sub_events)
-            step = self.scorer.step(state, sub_events)
-            metrics.LATE_EVENTS.inc(step.late)
-            resolved.extend((subscriber_id, at, label) for at, label in step.resolved)
-            if step.snapshot is not None:
-                new_snapshots.append((subscriber_id, step.snapshot))
-            if step.scored is not None:
-                await self._record(subscriber_id, step.state, step.scored, outbox, now)
-            feature_rows.append(
-                {
-                    "subscriber_id": subscriber_id,
-                    "state": step.state,
-                    "updated_at": now,
-                    "events_applied": applied,
-                    "score": step.state.get("last_score"),
-                }
+        metrics.STATE_CACHE.labels("hit").inc(store.hits)
+        metrics.STATE_CACHE.labels("miss").inc(store.misses)
+        metrics.STATE_CACHE.labels("new").inc(outcome.subscribers - store.hits - store.misses)
+        metrics.LATE_EVENTS.inc(outcome.late)
+        for _, scored in outcome.scored:
+            metrics.SCORES.observe(scored.score)
+            metrics.EVENT_TO_SCORE_SECONDS.observe(
+                max(0.0, (now - scored.cause.occurred_at).total_seconds())
             )
-            self._remember(subscriber_id, partition_of[subscriber_id], step.state, applied)
-
-        await self._learn(conn, resolved)
-        await service.add_snapshots(conn, items=new_snapshots)
-        await service.save_features(conn, rows=feature_rows)
+        metrics.SCORES_UNCHANGED.inc(outcome.unchanged)
+        for message in outcome.published:
+            await outbox.send(self.topics.scores, key=message.subscriber_id, value=message)
+        metrics.SCORES_PUBLISHED.inc(len(outcome.published))
+        for item in outcome.learnt:
+            if item.kind == "step":
+                (metrics.LABELS_CHURN if item.label else metrics.LABELS_NO_CHURN).inc()
         if self.checkpoint_due():
             await self.checkpoint(conn, now=now)
         metrics.observe_model(self.model)
@@ -310,67 +291,6 @@ class ScoringHandler:
         while len(self._cache) > self.settings.scoring_state_cache_size:
             self._cache.popitem(last=False)  # least recently used
 
-    async def _learn(
-        self, conn: AsyncConnection, resolved: list[tuple[str, float, bool | None]]
-    ) -> None:
-        stored = await service.take_snapshots(conn, keys=[(s, at) for s, at, _ in resolved])
-        examples = []
-        for subscriber_id, at, label in resolved:
-            snapshot = stored.get((subscriber_id, at))
-            if snapshot is not None and label is not None:
-                examples.append((snapshot, label))
-                (metrics.LABELS_CHURN if label else metrics.LABELS_NO_CHURN).inc()
-        self.scorer.learn(examples)
-
-    async def _record(
-        self, subscriber_id: str, state: State, scored: Scored, outbox: Outbox, now: datetime
-    ) -> None:
-        """Keep the score in the state; publish it, with its reasons, if it moved.
-
-        Alerting only acts on movement, so a re-score in the same band and less
-        than SCORING_PUBLISH_MIN_DELTA from the last published one is kept but
-        not published, and not explained (reasons are computed for what is shown).
-        """
-        band = self.settings.band(scored.score)
-        last = (state.get("scored") or {}).get("published_score")
-        state["scored"] = {
-            "score": scored.score,
-            "previous_score": scored.previous,
-            "band": band,
-            "model_version": scored.version,
-            "cause_event_id": str(scored.cause.event_id),
-            "event_time": scored.cause.occurred_at.isoformat(),
-            "scored_at": now.isoformat(),
-            "published_score": last,
-        }
-        metrics.SCORES.observe(scored.score)
-        metrics.EVENT_TO_SCORE_SECONDS.observe(
-            max(0.0, (now - scored.cause.occurred_at).total_seconds())
-        )
-        if not self.settings.worth_publishing(last, scored.score):
-            metrics.SCORES_UNCHANGED.inc()
-            return
-        state["scored"]["published_score"] = scored.score
-        message = RiskScore(
-            score_id=derive_id("score", scored.cause.event_id),
-            subscriber_id=subscriber_id,
-            score=scored.score,
-            previous_score=last,
-            band=band,
-            model_version=scored.version,
-            reasons=[
-                ScoreReason(
-                    code=r.code, text_en=r.text_en, text_zh=r.text_zh, contribution=r.contribution
-                )
-                for r in self.model.explain(scored.x)
-            ],
-            cause_event_id=scored.cause.event_id,
-            event_time=scored.cause.occurred_at,
-            scored_at=now,
-        )
-        await outbox.send(self.topics.scores, key=subscriber_id, value=message)
-        metrics.SCORES_PUBLISHED.inc()
-
 
 @dataclass(slots=True)
 class _Cached:
@@ -392,3 +312,64 @@ class _Cached:
         """A fresh copy of the state (the caller may change it)."""
         state: State = orjson.loads(self.blob)
         return state
+
+
+class _PostgresStore:
+    """The batch core's store on the loop's transaction, with the handler's state cache."""
+
+    def __init__(
+        self,
+        handler: ScoringHandler,
+        conn: AsyncConnection,
+        partition_of: dict[str, int],
+        now: datetime,
+    ) -> None:
+        self.handler = handler
+        self.conn = conn
+        self.partition_of = partition_of
+        self.now = now
+        self.versions: dict[str, int] = {}
+        self.hits = self.misses = 0
+
+    async def keep_new(self, events: Sequence[Event]) -> list[Event]:
+        """New events by id (``processed_events``)."""
+        return await keep_new(
+            self.conn, table=processed_events, items=events, key=lambda e: e.event_id, now=self.now
+        )
+
+    async def load_states(self, subscriber_ids: Sequence[str]) -> dict[str, State]:
+        """Lock the rows; states from the cache where it is current, else from the table."""
+        self.versions, loaded = await self.handler._lock_and_load(self.conn, subscriber_ids)
+        self.misses = len(loaded)
+        self.hits = len(self.versions) - len(loaded)
+        cache = self.handler._cache
+        return {sid: loaded[sid] if sid in loaded else cache[sid].state for sid in self.versions}
+
+    async def peek_snapshots(self, keys: Sequence[SnapshotKey]) -> dict[SnapshotKey, Snapshot]:
+        """Stored snapshots, left in place."""
+        return await service.get_snapshots(self.conn, keys=list(keys))
+
+    async def take_snapshots(self, keys: Sequence[SnapshotKey]) -> dict[SnapshotKey, Snapshot]:
+        """Stored snapshots, deleted."""
+        return await service.take_snapshots(self.conn, keys=list(keys))
+
+    async def add_snapshots(self, items: Sequence[tuple[str, Snapshot]]) -> None:
+        """Insert new snapshots."""
+        await service.add_snapshots(self.conn, items=list(items))
+
+    async def save_states(self, states: dict[str, tuple[State, int]]) -> None:
+        """Upsert the feature rows (version moved on by the events applied); cache them."""
+        rows = []
+        for sid, (state, applied) in states.items():
+            version = self.versions.get(sid, 0) + applied
+            rows.append(
+                {
+                    "subscriber_id": sid,
+                    "state": state,
+                    "updated_at": self.now,
+                    "events_applied": version,
+                    "score": state.get("last_score"),
+                }
+            )
+            self.handler._remember(sid, self.partition_of[sid], state, version)
+        await service.save_features(self.conn, rows=rows)

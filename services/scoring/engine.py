@@ -5,9 +5,13 @@ and the benchmark's bare limit all run this same code.
 
 Labels with a horizon H (River's delayed-label evaluation, done online): at
 most one feature snapshot per ``snapshot_interval`` is kept pending per
-subscriber, with the score given at that moment. A churn within H after a
-snapshot makes it a positive example; a snapshot older than H plus the allowed
-lateness, with no churn, becomes a negative one. Snapshot features live
+subscriber, with the score given at that moment. Each snapshot is labelled
+twice. Over the label step S (``label_step_s``, at most H): a churn within S
+after it makes it a positive example for the model, a snapshot older than S
+plus the allowed lateness, with no churn, a negative one (``Step.resolved``);
+these come within days of a fresh install. Over the horizon H the same way
+(``Step.settled``): those calibrate the served score and measure it. With
+S = H (the default here) both are the same labels. Snapshot features live
 outside the per-subscriber state (the caller stores them); the state keeps only
 their times, so it stays small. An intervention (a retention call that kept the
 subscriber, from the outcomes topic) censors the snapshots taken before it:
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from services.scoring.features import (
     State,
@@ -47,6 +50,15 @@ class EngineParams:
     # No snapshot before a subscriber has this much history: the 30-day sums are
     # still filling up and would teach the model what "new" looks like, not churn.
     min_history_s: float = 30 * DAY
+    # The model's label step: None learns the horizon's labels directly.
+    label_step_s: float | None = None
+
+    @property
+    def step_s(self) -> float:
+        """The label step in seconds (the horizon when not set)."""
+        return (
+            self.horizon_s if self.label_step_s is None else min(self.label_step_s, self.horizon_s)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +90,12 @@ class Step:
     state: State
     late: int = 0
     snapshot: Snapshot | None = None
-    # (snapshot time, label): True churned, False did not, None discarded unlabelled.
+    # (snapshot time, label) over the label step, for the model to learn: True
+    # churned within the step, False did not, None discarded unlabelled.
     resolved: list[tuple[float, bool | None]] = field(default_factory=list)
+    # (snapshot time, label) over the horizon: the calibration's labels. A
+    # snapshot settled here is done with (its stored features can go).
+    settled: list[tuple[float, bool | None]] = field(default_factory=list)
     scored: Scored | None = None
 
 
@@ -110,20 +126,26 @@ class Scorer:
             if notice is not None and watermark >= notice[0] + p.involuntary_churn_s:
                 mark_churned(state, "involuntary", notice[0])
 
+        # ``pending``: snapshots waiting for their horizon label; ``stepping``: the
+        # (newest) ones still waiting for their step label too.
         pending: list[float] = state["pending"]
+        stepping: list[float] = state.get("stepping", pending if p.step_s == p.horizon_s else [])
         if is_churned(state):
             churned_at = float(state["latest"]["churned"][1])
-            for at in pending:
-                if at > churned_at:
-                    step.resolved.append((at, None))  # taken after the churn: no label
-                else:
-                    step.resolved.append((at, churned_at - at <= p.horizon_s))
+            step.resolved = [_label(at, churned_at, p.step_s) for at in stepping]
+            step.settled = [_label(at, churned_at, p.horizon_s) for at in pending]
             state["pending"] = []
+            state.pop("stepping", None)
             return step  # a churned subscriber is for win-back, not for risk
 
-        expired = [at for at in pending if watermark - at > p.horizon_s + p.lateness_s]
-        step.resolved.extend((at, False) for at in expired)
-        pending = [at for at in pending if at not in expired]
+        step.resolved = [(at, False) for at in stepping if watermark - at > p.step_s + p.lateness_s]
+        step.settled = [
+            (at, False) for at in pending if watermark - at > p.horizon_s + p.lateness_s
+        ]
+        done = {at for at, _ in step.settled}
+        stepped = {at for at, _ in step.resolved}
+        pending = [at for at in pending if at not in done]
+        stepping = [at for at in stepping if at not in stepped]
 
         x = vector(state)
         prior, model_p = self.model.components(x)
@@ -139,9 +161,16 @@ class Scorer:
         ):
             step.snapshot = Snapshot(watermark, x, score, prior, model_p)
             pending.append(watermark)
+            stepping.append(watermark)
             while len(pending) > p.max_snapshots:
-                step.resolved.append((pending.pop(0), None))
+                dropped = pending.pop(0)
+                step.settled.append((dropped, None))
+                if dropped in stepping:
+                    stepping.remove(dropped)
+                    step.resolved.append((dropped, None))
         state["pending"] = pending
+        if p.step_s != p.horizon_s:
+            state["stepping"] = stepping
         previous = state.get("last_score")
         state["last_score"] = score
         step.scored = Scored(
@@ -163,54 +192,34 @@ class Scorer:
         pending: list[float] = state.get("pending") or []
         dropped = [t for t in pending if t <= at]
         state["pending"] = [t for t in pending if t > at]
+        if "stepping" in state:
+            state["stepping"] = [t for t in state["stepping"] if t > at]
         return dropped
 
     def learn(self, examples: list[tuple[Snapshot, bool]]) -> None:
-        """Learn resolved snapshots with their labels: quality first, then the model."""
+        """Learn snapshots with their step labels: quality first, then the model."""
         for snapshot, churned in examples:
             self.model.learn(
                 snapshot.x, churned, snapshot.predicted, (snapshot.prior, snapshot.model)
             )
 
+    def settle(self, examples: list[tuple[Snapshot, bool]], *, final: bool = False) -> None:
+        """Take snapshots' horizon labels: the horizon's quality and the calibration.
 
-class MemorySnapshots:
-    """Snapshot storage in memory, for ``churnwatch train`` and the benchmark."""
+        ``final``: labels all decided at once (a table's end of data): no class
+        arrives before the other, so they need not wait to mature.
+        """
+        lag = -math.inf if final else self.params.horizon_s + self.params.lateness_s
+        for snapshot, churned in examples:
+            self.model.settle(snapshot.x, churned, snapshot.predicted, matures_at=snapshot.at + lag)
 
-    def __init__(self) -> None:
-        self._by_key: dict[tuple[str, float], Snapshot] = {}
-
-    def add(self, subscriber_id: str, snapshot: Snapshot) -> None:
-        """Keep a snapshot until it is resolved."""
-        self._by_key[(subscriber_id, snapshot.at)] = snapshot
-
-    def take(
-        self, subscriber_id: str, resolved: list[tuple[float, bool | None]]
-    ) -> list[tuple[Snapshot, bool]]:
-        """Remove resolved snapshots; return the labelled ones as training examples."""
-        out = []
-        for at, label in resolved:
-            snap = self._by_key.pop((subscriber_id, at), None)
-            if snap is not None and label is not None:
-                out.append((snap, label))
-        return out
+    def advance(self, now: float) -> None:
+        """Move the model's clock to ``now`` (the newest event time of a batch)."""
+        self.model.advance(now)
 
 
-def run_in_memory(scorer: Scorer, events: list[Event], *, batch_size: int = 500) -> dict[str, Any]:
-    """Run events through the engine in batches, all in memory; return per-subscriber state.
-
-    The same steps as the service, without Kafka or a database: for warm-starting
-    (``churnwatch train``) and for the benchmark's bare limit.
-    """
-    states: dict[str, State] = {}
-    snapshots = MemorySnapshots()
-    for start in range(0, len(events), batch_size):
-        by_subscriber: dict[str, list[Event]] = {}
-        for event in events[start : start + batch_size]:
-            by_subscriber.setdefault(event.subscriber_id, []).append(event)
-        for subscriber_id, sub_events in by_subscriber.items():
-            step = scorer.step(states.get(subscriber_id), sub_events)
-            states[subscriber_id] = step.state
-            scorer.learn(snapshots.take(subscriber_id, step.resolved))
-            if step.snapshot is not None:
-                snapshots.add(subscriber_id, step.snapshot)
-    return states
+def _label(at: float, churned_at: float, within: float) -> tuple[float, bool | None]:
+    """A snapshot's label once its subscriber churned: within ``within`` of it, or no label."""
+    if at > churned_at:
+        return at, None  # taken after the churn
+    return at, churned_at - at <= within

@@ -28,11 +28,13 @@ from shared.events import (
     CdrEvent,
     ChurnEvent,
     ComplaintEvent,
+    ContactEvent,
     Event,
     PaymentEvent,
     ReactivationEvent,
     StopNoticeEvent,
     SubscriberEvent,
+    SubscriberPayload,
 )
 
 DAY = 86_400.0
@@ -53,7 +55,31 @@ DECAYED: dict[str, float] = {
     "bill_amount_90d": 90,
     "downgrades_90d": 90,
     "late_payments_90d": 90,
+    # Contract version 2 inputs (kept only when an event carries them).
+    "day_min_7d": 7,
+    "evening_min_7d": 7,
+    "night_min_7d": 7,
+    "intl_min_7d": 7,
+    "roaming_min_7d": 7,
+    "counterparts_30d": 30,
+    "severe_complaints_30d": 30,
+    "billing_complaints_30d": 30,
+    "network_complaints_30d": 30,
+    "care_contacts_30d": 30,
+    "retention_contacts_30d": 30,
 }
+# CDR time bands read as day / evening / night minutes (other labels count in none).
+TIME_BANDS = {
+    "day": "day_min_7d",
+    "peak": "day_min_7d",
+    "evening": "evening_min_7d",
+    "night": "night_min_7d",
+    "off_peak": "night_min_7d",
+}
+CATEGORY_PREFIX = "cat:"
+"""Model inputs ``cat:<field>=<value>`` (1.0): the profile's categorical values, one-hot."""
+UNKNOWN = -1.0
+"""A profile number not given (handset age, contract days left, data allowance)."""
 TIER_LEVEL = {"standard": 0, "vip_guest": 1, "silver": 2, "gold": 3, "diamond": 4}
 # Recent payments kept to decide whether debts are paid (partial payments add up).
 MAX_PAYMENTS = 8
@@ -224,8 +250,198 @@ FEATURES: dict[str, Feature] = {
         ("HIGH_VALUE", "high monthly value", "月消费高"),
         ("LOW_VALUE", "low monthly value", "月消费低"),
     ),
+    "handset_age_months": _f(
+        "months",
+        f"Age of the handset in months ({UNKNOWN:.0f} when unknown)",
+        ("OLD_HANDSET", "old handset", "手机使用时间长"),
+        ("NEW_HANDSET", "new handset", "手机较新"),
+    ),
+    "lines": _f(
+        "lines",
+        "Lines or members on the account (1 when unknown)",
+        ("MANY_LINES", "many lines on the account", "账户号码多"),
+        ("SINGLE_LINE", "single line", "单一号码"),
+    ),
+    "contract_days_left": _f(
+        "days",
+        f"Days until the contract's commitment ends ({UNKNOWN:.0f} when unknown; 0 once ended)",
+        ("CONTRACT_FAR", "long commitment left", "合约剩余期长"),
+        ("CONTRACT_ENDING", "contract ending or out of contract", "合约即将到期或已到期"),
+    ),
+    "plan_international": _f(
+        "0/1",
+        "1 with an international calling plan",
+        ("INTL_PLAN", "international plan", "开通国际套餐"),
+        ("NO_INTL_PLAN", "no international plan", "未开通国际套餐"),
+    ),
+    "plan_roaming": _f(
+        "0/1",
+        "1 with roaming in the plan",
+        ("ROAMING_PLAN", "roaming plan", "开通漫游"),
+        ("NO_ROAMING_PLAN", "no roaming plan", "未开通漫游"),
+    ),
+    "plan_voicemail": _f(
+        "0/1",
+        "1 with a voicemail plan",
+        ("VOICEMAIL_PLAN", "voicemail plan", "开通语音信箱"),
+        ("NO_VOICEMAIL_PLAN", "no voicemail plan", "未开通语音信箱"),
+    ),
+    "plan_unlimited": _f(
+        "0/1",
+        "1 with unlimited data",
+        ("UNLIMITED_DATA", "unlimited data plan", "无限流量套餐"),
+        ("CAPPED_DATA", "capped data plan", "限量流量套餐"),
+    ),
+    "data_allowance_gb": _f(
+        "GB",
+        f"Monthly data allowance ({UNKNOWN:.0f} when unknown)",
+        ("BIG_ALLOWANCE", "large data allowance", "流量额度大"),
+        ("SMALL_ALLOWANCE", "small data allowance", "流量额度小"),
+    ),
+    "recurring_charge": _f(
+        "currency",
+        "Monthly recurring (plan) charge, from the profile or the latest bill",
+        ("HIGH_PLAN_CHARGE", "expensive plan", "套餐月费高"),
+        ("LOW_PLAN_CHARGE", "cheap plan", "套餐月费低"),
+    ),
+    "overage_share": _f(
+        "share",
+        "Share of the latest bill beyond the plan (overage / amount due)",
+        ("OVERAGE", "paying for usage beyond the plan", "超套餐消费多"),
+        ("NO_OVERAGE", "bill within the plan", "账单在套餐内"),
+    ),
+    "day_min_7d": _f(
+        "minutes",
+        "Voice minutes in the day band, 7-day half-life decayed",
+        ("DAY_MINUTES_UP", "many daytime minutes", "白天通话时长多"),
+        ("DAY_MINUTES_DOWN", "few daytime minutes", "白天通话时长少"),
+    ),
+    "evening_min_7d": _f(
+        "minutes",
+        "Voice minutes in the evening band, 7-day half-life decayed",
+        ("EVENING_MINUTES_UP", "many evening minutes", "晚间通话时长多"),
+        ("EVENING_MINUTES_DOWN", "few evening minutes", "晚间通话时长少"),
+    ),
+    "night_min_7d": _f(
+        "minutes",
+        "Voice minutes in the night band, 7-day half-life decayed",
+        ("NIGHT_MINUTES_UP", "many night minutes", "夜间通话时长多"),
+        ("NIGHT_MINUTES_DOWN", "few night minutes", "夜间通话时长少"),
+    ),
+    "intl_min_7d": _f(
+        "minutes",
+        "International voice minutes, 7-day half-life decayed",
+        ("INTL_MINUTES_UP", "many international minutes", "国际通话时长多"),
+        ("INTL_MINUTES_DOWN", "few international minutes", "国际通话时长少"),
+    ),
+    "roaming_min_7d": _f(
+        "minutes",
+        "Voice minutes while roaming, 7-day half-life decayed",
+        ("ROAMING_UP", "much roaming", "漫游通话多"),
+        ("ROAMING_DOWN", "little roaming", "漫游通话少"),
+    ),
+    "counterparts_30d": _f(
+        "contacts",
+        "Distinct counterparts reported by usage summaries, 30-day half-life decayed",
+        ("COUNTERPARTS_MANY", "calls many different people", "通话对象多"),
+        ("COUNTERPARTS_FEW", "calls few different people", "通话对象少"),
+    ),
+    "severe_complaints_30d": _f(
+        "count",
+        "High-severity complaints, 30-day half-life decayed",
+        ("SEVERE_COMPLAINTS", "serious complaints", "严重投诉"),
+        ("NO_SEVERE_COMPLAINTS", "no serious complaints", "无严重投诉"),
+    ),
+    "billing_complaints_30d": _f(
+        "count",
+        "Billing complaints, 30-day half-life decayed",
+        ("BILLING_COMPLAINTS", "complaints about bills", "账单投诉"),
+        ("NO_BILLING_COMPLAINTS", "no billing complaints", "无账单投诉"),
+    ),
+    "network_complaints_30d": _f(
+        "count",
+        "Network complaints, 30-day half-life decayed",
+        ("NETWORK_COMPLAINTS", "complaints about the network", "网络投诉"),
+        ("NO_NETWORK_COMPLAINTS", "no network complaints", "无网络投诉"),
+    ),
+    "care_contacts_30d": _f(
+        "count",
+        "Contacts with customer care (contact events, team other than retention), decayed",
+        ("CARE_CONTACTS", "frequent calls to customer care", "频繁联系客服"),
+        ("FEW_CARE_CONTACTS", "rarely contacts care", "较少联系客服"),
+    ),
+    "retention_contacts_30d": _f(
+        "count",
+        "Contacts with the retention (cancellation) desk, 30-day half-life decayed",
+        ("RETENTION_DESK", "contacted the retention desk", "联系过挽留/销户部门"),
+        ("NO_RETENTION_DESK", "no retention-desk contact", "未联系挽留部门"),
+    ),
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
+
+CATEGORIES: dict[str, tuple[str, str]] = {
+    "credit_class": ("credit class", "信用等级"),
+    "age_band": ("age band", "年龄段"),
+    "region": ("region", "地区"),
+    "contract": ("contract", "合约类型"),
+    "handset_price_band": ("handset price band", "手机价位"),
+}
+"""Profile fields read as categories: (English, Chinese) names for reasons; plus ``attributes``."""
+
+FEATURE_SOURCES: dict[str, tuple[str, ...]] = {
+    "calls_7d": ("cdr.count", "cdr.service"),
+    "voice_min_7d": ("cdr.duration_s", "cdr.service"),
+    "voice_trend": ("cdr.duration_s", "cdr.service"),
+    "sms_7d": ("cdr.count", "cdr.service"),
+    "sms_trend": ("cdr.count", "cdr.service"),
+    "data_mb_7d": ("cdr.bytes", "cdr.service"),
+    "data_trend": ("cdr.bytes", "cdr.service"),
+    "competitor_share_7d": ("cdr.count", "cdr.counterpart_network"),
+    "competitor_share_change": ("cdr.count", "cdr.counterpart_network"),
+    "distinct_contacts_30d": ("cdr.counterpart_id",),
+    "days_since_activity": ("cdr.occurred_at",),
+    "bill_ratio": ("billing.amount_due",),
+    "spend_drop": ("billing.amount_due",),
+    "bill_shock": ("billing.amount_due",),
+    "downgrades_90d": ("billing.plan_change",),
+    "late_payments_90d": ("payment.late",),
+    "arrears_amount": ("arrears.overdue_amount", "payment.amount"),
+    "arrears_days": ("arrears.days_overdue", "payment.amount"),
+    "stop_notice_pending": ("stop_notice.amount_to_pay", "payment.amount"),
+    "hours_to_suspension": ("stop_notice.suspension_at", "payment.amount"),
+    "complaints_30d": ("complaint.occurred_at",),
+    "tenure_days": ("subscriber.activated_at", "cdr.occurred_at"),
+    "tier_level": ("subscriber.tier",),
+    "log_monthly_value": ("subscriber.monthly_value",),
+    "handset_age_months": ("subscriber.handset.age_months", "subscriber.handset.acquired_at"),
+    "lines": ("subscriber.lines",),
+    "contract_days_left": ("subscriber.contract_end_at",),
+    "plan_international": ("subscriber.plan.international",),
+    "plan_roaming": ("subscriber.plan.roaming",),
+    "plan_voicemail": ("subscriber.plan.voicemail",),
+    "plan_unlimited": ("subscriber.plan.unlimited_data",),
+    "data_allowance_gb": ("subscriber.plan.data_allowance_mb",),
+    "recurring_charge": ("subscriber.recurring_charge", "billing.recurring_charge"),
+    "overage_share": ("billing.overage_charge", "billing.amount_due"),
+    "day_min_7d": ("cdr.time_band", "cdr.duration_s"),
+    "evening_min_7d": ("cdr.time_band", "cdr.duration_s"),
+    "night_min_7d": ("cdr.time_band", "cdr.duration_s"),
+    "intl_min_7d": ("cdr.counterpart_network", "cdr.duration_s"),
+    "roaming_min_7d": ("cdr.roaming", "cdr.duration_s"),
+    "counterparts_30d": ("cdr.distinct_counterparts",),
+    "severe_complaints_30d": ("complaint.severity",),
+    "billing_complaints_30d": ("complaint.category",),
+    "network_complaints_30d": ("complaint.category",),
+    "care_contacts_30d": ("contact.team",),
+    "retention_contacts_30d": ("contact.team",),
+    "cat:credit_class": ("subscriber.credit_class",),
+    "cat:age_band": ("subscriber.age_band",),
+    "cat:region": ("subscriber.region",),
+    "cat:contract": ("subscriber.contract",),
+    "cat:handset_price_band": ("subscriber.handset.price_band",),
+    "cat:attributes": ("subscriber.attributes",),
+}
+"""Which event fields (``event_type.field``) each feature reads: the import coverage table."""
 
 
 def new_state() -> State:
@@ -289,6 +505,8 @@ def apply_event(state: State, event: Event) -> None:
         state["last_activity"] = max(state["last_activity"] or t, t)
         if p.counterpart_id:
             _see_contact(state, p.counterpart_id, t)
+        if p.distinct_counterparts:
+            _add_decayed(state, "counterparts_30d", p.distinct_counterparts, t)
         if p.service == "voice":
             minutes = (p.duration_s or 0.0) / 60.0
             for name, weight in (
@@ -301,6 +519,13 @@ def apply_event(state: State, event: Event) -> None:
             if p.counterpart_network == "competitor":
                 _add_decayed(state, "competitor_calls_7d", p.count, t)
                 _add_decayed(state, "competitor_calls_30d", p.count, t)
+            elif p.counterpart_network == "international":
+                _add_decayed(state, "intl_min_7d", minutes, t)
+            if p.roaming:
+                _add_decayed(state, "roaming_min_7d", minutes, t)
+            band = TIME_BANDS.get((p.time_band or "").lower())
+            if band is not None:
+                _add_decayed(state, band, minutes, t)
         elif p.service == "sms":
             _add_decayed(state, "sms_7d", p.count, t)
             _add_decayed(state, "sms_30d", p.count, t)
@@ -313,6 +538,11 @@ def apply_event(state: State, event: Event) -> None:
         _add_decayed(state, "bills_90d", 1.0, t)
         _add_decayed(state, "bill_amount_90d", amount, t)
         _set_latest(state, "last_bill", amount, t)
+        b = event.payload
+        if b.recurring_charge is not None or b.overage_charge is not None:
+            recurring = None if b.recurring_charge is None else float(b.recurring_charge)
+            overage = None if b.overage_charge is None else float(b.overage_charge)
+            _set_latest(state, "bill_split", (recurring, overage, amount), t)
         if event.payload.plan_change == "downgrade":
             _add_decayed(state, "downgrades_90d", 1.0, t)
     elif isinstance(event, PaymentEvent):
@@ -336,12 +566,69 @@ def apply_event(state: State, event: Event) -> None:
         p2 = event.payload
         activated = p2.activated_at.timestamp() if p2.activated_at else None
         _set_latest(state, "profile", (p2.tier.value, float(p2.monthly_value), activated), t)
+        extra = _profile_v2(p2, t)
+        if extra:
+            _set_latest(state, "profile_v2", extra, t)
     elif isinstance(event, ComplaintEvent):
         _add_decayed(state, "complaints_30d", 1.0, t)
+        c = event.payload
+        if c.severity == "high":
+            _add_decayed(state, "severe_complaints_30d", 1.0, t)
+        if c.category in ("billing", "network"):
+            _add_decayed(state, f"{c.category}_complaints_30d", 1.0, t)
+    elif isinstance(event, ContactEvent):
+        retention = event.payload.team.strip().lower() == "retention"
+        _add_decayed(state, "retention_contacts_30d" if retention else "care_contacts_30d", 1.0, t)
     elif isinstance(event, ChurnEvent):
         _set_latest(state, "churned", event.payload.kind, t)
     elif isinstance(event, ReactivationEvent):
         _set_latest(state, "churned", None, t)
+
+
+def _category(value: str) -> str:
+    """A categorical value as a stable key: lower case, spaces as underscores, 32 chars."""
+    return "_".join(value.strip().lower().split())[:32] or "blank"
+
+
+def _profile_v2(p: SubscriberPayload, t: float) -> dict[str, Any]:
+    """The profile's contract-v2 fields, as the state keeps them (empty for a v1 profile)."""
+    out: dict[str, Any] = {}
+    handset = p.handset
+    if handset is not None:
+        if handset.age_months is not None:
+            out["handset_born"] = t - handset.age_months * 30.4375 * DAY
+        elif handset.acquired_at is not None:
+            out["handset_born"] = handset.acquired_at.timestamp()
+        if handset.price_band:
+            out["cat"] = {"handset_price_band": _category(handset.price_band)}
+    if p.lines is not None:
+        out["lines"] = p.lines
+    if p.recurring_charge is not None:
+        out["recurring"] = float(p.recurring_charge)
+    if p.contract_end_at is not None:
+        out["contract_end"] = p.contract_end_at.timestamp()
+    if p.plan is not None:
+        plan = p.plan
+        for key, value in (
+            ("international", plan.international),
+            ("roaming", plan.roaming),
+            ("voicemail", plan.voicemail),
+            ("unlimited", plan.unlimited_data),
+        ):
+            if value is not None:
+                out[f"plan_{key}"] = 1.0 if value else 0.0
+        if plan.data_allowance_mb is not None:
+            out["allowance_gb"] = plan.data_allowance_mb / 1000.0
+    categories = out.setdefault("cat", {})
+    for name in ("credit_class", "age_band", "region", "contract"):
+        label: str | None = getattr(p, name)
+        if label:
+            categories[name] = _category(label)
+    for key, text in sorted(p.attributes.items()):
+        categories[f"attr_{key}"] = _category(text)
+    if not categories:
+        del out["cat"]
+    return out
 
 
 def mark_churned(state: State, kind: str, t: float) -> None:
@@ -431,4 +718,44 @@ def vector(state: State) -> dict[str, float]:
         "tenure_days": max(0.0, (t - start) / DAY),
         "tier_level": float(TIER_LEVEL.get(tier, 0)),
         "log_monthly_value": math.log1p(max(0.0, monthly_value)),
+        **_vector_v2(state, d, t),
     }
+
+
+def _vector_v2(state: State, d: dict[str, float], t: float) -> dict[str, float]:
+    """The contract-v2 features (neutral values when no event carried them)."""
+    extra: dict[str, Any] = _latest(state, "profile_v2", {})
+    born = extra.get("handset_born")
+    end = extra.get("contract_end")
+    recurring, overage, amount = _latest(state, "bill_split", (None, None, 0.0))
+    out = {
+        "handset_age_months": UNKNOWN if born is None else max(0.0, (t - born) / DAY / 30.4375),
+        "lines": float(extra.get("lines", 1)),
+        "contract_days_left": UNKNOWN if end is None else max(0.0, (end - t) / DAY),
+        "plan_international": extra.get("plan_international", 0.0),
+        "plan_roaming": extra.get("plan_roaming", 0.0),
+        "plan_voicemail": extra.get("plan_voicemail", 0.0),
+        "plan_unlimited": extra.get("plan_unlimited", 0.0),
+        "data_allowance_gb": extra.get("allowance_gb", UNKNOWN),
+        "recurring_charge": float(
+            recurring if recurring is not None else extra.get("recurring", 0.0)
+        ),
+        "overage_share": float(overage) / amount if overage is not None and amount > 0 else 0.0,
+    }
+    for name in (
+        "day_min_7d",
+        "evening_min_7d",
+        "night_min_7d",
+        "intl_min_7d",
+        "roaming_min_7d",
+        "counterparts_30d",
+        "severe_complaints_30d",
+        "billing_complaints_30d",
+        "network_complaints_30d",
+        "care_contacts_30d",
+        "retention_contacts_30d",
+    ):
+        out[name] = d[name]
+    for field, value in extra.get("cat", {}).items():
+        out[f"{CATEGORY_PREFIX}{field}={value}"] = 1.0
+    return out

@@ -1,4 +1,4 @@
-"""The churn model: a River pipeline blended with an expert prior, with explanations.
+"""The churn model: a River pipeline blended with an expert prior, calibrated, explained.
 
 Until the online model has learned ``min_labels`` labelled examples (with both
 classes), its weight in the score grows linearly from 0 to 1; the rest comes
@@ -7,6 +7,16 @@ warning signs (competitor calls, falling usage, complaints, arrears, a pending
 stop-notice, spend drop, downgrades, late payments, inactivity). A fresh
 install gives useful scores from the first event, and a model that has seen
 enough real outcomes takes over.
+
+The pipeline learns labels of a short step (``SCORING_LABEL_STEP_DAYS``, 3 days
+by default: "churned within 3 days of the snapshot"), which resolve within days
+of a fresh install instead of a horizon later; its step probability ``q`` becomes
+the horizon's probability as ``1 - (1 - q) ** (horizon / step)`` (a discrete-time
+hazard held for the horizon). The prior's own log-odds is one of the pipeline's
+inputs, so the model starts from the operator's rules and learns what to add.
+The served score is then calibrated against the horizon's own labels when they
+resolve (``Calibrator``: Platt scaling learnt online), so it means "probability
+of churn within the horizon" (docs/scoring.md explains why this is sound).
 
 Reasons are the model's own contributions: for the linear model, weight x
 scaled value; for tree models, how much the probability falls when a feature
@@ -18,14 +28,16 @@ from __future__ import annotations
 
 import bisect
 import functools
+import heapq
 import math
 import pickle
+import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from river import compose, forest, linear_model, optim, preprocessing, tree
 
-from services.scoring.features import FEATURE_NAMES, FEATURES
+from services.scoring.features import CATEGORIES, CATEGORY_PREFIX, FEATURE_NAMES, FEATURES
 from services.scoring.quality import Quality
 
 PRIOR_VERSION = "prior-v1"
@@ -62,11 +74,40 @@ class ModelParams:
     quality_window: int = 2000
     top_fraction: float = 0.1
     drift_delta: float = 0.002
+    # Horizon / label step: the step probability is raised to this many steps.
+    # 1.0 (the step is the horizon) learns the horizon's labels directly.
+    horizon_steps: float = 1.0
+    # The calibrator serves once it has this many matured horizon labels of both classes.
+    calibration_min_labels: int = 200
+    # Share of non-churn step labels the pipeline learns (the rest are skipped, and
+    # its odds corrected by the same factor): None keeps one in ``horizon_steps``.
+    negative_rate: float | None = None
+
+    @property
+    def keep_negatives(self) -> float:
+        """The share of non-churn labels learnt (1.0: all)."""
+        if self.negative_rate is not None:
+            return self.negative_rate
+        return min(1.0, 1.0 / max(1.0, self.horizon_steps))
 
 
 # Each kind's learning rate when SCORING_LEARNING_RATE is not set: AdaGrad's for
 # ``gam`` (per-weight steps, so rare bins learn as fast as common ones), SGD's for ``logreg``.
 DEFAULT_LEARNING_RATE: dict[str, float] = {"gam": 0.075, "ga2m": 0.075, "logreg": 0.005}
+
+PAIRED: frozenset[str] = frozenset(
+    (
+        *FEATURE_NAMES[: FEATURE_NAMES.index("log_monthly_value") + 1],
+        "plan_international",
+        "intl_min_7d",
+        "day_min_7d",
+        "care_contacts_30d",
+        "contract_days_left",
+    )
+)
+"""Features ``ga2m`` multiplies in pairs: the contract-v1 ones and a few v2 ones whose
+interactions are known to matter (an international plan with many international
+minutes; care contacts with high day usage); the rest get bins only."""
 
 # Bin edges of a standardised value for ``gam``: quarter-sigma steps from -2 to +2.5.
 # Fine enough for a threshold ("four or more service calls"), coarse enough that
@@ -89,21 +130,26 @@ def build_model(params: ModelParams) -> compose.Pipeline:
     ``arf``: Adaptive Random Forest (strongest on paper, slowest).
     """
     lr = params.learning_rate or DEFAULT_LEARNING_RATE.get(params.kind, 0.0)
-    if params.kind in ("gam", "ga2m"):
-        expand = binned if params.kind == "gam" else binned_pairs
-        return (
-            preprocessing.StandardScaler()
-            | compose.FuncTransformer(expand)
-            | linear_model.LogisticRegression(optimizer=optim.AdaGrad(lr), l2=params.l2)
-        )
-    if params.kind == "logreg":
-        # Clipping scaled values at +-3 sigma keeps a rare extreme (a first day of
-        # arrears, a huge bill) from throwing the SGD weights around.
-        return (
-            preprocessing.StandardScaler()
-            | compose.FuncTransformer(clip_scaled)
-            | linear_model.LogisticRegression(optimizer=optim.SGD(lr), l2=params.l2)
-        )
+    if params.kind in ("gam", "ga2m", "logreg"):
+        optimizer: optim.base.Optimizer
+        if params.kind == "logreg":
+            # Clipping scaled values at +-3 sigma keeps a rare extreme (a first day of
+            # arrears, a huge bill) from throwing the SGD weights around.
+            expand, optimizer = clip_scaled, optim.SGD(lr)
+        else:
+            expand = binned if params.kind == "gam" else binned_pairs
+            optimizer = optim.AdaGrad(lr)
+        regression = linear_model.LogisticRegression(optimizer=optimizer, l2=params.l2)
+        # The prior's log-odds goes in as it is, with a starting weight of 1: the
+        # model starts as the prior (an offset, as a boosting model's base margin)
+        # and learns what to add to it, instead of learning the prior again from
+        # a few hundred churns. River has no offset; a first weight is the same.
+        regression._weights[PRIOR_INPUT] = 1.0
+        features = compose.FuncTransformer(numbers_only) | preprocessing.StandardScaler()
+        pipeline: compose.Pipeline = (
+            (features | compose.FuncTransformer(expand)) + compose.FuncTransformer(passed_through)
+        ) | regression
+        return pipeline
     if params.kind == "hat":
         return preprocessing.StandardScaler() | tree.HoeffdingAdaptiveTreeClassifier(
             grace_period=50, seed=params.seed
@@ -142,9 +188,12 @@ def binned(x: dict[str, float]) -> dict[str, float]:
 
 
 def binned_pairs(x: dict[str, float]) -> dict[str, float]:
-    """``binned`` plus ``a*b``, the product of each pair of clipped standardised values."""
+    """``binned`` plus ``a*b``, the product of each pair of clipped standardised values.
+
+    Pairs only among ``PAIRED`` (the cost grows with the square of their number).
+    """
     out = binned(x)
-    names = tuple(sorted(x))
+    names = tuple(sorted(k for k in x if k in PAIRED))
     # The pair keys are the same for every call with the same features: built once
     # (profiled: the f-strings and the sort were half of this function's time).
     values = [out[k] for k in names]
@@ -202,6 +251,9 @@ class ChurnModel:
     stats: Any = None  # running mean/variance of every feature, for reasons
     quality: Quality | None = None
     checkpoint_id: int | None = None
+    calibrator: Calibrator = field(default=None)  # type: ignore[assignment]
+    horizon_quality: Quality = field(default=None)  # type: ignore[assignment]
+    sampler: random.Random = field(default=None)  # type: ignore[assignment]
     # (labels_seen, quality.resolved) -> weight: the weight changes only when a label
     # is learned, and computing it costs two rolling ROC AUCs (profiled: 9% of scoring).
     _weight_at: tuple[int, int, float] | None = field(default=None, repr=False, compare=False)
@@ -211,9 +263,21 @@ class ChurnModel:
             self.pipeline = build_model(self.params)
         if self.stats is None:
             self.stats = preprocessing.StandardScaler()
+        p = self.params
         if self.quality is None:
-            p = self.params
-            self.quality = Quality(p.quality_window, p.top_fraction, p.drift_delta, p.min_labels)
+            # Step labels are as many as horizon labels but a step's churns are rarer
+            # (a tenth of them with a 3-day step and a 30-day horizon): a window that
+            # many times longer holds as many churns, so its AUCs judge as well.
+            window = round(p.quality_window * max(1.0, p.horizon_steps))
+            self.quality = Quality(window, p.top_fraction, p.drift_delta, p.min_labels)
+        if self.horizon_quality is None:
+            self.horizon_quality = Quality(
+                p.quality_window, p.top_fraction, p.drift_delta, p.min_labels
+            )
+        if self.calibrator is None:
+            self.calibrator = Calibrator(min_labels=p.calibration_min_labels)
+        if self.sampler is None:
+            self.sampler = random.Random(p.seed)
 
     @property
     def weight(self) -> float:
@@ -254,14 +318,36 @@ class ChurnModel:
         return f"{self.params.kind}@{self.labels_seen}"
 
     def _model_proba(self, x: dict[str, float]) -> float:
-        return float(self.pipeline.predict_proba_one(x).get(True, 0.0))
+        """The pipeline's probability of churn within one label step.
+
+        The pipeline learnt only a share ``r`` of the non-churn labels, so its odds
+        are 1/r times too high: multiplying them by r undoes it (the correction for
+        negative down-sampling, as in click-through models).
+        """
+        p = float(self.pipeline.predict_proba_one(_with_prior(x)).get(True, 0.0))
+        r = self.params.keep_negatives
+        return p if r >= 1.0 else p * r / (p * r + 1.0 - p)
+
+    def _over_horizon(self, step_p: float) -> float:
+        """A step's probability held over the horizon: 1 - (1 - q) ** steps."""
+        steps = self.params.horizon_steps
+        return step_p if steps == 1.0 else 1.0 - (1.0 - step_p) ** steps
 
     def components(self, x: dict[str, float]) -> tuple[float, float | None]:
-        """The prior's and (once it has learned anything) the model's probabilities."""
-        return prior_score(x), (self._model_proba(x) if self.labels_seen else None)
+        """The prior's and (once it has learned anything) the model's horizon probabilities."""
+        if not self.labels_seen:
+            return prior_score(x), None
+        return prior_score(x), self._over_horizon(self._model_proba(x))
 
     def blend(self, prior: float, model: float | None) -> float:
-        """The served score from the two components."""
+        """The served score from the two components: their weighted mix, calibrated."""
+        w = self.weight
+        raw = prior if model is None or w == 0.0 else (1 - w) * prior + w * model
+        return self.calibrator(raw)
+
+    def raw(self, x: dict[str, float]) -> float:
+        """The blend before calibration (what the calibrator learns to map)."""
+        prior, model = self.components(x)
         w = self.weight
         return prior if model is None or w == 0.0 else (1 - w) * prior + w * model
 
@@ -269,8 +355,8 @@ class ChurnModel:
         """Probability of churn within the horizon."""
         return self.blend(*self.components(x))
 
-    def explain(self, x: dict[str, float], top: int = 3) -> list[Reason]:
-        """The top reasons behind the score, from the prior's and the model's contributions."""
+    def contributions(self, x: dict[str, float]) -> dict[str, float]:
+        """Every feature's contribution to the served log-odds (prior and model, blended)."""
         w = self.weight
         contributions = dict.fromkeys(FEATURE_NAMES, 0.0)
         if w < 1.0:
@@ -278,12 +364,20 @@ class ChurnModel:
                 contributions[name] += (1 - w) * c
         if w > 0.0:
             for name, c in self._model_contributions(x).items():
-                contributions[name] += w * c
+                contributions[name] = contributions.get(name, 0.0) + w * c
+        return contributions
+
+    def explain(self, x: dict[str, float], top: int = 3) -> list[Reason]:
+        """The top reasons behind the score, from the prior's and the model's contributions."""
+        contributions = self.contributions(x)
         means = self.stats.means if self.labels_seen else {}
         reasons = []
         for name, c in sorted(contributions.items(), key=lambda kv: kv[1], reverse=True)[:top]:
             if c <= 0.05:
                 break
+            if name.startswith(CATEGORY_PREFIX):
+                reasons.append(_category_reason(name, round(c, 4)))
+                continue
             feature = FEATURES[name]
             # Prior terms point in the risk direction by construction; model terms
             # say "up" or "down" by where the value sits against the running mean.
@@ -294,17 +388,38 @@ class ChurnModel:
         return reasons
 
     def _model_contributions(self, x: dict[str, float]) -> dict[str, float]:
+        """The pipeline's contributions, its prior input's shared out among the prior's terms."""
+        out = self._pipeline_contributions(_with_prior(x))
+        via_prior = out.pop(PRIOR_INPUT, 0.0)
+        terms = prior_contributions(x)
         if self.params.kind in ("gam", "ga2m", "logreg"):
-            scaler, lr = self.pipeline["StandardScaler"], self.pipeline["LogisticRegression"]
+            # The prior's log-odds is an input with a learnt weight: each of its
+            # terms contributes that weight times its own contribution.
+            prior_weight = _linear_parts(self.pipeline)[1].weights.get(PRIOR_INPUT, 0.0)
+            for name, c in terms.items():
+                out[name] = out.get(name, 0.0) + prior_weight * c
+        elif via_prior:
+            # A tree's probe of the prior input: shared out by the terms' sizes.
+            sizes = {k: abs(v) for k, v in terms.items() if v}
+            total = sum(sizes.values())
+            for name, size in sizes.items():
+                out[name] = out.get(name, 0.0) + via_prior * size / total
+        return out
+
+    def _pipeline_contributions(self, x: dict[str, float]) -> dict[str, float]:
+        if self.params.kind in ("gam", "ga2m", "logreg"):
+            scaler, lr = _linear_parts(self.pipeline)
             w = lr.weights
             scaled = scaler.transform_one(x)
+            scaled.pop(PRIOR_INPUT, None)
             if self.params.kind == "logreg":
                 scaled = clip_scaled(scaled)  # as the prediction sees it
-                return {k: w.get(k, 0.0) * v for k, v in scaled.items() if k in FEATURES}
+                return {k: w.get(k, 0.0) * v for k, v in scaled.items()}
             # gam: the feature's term (slope and step) against the term at its mean
             # (z = 0), so an ordinary value contributes nothing whatever its bin weight.
             clipped = binned(scaled)
-            names = tuple(sorted(k for k in scaled if k in FEATURES))
+            names = tuple(sorted(k for k in scaled if k in x))
+            paired = tuple(k for k in names if k in PAIRED)
             out = {}
             for k in names:
                 z = clipped[k]
@@ -312,10 +427,13 @@ class ChurnModel:
                 out[k] = w.get(k, 0.0) * z + w.get(step, 0.0) - w.get(_bin_key(k, _ZERO_BIN), 0.0)
             if self.params.kind == "ga2m":
                 # A pair's term (0 when either is at its mean) is split between the two.
-                for i, j, key in _pair_plan(names):
-                    half = 0.5 * w.get(key, 0.0) * clipped[names[i]] * clipped[names[j]]
-                    out[names[i]] += half
-                    out[names[j]] += half
+                for i, j, key in _pair_plan(paired):
+                    half = 0.5 * w.get(key, 0.0) * clipped[paired[i]] * clipped[paired[j]]
+                    out[paired[i]] += half
+                    out[paired[j]] += half
+            for key, value in x.items():
+                if key.startswith(CATEGORY_PREFIX):
+                    out[key] = w.get(key, 0.0) * value
             return out
         # Trees: how far the probability falls (in log-odds) when the feature is set to
         # its mean. Only the most unusual features are probed: each costs a prediction.
@@ -336,17 +454,42 @@ class ChurnModel:
         predicted: float | None = None,
         components: tuple[float, float | None] | None = None,
     ) -> None:
-        """Learn one labelled example.
+        """Learn one example labelled over a label step (churned within the step or not).
 
         ``predicted`` (the score served before the label was known) and its
-        ``components`` (prior, model) feed the prequential quality.
+        ``components`` (prior, model) feed the prequential quality, which
+        decides the model's weight.
         """
         if predicted is not None and self.quality is not None:
             self.quality.update(predicted, churned, components)
-        self.pipeline.learn_one(x, churned)
-        self.stats.learn_one(x)
         self.labels_seen += 1
         self.positives_seen += int(churned)
+        # Non-churn step labels outnumber churns a hundred to one; learning a share
+        # of them (seeded, so a replay learns the same ones) keeps AdaGrad's steps
+        # from shrinking on negatives before the first churns come, and is cheaper.
+        if not churned and self.sampler.random() >= self.params.keep_negatives:
+            return
+        self.pipeline.learn_one(_with_prior(x), churned)
+        self.stats.learn_one(x)
+
+    def settle(
+        self, x: dict[str, float], churned: bool, predicted: float, *, matures_at: float
+    ) -> None:
+        """Take one horizon label (churned within the horizon or not) for the calibration.
+
+        ``predicted`` (the score served at the snapshot) feeds the horizon's
+        prequential quality; the calibrator learns the current blend of ``x``
+        against the label once the label has matured (``matures_at``, when a
+        non-churn label of the same snapshot would have resolved): churn labels
+        resolve at once and non-churn ones a horizon later, and learning them
+        as they come would skew the calibration up on a fresh install.
+        """
+        self.horizon_quality.update(predicted, churned)
+        self.calibrator.observe(self.raw(x), churned, matures_at=matures_at)
+
+    def advance(self, now: float) -> None:
+        """Move the model's clock (event time): matured horizon labels reach the calibrator."""
+        self.calibrator.advance(now)
 
     def dumps(self) -> bytes:
         """Serialise everything learned (River models are plain Python objects)."""
@@ -357,6 +500,9 @@ class ChurnModel:
                 "quality": self.quality,
                 "labels_seen": self.labels_seen,
                 "positives_seen": self.positives_seen,
+                "calibrator": self.calibrator,
+                "horizon_quality": self.horizon_quality,
+                "sampler": self.sampler,
             }
         )
 
@@ -374,7 +520,117 @@ class ChurnModel:
             data["stats"],
             data["quality"],
             checkpoint_id,
+            # Checkpoints from before calibration: a fresh (identity) calibrator.
+            calibrator=data.get("calibrator"),
+            horizon_quality=data.get("horizon_quality"),
+            sampler=data.get("sampler"),
         )
+
+
+PRIOR_INPUT = "prior_logit"
+"""The pipeline's input carrying the prior's log-odds."""
+
+
+def _category_reason(key: str, contribution: float) -> Reason:
+    """The reason for a category input ``cat:<field>=<value>``: "contract: month_to_month"."""
+    field, _, value = key[len(CATEGORY_PREFIX) :].partition("=")
+    en, zh = CATEGORIES.get(field, (field.removeprefix("attr_").replace("_", " "),) * 2)
+    code = f"PROFILE_{field.upper()}"[:64]
+    return Reason(code, f"{en}: {value}", f"{zh}\uff1a{value}", contribution)  # full-width colon
+
+
+def numbers_only(x: dict[str, float]) -> dict[str, float]:
+    """The numeric features: neither the prior's log-odds nor the one-hot categories."""
+    return {k: v for k, v in x.items() if k != PRIOR_INPUT and not k.startswith(CATEGORY_PREFIX)}
+
+
+def passed_through(x: dict[str, float]) -> dict[str, float]:
+    """What the regression reads unscaled: the prior's log-odds and the one-hot categories.
+
+    The prior's log-odds is 0 when absent; an unknown category is a new key, with
+    its own weight starting from 0.
+    """
+    out = {k: v for k, v in x.items() if k.startswith(CATEGORY_PREFIX)}
+    out[PRIOR_INPUT] = x.get(PRIOR_INPUT, 0.0)
+    return out
+
+
+def _linear_parts(pipeline: Any) -> tuple[Any, Any]:
+    """The StandardScaler and the LogisticRegression of a ``gam``/``ga2m``/``logreg`` pipeline."""
+    union = pipeline["TransformerUnion"]
+    features = next(t for t in union.transformers.values() if isinstance(t, compose.Pipeline))
+    return features["StandardScaler"], pipeline["LogisticRegression"]
+
+
+def _with_prior(x: dict[str, float]) -> dict[str, float]:
+    """The pipeline's input: the features and the prior's log-odds."""
+    return {**x, PRIOR_INPUT: _logit(prior_score(x))}
+
+
+class Calibrator:
+    """Platt scaling learnt online: ``sigmoid(a * logit(p) + b)`` against horizon labels.
+
+    Starts as the identity (a = 1, b = 0) and serves only once it has learnt
+    ``min_labels`` matured labels of both classes. Labels wait in a queue until
+    they mature (``observe``/``advance``): a churn label resolves the moment the
+    churn is seen, a non-churn label a horizon later, so on a fresh install the
+    first horizon's labels are all churns; taken in the order they mature, the
+    two classes arrive in their true proportion. Learnt with River's
+    ``LogisticRegression`` on the one input ``logit(p)``.
+    """
+
+    def __init__(self, min_labels: int = 200, learning_rate: float = 0.002) -> None:
+        self.min_labels = min_labels
+        self.platt: Any = linear_model.LogisticRegression(
+            optimizer=optim.SGD(learning_rate),
+            intercept_lr=learning_rate,
+            initializer=optim.initializers.Constant(1.0),
+            l2=0.0,
+        )
+        self.waiting: list[tuple[float, float, bool]] = []  # heap of (matures_at, z, label)
+        self.learnt = 0
+        self.classes: set[bool] = set()
+        self.clock = -math.inf
+
+    @property
+    def active(self) -> bool:
+        """True once it has learnt enough matured labels of both classes to serve."""
+        return self.learnt >= self.min_labels and len(self.classes) == 2
+
+    def __call__(self, p: float) -> float:
+        """The calibrated probability (``p`` itself until ``active``)."""
+        if not self.active:
+            return p
+        return float(self.platt.predict_proba_one({"z": _logit(p)}).get(True, 0.0))
+
+    def observe(self, p: float, churned: bool, *, matures_at: float) -> None:
+        """Queue one horizon label for the (uncalibrated) probability ``p``."""
+        heapq.heappush(self.waiting, (matures_at, _logit(p), churned))
+        self._release()
+
+    def advance(self, now: float) -> None:
+        """Move the clock to ``now`` (event time) and learn the labels that matured."""
+        if now > self.clock:
+            self.clock = now
+            self._release()
+
+    def _release(self) -> None:
+        while self.waiting and self.waiting[0][0] <= self.clock:
+            _, z, churned = heapq.heappop(self.waiting)
+            self.platt.learn_one({"z": z}, churned)
+            self.learnt += 1
+            self.classes.add(churned)
+
+    def summary(self) -> dict[str, Any]:
+        """Its state for the model API: active, labels learnt and waiting, a and b."""
+        weights = self.platt.weights
+        return {
+            "active": self.active,
+            "labels_learnt": self.learnt,
+            "labels_waiting": len(self.waiting),
+            "slope": float(weights.get("z", 1.0)),
+            "intercept": float(self.platt.intercept),
+        }
 
 
 # The risk direction of each prior term, for choosing the reason's wording.

@@ -76,6 +76,23 @@ async def add_snapshots(conn: AsyncConnection, *, items: list[tuple[str, Snapsho
         )
 
 
+async def get_snapshots(
+    conn: AsyncConnection, *, keys: list[tuple[str, float]]
+) -> dict[tuple[str, float], Snapshot]:
+    """Stored snapshots by ``(subscriber_id, taken_at)``, left in place."""
+    if not keys:
+        return {}
+    rows = await conn.execute(
+        select(snapshots).where(tuple_(snapshots.c.subscriber_id, snapshots.c.taken_at).in_(keys))
+    )
+    return {
+        (r.subscriber_id, r.taken_at): Snapshot(
+            r.taken_at, r.features, r.predicted, r.prior, r.model
+        )
+        for r in rows
+    }
+
+
 async def take_snapshots(
     conn: AsyncConnection, *, keys: list[tuple[str, float]]
 ) -> dict[tuple[str, float], Snapshot]:

@@ -29,7 +29,13 @@ class ScoringSettings(BaseServiceSettings):
     scoring_snapshot_interval_hours: float = Field(default=24.0, gt=0)
     scoring_max_snapshots: int = Field(default=40, ge=1, le=1000)
     scoring_min_history_days: float = Field(
-        default=30.0, ge=0, description="No label snapshots before this much history."
+        default=2.0, ge=0, description="No label snapshots before this much history."
+    )
+    scoring_label_step_days: float = Field(
+        default=3.0,
+        gt=0,
+        description="The model learns 'churned within this many days' labels (at most the "
+        "horizon), which resolve within days of a fresh install.",
     )
     scoring_involuntary_churn_days: float = Field(
         default=0.0, ge=0, description="A suspension unpaid this long counts as churn; 0: off."
@@ -65,7 +71,13 @@ class ScoringSettings(BaseServiceSettings):
             quality_window=self.scoring_quality_window,
             top_fraction=self.scoring_top_fraction,
             drift_delta=self.scoring_drift_delta,
+            horizon_steps=self.scoring_horizon_days / self.label_step_days,
         )
+
+    @property
+    def label_step_days(self) -> float:
+        """The label step in days, at most the horizon."""
+        return min(self.scoring_label_step_days, self.scoring_horizon_days)
 
     def engine_params(self) -> EngineParams:
         """The labelling parameters."""
@@ -76,6 +88,7 @@ class ScoringSettings(BaseServiceSettings):
             max_snapshots=self.scoring_max_snapshots,
             involuntary_churn_s=self.scoring_involuntary_churn_days * DAY,
             min_history_s=self.scoring_min_history_days * DAY,
+            label_step_s=self.label_step_days * DAY,
         )
 
     def band(self, score: float) -> Literal["high", "medium", "low"]:
