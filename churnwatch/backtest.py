@@ -483,9 +483,7 @@ class Replay:
                 else:
                     label = False if t_end - at > within else None
                 labels.append((sid, at, label))
-        learnt = run_sync(
-            learn(self.store, self.scorer, resolved=resolved, settled=settled, final=table)
-        )
+        learnt = run_sync(learn(self.store, self.scorer, resolved=resolved, settled=settled))
         for key in [(s, at) for s, at, label in settled if label is None]:
             self.store.snapshots.pop(key, None)
         self._record(learnt, source="end")

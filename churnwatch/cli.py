@@ -73,6 +73,14 @@ def up(
         ),
     ] = None,
     simulate_days: Annotated[int, typer.Option(help="Days to simulate.", min=31)] = 60,
+    simulate_churn_from_day: Annotated[
+        int,
+        typer.Option(
+            help="First day a simulated churner may leave: 1 is a fresh deployment at an "
+            "operator whose subscribers are already leaving (docs/simulator.md).",
+            min=0,
+        ),
+    ] = 1,
     simulate_rate: Annotated[
         float, typer.Option(help="Events per second to stream.", min=1)
     ] = 10_000,
@@ -173,7 +181,9 @@ def up(
         if sample:
             _feed_sample(children)
         if simulate:
-            _feed_simulation(children, simulate, simulate_days, simulate_rate)
+            _feed_simulation(
+                children, simulate, simulate_days, simulate_rate, simulate_churn_from_day
+            )
         console.print("[bold]churnwatch is up.[/] Press Ctrl-C to stop.")
         running = True
         while not stopping:
@@ -231,7 +241,9 @@ def _feed_sample(children: list[Child]) -> None:
     console.print(f"  call queue:      curl {auth} {urls['outreach']}/v1/call-queue")
 
 
-def _feed_simulation(children: list[Child], subscribers: int, days: int, rate: float) -> None:
+def _feed_simulation(
+    children: list[Child], subscribers: int, days: int, rate: float, churn_from_day: int
+) -> None:
     from churnwatch.simulator import (
         Simulation,
         SimulationConfig,
@@ -243,7 +255,8 @@ def _feed_simulation(children: list[Child], subscribers: int, days: int, rate: f
 
     urls = {c.name: c.url for c in children}
     sim = Simulation(
-        SimulationConfig(subscribers=subscribers, days=days), end=default_streaming_end()
+        SimulationConfig(subscribers=subscribers, days=days, churn_from_day=churn_from_day),
+        end=default_streaming_end(),
     )
     console.print(
         f"simulate    {subscribers:,} subscribers x {days} days "
@@ -488,6 +501,14 @@ def simulate(
     days: Annotated[int, typer.Option(help="Days (more than 30 when anyone churns).", min=1)] = 60,
     seed: Annotated[int, typer.Option(help="Fixes the population, the events and their ids.")] = 7,
     churn_rate: Annotated[float, typer.Option(help="Share who churn without outreach.")] = 0.08,
+    churn_from_day: Annotated[
+        int,
+        typer.Option(
+            help="First day (0-based) a churner may leave; earlier churners' warning signs "
+            "began before the first day.",
+            min=0,
+        ),
+    ] = 30,
     silent_share: Annotated[float, typer.Option(help="Share of churners with no warning.")] = 0.10,
     recovery_share: Annotated[
         float, typer.Option(help="Share of the others who show warning signs, then recover.")
@@ -546,6 +567,7 @@ def simulate(
             days=days,
             seed=seed,
             churn_rate=churn_rate,
+            churn_from_day=churn_from_day,
             silent_churn_share=silent_share,
             recovery_share=recovery_share,
             outreach_effect=outreach_effect,

@@ -41,6 +41,7 @@ from rich.table import Table
 
 from churnwatch import synth
 from churnwatch.keys import api_headers
+from services.scoring.model import PRIOR_VERSION
 from shared.events import TASK_NAMESPACE
 
 __all__ = [
@@ -532,6 +533,32 @@ def _risks(urls: dict[str, str], subscriber_ids: list[str]) -> dict[str, dict[st
         return {sid: risk for sid, risk in found if risk is not None}
 
 
+def _model_table(urls: dict[str, str], risks: dict[str, dict[str, Any]]) -> Table:
+    """Who scores: the model's weight now, and the share of current scores it served."""
+    with httpx.Client(timeout=10, headers=api_headers()) as client:
+        response = client.get(f"{urls['scoring']}/v1/model")
+    table = Table(title="The model")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    if response.status_code == 200:
+        model = response.json()
+        table.add_row("kind", str(model.get("kind")))
+        table.add_row("weight in the score (the prior has the rest)", f"{model['weight']:.2f}")
+        table.add_row(
+            "labels learnt (churns)", f"{model['labels_seen']:,} ({model['positives_seen']:,})"
+        )
+        quality = model.get("quality") or {}
+        for key in ("roc_auc", "prior_lead"):
+            if quality.get(key) is not None:
+                table.add_row(f"step labels: {key}", f"{quality[key]:.3f}")
+    served = sum(1 for r in risks.values() if r.get("model_version") != PRIOR_VERSION)
+    share = served / len(risks) if risks else 0.0
+    table.add_row(
+        "current scores served by the model", f"{served:,} of {len(risks):,} ({share:.0%})"
+    )
+    return table
+
+
 def _months(start: datetime, end: datetime) -> list[str]:
     months, d = [], start.replace(day=1)
     while d < end:
@@ -565,6 +592,7 @@ def summary(sim: Simulation, stats: StreamStats | None, urls: dict[str, str]) ->
     bands = Counter(r["band"] for r in risks.values())
     scores.add_row("bands", ", ".join(f"{b} {bands[b]:,}" for b in ("high", "medium", "low")), "")
     tables.append(scores)
+    tables.append(_model_table(urls, risks))
 
     with httpx.Client(timeout=30, headers=api_headers()) as client:
         all_tasks = _all_tasks(client, urls["outreach"])

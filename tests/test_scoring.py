@@ -119,20 +119,22 @@ async def test_churn_labels_snapshots_and_the_model_is_checkpointed(
     churn = event("churn", churner, {"kind": "port_out"}, at=NOW - timedelta(days=1))
     # 40 days after the stayer's snapshot, no churn: a negative example.
     await _handle(scoring, [churn, *calls(stayer, n=1, competitor=False, days_ago=0)])
-    # Step labels (3 days): the churn came 19 days after its snapshot, so both are
-    # non-churns for the model; over the 30-day horizon the churner's is a churn.
-    assert (handler.model.labels_seen, handler.model.positives_seen) == (2, 0)
-    horizon = handler.model.horizon_quality
-    assert horizon.resolved == 2 and sorted(y for _, y in horizon.recent) == [False, True]
+    # Both snapshots were learnt as non-churns once their 3-day step passed, and the
+    # churner's again as a churn (within the 30-day horizon): 2 labels, 1 churn.
+    assert (handler.model.labels_seen, handler.model.positives_seen) == (2, 1)
+    # Horizon labels count for the quality once matured (a horizon and its lateness
+    # after the snapshot): the stayer's has, the churner's (taken 20 days ago) waits.
+    assert handler.model.quality is not None and handler.model.quality.resolved == 1
+    assert [s.churned for _, _, s in handler.model.waiting] == [True]
     assert await _count(engine, snapshots, subscriber_id=churner) == 0
     # Checkpointed every 2 labels, in the same transaction as the labels.
     async with engine.connect() as conn:
         stored = await service.load_model(
             conn, name=handler.settings.scoring_model_name, params=handler.settings.model_params()
         )
-    assert (stored.labels_seen, stored.positives_seen) == (2, 0)
+    assert (stored.labels_seen, stored.positives_seen) == (2, 1)
     assert stored.checkpoint_id is not None and stored.quality is not None
-    assert stored.quality.resolved == 2 and stored.horizon_quality.resolved == 2
+    assert stored.quality.resolved == 1 and len(stored.waiting) == 1
     # A churned subscriber gets no new risk score (win-back handles them).
     async with engine.connect() as conn:
         state = await service.get_state(conn, subscriber_id=churner)

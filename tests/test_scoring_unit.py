@@ -110,8 +110,9 @@ def test_competitor_share_and_decay() -> None:
             )
         )
     )
-    # Two 7-day half-lives later the same ten calls weigh a quarter.
-    assert old["calls_7d"] == pytest.approx(10 * 0.25 + 1, rel=0.01)
+    # Two 7-day half-lives later the same ten calls weigh a quarter; the feature reads
+    # the sum at its steady level: 14 days of summing filled 1 - 2**-2 of it.
+    assert old["calls_7d"] == pytest.approx((10 * 0.25 + 1) / 0.75, rel=0.01)
     assert old["competitor_share_7d"] < x["competitor_share_7d"]
 
 
@@ -208,7 +209,11 @@ def test_one_snapshot_per_interval_and_churn_labels_them() -> None:
     step = s.step(state, churn)
     assert sorted(label for _, label in step.resolved) == [True, True]
     assert step.scored is None and step.state["pending"] == []
-    s.learn(store.take("S", step.resolved))
+    # The step is the horizon here: the same two labels settle the horizon too.
+    assert step.settled == step.resolved
+    examples = store.take("S", step.resolved)
+    s.learn(examples)  # learnt as non-churns once their step passed...
+    s.settle(examples)  # ...and again as churns: they churned within the horizon
     assert (s.model.labels_seen, s.model.positives_seen) == (4, 2)
 
 

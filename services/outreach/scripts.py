@@ -312,6 +312,8 @@ CODE_TOPICS: dict[str, str] = {
     "NIGHT_MINUTES_DOWN": "usage_down",
     "INTL_MINUTES_UP": "bill_high",
     "INTL_MINUTES_DOWN": "usage_down",
+    "INTL_CALLS_UP": "bill_high",
+    "INTL_CALLS_DOWN": "usage_down",
     "ROAMING_UP": "bill_high",
     "ROAMING_DOWN": "usage_down",
     "COUNTERPARTS_MANY": "usage_up",

@@ -137,14 +137,11 @@ async def learn(
     *,
     resolved: Sequence[tuple[str, float, bool | None]],
     settled: Sequence[tuple[str, float, bool | None]],
-    final: bool = False,
 ) -> list[Learnt]:
     """Learn the step labels, then settle the horizon labels (removing those snapshots).
 
     A snapshot may be in both lists (its step and horizon labels resolved in the
-    same batch: always when the step is the horizon); it is read once. ``final``:
-    the horizon labels are all known at once (the end of a table's data), so
-    the calibration takes them now instead of when they would have matured.
+    same batch: always when the step is the horizon); it is read once.
     """
     settle_keys = [(s, at) for s, at, _ in settled]
     taken = await store.take_snapshots(settle_keys)
@@ -165,7 +162,7 @@ async def learn(
         if snapshot is not None and label is not None:
             horizon.append((snapshot, label))
             learnt.append(Learnt(sid, snapshot, label, "horizon"))
-    scorer.settle(horizon, final=final)
+    scorer.settle(horizon)
     return learnt
 
 

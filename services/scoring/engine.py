@@ -32,7 +32,7 @@ from services.scoring.features import (
     pending_stop_notice,
     vector,
 )
-from services.scoring.model import ChurnModel
+from services.scoring.model import ChurnModel, Settled
 from shared.events import Event
 
 DAY = 86_400.0
@@ -70,6 +70,8 @@ class Snapshot:
     predicted: float  # the score served
     prior: float  # its components: the prior's probability
     model: float | None  # and the model's (None before it learned anything)
+    raw: float | None = None  # the blend before calibration (None: taken before it was kept)
+    history_s: float | None = None  # how long the subscriber had been seen then
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +151,10 @@ class Scorer:
 
         x = vector(state)
         prior, model_p = self.model.components(x)
-        score = self.model.blend(prior, model_p)
-        mature = watermark - float(state["first_seen"]) >= p.min_history_s
+        raw = self.model.mix(prior, model_p)
+        history_s = watermark - float(state["first_seen"])
+        score = self.model.calibrator(raw, history_s / DAY)
+        mature = history_s >= p.min_history_s
         # No snapshot at or before an intervention already recorded (late events):
         # its label would be the outreach's doing, not the subscriber's (censor()).
         untreated = watermark > float(state.get("treated_at") or -math.inf)
@@ -159,7 +163,7 @@ class Scorer:
             and untreated
             and (not pending or watermark - max(pending) >= p.snapshot_interval_s)
         ):
-            step.snapshot = Snapshot(watermark, x, score, prior, model_p)
+            step.snapshot = Snapshot(watermark, x, score, prior, model_p, raw, history_s)
             pending.append(watermark)
             stepping.append(watermark)
             while len(pending) > p.max_snapshots:
@@ -197,21 +201,28 @@ class Scorer:
         return dropped
 
     def learn(self, examples: list[tuple[Snapshot, bool]]) -> None:
-        """Learn snapshots with their step labels: quality first, then the model."""
-        for snapshot, churned in examples:
-            self.model.learn(
-                snapshot.x, churned, snapshot.predicted, (snapshot.prior, snapshot.model)
-            )
+        """Snapshots whose step resolved: the model learns them as non-churns (for now)."""
+        for snapshot, _ in examples:
+            self.model.observe(snapshot.x)
 
-    def settle(self, examples: list[tuple[Snapshot, bool]], *, final: bool = False) -> None:
-        """Take snapshots' horizon labels: the horizon's quality and the calibration.
+    def settle(self, examples: list[tuple[Snapshot, bool]]) -> None:
+        """Snapshots whose horizon label is known: quality, calibration, churns learnt.
 
-        ``final``: labels all decided at once (a table's end of data): no class
-        arrives before the other, so they need not wait to mature.
+        A churn within the horizon is learnt again as a churn (``confirm``); every
+        label goes to the horizon's quality and the calibration.
         """
-        lag = -math.inf if final else self.params.horizon_s + self.params.lateness_s
+        lag = self.params.horizon_s + self.params.lateness_s
         for snapshot, churned in examples:
-            self.model.settle(snapshot.x, churned, snapshot.predicted, matures_at=snapshot.at + lag)
+            if churned:
+                self.model.confirm(snapshot.x)
+            settled = Settled(
+                churned,
+                snapshot.predicted,
+                (snapshot.prior, snapshot.model),
+                snapshot.raw,
+                math.inf if snapshot.history_s is None else snapshot.history_s / DAY,
+            )
+            self.model.settle(settled, matures_at=snapshot.at + lag)
 
     def advance(self, now: float) -> None:
         """Move the model's clock to ``now`` (the newest event time of a batch)."""

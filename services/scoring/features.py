@@ -60,6 +60,7 @@ DECAYED: dict[str, float] = {
     "evening_min_7d": 7,
     "night_min_7d": 7,
     "intl_min_7d": 7,
+    "intl_calls_7d": 7,
     "roaming_min_7d": 7,
     "counterparts_30d": 30,
     "severe_complaints_30d": 30,
@@ -68,6 +69,28 @@ DECAYED: dict[str, float] = {
     "care_contacts_30d": 30,
     "retention_contacts_30d": 30,
 }
+VOLUMES: tuple[str, ...] = (
+    "calls_7d",
+    "voice_min_7d",
+    "sms_7d",
+    "data_mb_7d",
+    "day_min_7d",
+    "evening_min_7d",
+    "night_min_7d",
+    "intl_min_7d",
+    "intl_calls_7d",
+    "roaming_min_7d",
+    "counterparts_30d",
+    "severe_complaints_30d",
+    "billing_complaints_30d",
+    "network_complaints_30d",
+    "care_contacts_30d",
+    "retention_contacts_30d",
+)
+"""Decayed sums read at their steady level (see ``vector``): usage, and the version 2
+contact and complaint counts (rates of contact, which a model reads through bins).
+The prior's own counts (complaints, late payments, downgrades) are read as they are:
+its fixed weights per event must not be multiplied on a subscriber's first days."""
 # CDR time bands read as day / evening / night minutes (other labels count in none).
 TIME_BANDS = {
     "day": "day_min_7d",
@@ -334,6 +357,12 @@ FEATURES: dict[str, Feature] = {
         ("INTL_MINUTES_UP", "many international minutes", "国际通话时长多"),
         ("INTL_MINUTES_DOWN", "few international minutes", "国际通话时长少"),
     ),
+    "intl_calls_7d": _f(
+        "calls",
+        "International voice calls, 7-day half-life decayed",
+        ("INTL_CALLS_UP", "many international calls", "国际通话次数多"),
+        ("INTL_CALLS_DOWN", "few international calls", "国际通话次数少"),
+    ),
     "roaming_min_7d": _f(
         "minutes",
         "Voice minutes while roaming, 7-day half-life decayed",
@@ -427,6 +456,7 @@ FEATURE_SOURCES: dict[str, tuple[str, ...]] = {
     "evening_min_7d": ("cdr.time_band", "cdr.duration_s"),
     "night_min_7d": ("cdr.time_band", "cdr.duration_s"),
     "intl_min_7d": ("cdr.counterpart_network", "cdr.duration_s"),
+    "intl_calls_7d": ("cdr.counterpart_network", "cdr.count"),
     "roaming_min_7d": ("cdr.roaming", "cdr.duration_s"),
     "counterparts_30d": ("cdr.distinct_counterparts",),
     "severe_complaints_30d": ("complaint.severity",),
@@ -521,6 +551,7 @@ def apply_event(state: State, event: Event) -> None:
                 _add_decayed(state, "competitor_calls_30d", p.count, t)
             elif p.counterpart_network == "international":
                 _add_decayed(state, "intl_min_7d", minutes, t)
+                _add_decayed(state, "intl_calls_7d", p.count, t)
             if p.roaming:
                 _add_decayed(state, "roaming_min_7d", minutes, t)
             band = TIME_BANDS.get((p.time_band or "").lower())
@@ -691,13 +722,20 @@ def vector(state: State) -> dict[str, float]:
     hours = FAR_HOURS if notice is None else min(FAR_HOURS, max(0.0, (notice[0] - t) / 3600))
     start = activated or state["first_seen"] or t
     age_days = (t - (state["first_seen"] or t)) / DAY  # how long we have been summing
+    # Usage volumes as their steady level: a sum that has filled for only a few days
+    # (a subscriber first seen lately, every subscriber on a fresh install) is scaled
+    # up by the share it has filled, as _rate does for the trends. Without it a
+    # snapshot's date since install would say as much as the usage itself.
+    level = {
+        name: d[name] / (1.0 - 2.0 ** (-max(age_days, 1.0) / DECAYED[name])) for name in VOLUMES
+    }
     return {
-        "calls_7d": d["calls_7d"],
-        "voice_min_7d": d["voice_min_7d"],
+        "calls_7d": level["calls_7d"],
+        "voice_min_7d": level["voice_min_7d"],
         "voice_trend": _rate_trend(d["voice_min_7d"], d["voice_min_30d"], 1.0, age_days),
-        "sms_7d": d["sms_7d"],
+        "sms_7d": level["sms_7d"],
         "sms_trend": _rate_trend(d["sms_7d"], d["sms_30d"], 1.0, age_days),
-        "data_mb_7d": d["data_mb_7d"],
+        "data_mb_7d": level["data_mb_7d"],
         "data_trend": _rate_trend(d["data_mb_7d"], d["data_mb_30d"], 10.0, age_days),
         "competitor_share_7d": share_7,
         "competitor_share_change": share_7 - share_30,
@@ -718,7 +756,7 @@ def vector(state: State) -> dict[str, float]:
         "tenure_days": max(0.0, (t - start) / DAY),
         "tier_level": float(TIER_LEVEL.get(tier, 0)),
         "log_monthly_value": math.log1p(max(0.0, monthly_value)),
-        **_vector_v2(state, d, t),
+        **_vector_v2(state, d | level, t),
     }
 
 
@@ -747,6 +785,7 @@ def _vector_v2(state: State, d: dict[str, float], t: float) -> dict[str, float]:
         "evening_min_7d",
         "night_min_7d",
         "intl_min_7d",
+        "intl_calls_7d",
         "roaming_min_7d",
         "counterparts_30d",
         "severe_complaints_30d",

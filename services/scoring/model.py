@@ -31,12 +31,12 @@ import functools
 import heapq
 import math
 import pickle
-import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from river import compose, forest, linear_model, optim, preprocessing, tree
 
+from services.scoring.calibration import Calibrator, logit
 from services.scoring.features import CATEGORIES, CATEGORY_PREFIX, FEATURE_NAMES, FEATURES
 from services.scoring.quality import Quality
 
@@ -74,32 +74,20 @@ class ModelParams:
     quality_window: int = 2000
     top_fraction: float = 0.1
     drift_delta: float = 0.002
-    # Horizon / label step: the step probability is raised to this many steps.
-    # 1.0 (the step is the horizon) learns the horizon's labels directly.
-    horizon_steps: float = 1.0
     # The calibrator serves once it has this many matured horizon labels of both classes.
     calibration_min_labels: int = 200
-    # Share of non-churn step labels the pipeline learns (the rest are skipped, and
-    # its odds corrected by the same factor): None keeps one in ``horizon_steps``.
-    negative_rate: float | None = None
-
-    @property
-    def keep_negatives(self) -> float:
-        """The share of non-churn labels learnt (1.0: all)."""
-        if self.negative_rate is not None:
-            return self.negative_rate
-        return min(1.0, 1.0 / max(1.0, self.horizon_steps))
 
 
 # Each kind's learning rate when SCORING_LEARNING_RATE is not set: AdaGrad's for
 # ``gam`` (per-weight steps, so rare bins learn as fast as common ones), SGD's for ``logreg``.
-DEFAULT_LEARNING_RATE: dict[str, float] = {"gam": 0.075, "ga2m": 0.075, "logreg": 0.005}
+DEFAULT_LEARNING_RATE: dict[str, float] = {"gam": 0.04, "ga2m": 0.04, "logreg": 0.005}
 
 PAIRED: frozenset[str] = frozenset(
     (
         *FEATURE_NAMES[: FEATURE_NAMES.index("log_monthly_value") + 1],
         "plan_international",
         "intl_min_7d",
+        "intl_calls_7d",
         "day_min_7d",
         "care_contacts_30d",
         "contract_days_left",
@@ -252,8 +240,10 @@ class ChurnModel:
     quality: Quality | None = None
     checkpoint_id: int | None = None
     calibrator: Calibrator = field(default=None)  # type: ignore[assignment]
-    horizon_quality: Quality = field(default=None)  # type: ignore[assignment]
-    sampler: random.Random = field(default=None)  # type: ignore[assignment]
+    # Horizon labels waiting to mature: (matures_at, sequence, label), and the clock.
+    waiting: list[tuple[float, int, Settled]] = field(default_factory=list)
+    clock: float = -math.inf
+    _sequence: int = 0
     # (labels_seen, quality.resolved) -> weight: the weight changes only when a label
     # is learned, and computing it costs two rolling ROC AUCs (profiled: 9% of scoring).
     _weight_at: tuple[int, int, float] | None = field(default=None, repr=False, compare=False)
@@ -265,19 +255,9 @@ class ChurnModel:
             self.stats = preprocessing.StandardScaler()
         p = self.params
         if self.quality is None:
-            # Step labels are as many as horizon labels but a step's churns are rarer
-            # (a tenth of them with a 3-day step and a 30-day horizon): a window that
-            # many times longer holds as many churns, so its AUCs judge as well.
-            window = round(p.quality_window * max(1.0, p.horizon_steps))
-            self.quality = Quality(window, p.top_fraction, p.drift_delta, p.min_labels)
-        if self.horizon_quality is None:
-            self.horizon_quality = Quality(
-                p.quality_window, p.top_fraction, p.drift_delta, p.min_labels
-            )
+            self.quality = Quality(p.quality_window, p.top_fraction, p.drift_delta, p.min_labels)
         if self.calibrator is None:
             self.calibrator = Calibrator(min_labels=p.calibration_min_labels)
-        if self.sampler is None:
-            self.sampler = random.Random(p.seed)
 
     @property
     def weight(self) -> float:
@@ -318,38 +298,33 @@ class ChurnModel:
         return f"{self.params.kind}@{self.labels_seen}"
 
     def _model_proba(self, x: dict[str, float]) -> float:
-        """The pipeline's probability of churn within one label step.
+        """The model's probability of churn within the horizon.
 
-        The pipeline learnt only a share ``r`` of the non-churn labels, so its odds
-        are 1/r times too high: multiplying them by r undoes it (the correction for
-        negative down-sampling, as in click-through models).
+        The pipeline learnt every snapshot as a non-churn and each churn again as a
+        churn (``observe``/``confirm``), so it estimates q = p / (1 + p), and
+        p = q / (1 - q): the fake-negative correction of delayed-feedback learning.
         """
-        p = float(self.pipeline.predict_proba_one(_with_prior(x)).get(True, 0.0))
-        r = self.params.keep_negatives
-        return p if r >= 1.0 else p * r / (p * r + 1.0 - p)
-
-    def _over_horizon(self, step_p: float) -> float:
-        """A step's probability held over the horizon: 1 - (1 - q) ** steps."""
-        steps = self.params.horizon_steps
-        return step_p if steps == 1.0 else 1.0 - (1.0 - step_p) ** steps
+        q = float(self.pipeline.predict_proba_one(_with_prior(x)).get(True, 0.0))
+        return min(1.0 - 1e-6, q / (1.0 - q)) if q < 1.0 else 1.0 - 1e-6
 
     def components(self, x: dict[str, float]) -> tuple[float, float | None]:
         """The prior's and (once it has learned anything) the model's horizon probabilities."""
         if not self.labels_seen:
             return prior_score(x), None
-        return prior_score(x), self._over_horizon(self._model_proba(x))
+        return prior_score(x), self._model_proba(x)
 
-    def blend(self, prior: float, model: float | None) -> float:
-        """The served score from the two components: their weighted mix, calibrated."""
-        w = self.weight
-        raw = prior if model is None or w == 0.0 else (1 - w) * prior + w * model
-        return self.calibrator(raw)
-
-    def raw(self, x: dict[str, float]) -> float:
-        """The blend before calibration (what the calibrator learns to map)."""
-        prior, model = self.components(x)
+    def mix(self, prior: float, model: float | None) -> float:
+        """The two components' weighted mix, before calibration."""
         w = self.weight
         return prior if model is None or w == 0.0 else (1 - w) * prior + w * model
+
+    def blend(self, prior: float, model: float | None, *, history_days: float = math.inf) -> float:
+        """The served score from the two components: their weighted mix, calibrated.
+
+        ``history_days``: how long the service has seen the subscriber (default:
+        long enough not to matter).
+        """
+        return self.calibrator(self.mix(prior, model), history_days)
 
     def score(self, x: dict[str, float]) -> float:
         """Probability of churn within the horizon."""
@@ -454,42 +429,71 @@ class ChurnModel:
         predicted: float | None = None,
         components: tuple[float, float | None] | None = None,
     ) -> None:
-        """Learn one example labelled over a label step (churned within the step or not).
+        """Learn one example whose horizon label is known: ``judge``, ``observe``, ``confirm``."""
+        self.judge(churned, predicted, components)
+        self.observe(x)
+        if churned:
+            self.confirm(x)
+
+    def judge(
+        self,
+        churned: bool,
+        predicted: float | None,
+        components: tuple[float, float | None] | None,
+    ) -> None:
+        """Score a prediction against its horizon label: the quality behind the weight.
 
         ``predicted`` (the score served before the label was known) and its
-        ``components`` (prior, model) feed the prequential quality, which
-        decides the model's weight.
+        ``components`` (prior, model) feed the prequential quality.
         """
         if predicted is not None and self.quality is not None:
             self.quality.update(predicted, churned, components)
-        self.labels_seen += 1
-        self.positives_seen += int(churned)
-        # Non-churn step labels outnumber churns a hundred to one; learning a share
-        # of them (seeded, so a replay learns the same ones) keeps AdaGrad's steps
-        # from shrinking on negatives before the first churns come, and is cheaper.
-        if not churned and self.sampler.random() >= self.params.keep_negatives:
-            return
-        self.pipeline.learn_one(_with_prior(x), churned)
-        self.stats.learn_one(x)
 
-    def settle(
-        self, x: dict[str, float], churned: bool, predicted: float, *, matures_at: float
-    ) -> None:
-        """Take one horizon label (churned within the horizon or not) for the calibration.
+    def observe(self, x: dict[str, float]) -> None:
+        """Learn a snapshot as a non-churn, once its step has passed (or it churned).
 
-        ``predicted`` (the score served at the snapshot) feeds the horizon's
-        prequential quality; the calibrator learns the current blend of ``x``
-        against the label once the label has matured (``matures_at``, when a
-        non-churn label of the same snapshot would have resolved): churn labels
-        resolve at once and non-churn ones a horizon later, and learning them
-        as they come would skew the calibration up on a fresh install.
+        Delayed feedback the way click-through models learn conversions (the
+        "fake negative" scheme): every snapshot is learnt as a non-churn as soon
+        as its step has passed, and learnt again as a churn (``confirm``) if the
+        subscriber churns within the horizon. Both classes come within days of a
+        fresh install, no label waits a horizon, and the model's estimate q of
+        that mix is p / (1 + p) of the churn probability p (``_model_proba``).
         """
-        self.horizon_quality.update(predicted, churned)
-        self.calibrator.observe(self.raw(x), churned, matures_at=matures_at)
+        self.pipeline.learn_one(_with_prior(x), False)
+        self.stats.learn_one(x)
+        self.labels_seen += 1
+
+    def confirm(self, x: dict[str, float]) -> None:
+        """Learn a snapshot again as a churn: its subscriber churned within the horizon."""
+        self.pipeline.learn_one(_with_prior(x), True)
+        self.positives_seen += 1
+
+    def settle(self, snapshot: Settled, *, matures_at: float) -> None:
+        """Take one horizon label (churned within the horizon or not) for judging and calibrating.
+
+        It waits until it has **matured** (``matures_at``: when a non-churn label
+        of the same snapshot would have resolved), then feeds the prequential
+        quality (the served score and both components: the champion/challenger
+        rule, ``judge``) and the calibration (the blend before calibration).
+        Churn labels resolve at once and non-churn ones a horizon later: taken as
+        they come, the first horizon after a fresh install would hold churns only.
+        """
+        self._sequence += 1
+        heapq.heappush(self.waiting, (matures_at, self._sequence, snapshot))
+        self._release()
 
     def advance(self, now: float) -> None:
-        """Move the model's clock (event time): matured horizon labels reach the calibrator."""
-        self.calibrator.advance(now)
+        """Move the model's clock (event time): matured horizon labels are taken."""
+        if now > self.clock:
+            self.clock = now
+            self._release()
+
+    def _release(self) -> None:
+        while self.waiting and self.waiting[0][0] <= self.clock:
+            settled = heapq.heappop(self.waiting)[2]
+            self.judge(settled.churned, settled.predicted, settled.components)
+            if settled.raw is not None:
+                self.calibrator.learn(settled.raw, settled.churned, settled.history_days)
 
     def dumps(self) -> bytes:
         """Serialise everything learned (River models are plain Python objects)."""
@@ -501,8 +505,9 @@ class ChurnModel:
                 "labels_seen": self.labels_seen,
                 "positives_seen": self.positives_seen,
                 "calibrator": self.calibrator,
-                "horizon_quality": self.horizon_quality,
-                "sampler": self.sampler,
+                "waiting": self.waiting,
+                "clock": self.clock,
+                "sequence": self._sequence,
             }
         )
 
@@ -522,8 +527,9 @@ class ChurnModel:
             checkpoint_id,
             # Checkpoints from before calibration: a fresh (identity) calibrator.
             calibrator=data.get("calibrator"),
-            horizon_quality=data.get("horizon_quality"),
-            sampler=data.get("sampler"),
+            waiting=data.get("waiting", []),
+            clock=data.get("clock", -math.inf),
+            _sequence=data.get("sequence", 0),
         )
 
 
@@ -567,76 +573,19 @@ def _with_prior(x: dict[str, float]) -> dict[str, float]:
     return {**x, PRIOR_INPUT: _logit(prior_score(x))}
 
 
-class Calibrator:
-    """Platt scaling learnt online: ``sigmoid(a * logit(p) + b)`` against horizon labels.
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A snapshot's horizon label with what was served for it, waiting to mature."""
 
-    Starts as the identity (a = 1, b = 0) and serves only once it has learnt
-    ``min_labels`` matured labels of both classes. Labels wait in a queue until
-    they mature (``observe``/``advance``): a churn label resolves the moment the
-    churn is seen, a non-churn label a horizon later, so on a fresh install the
-    first horizon's labels are all churns; taken in the order they mature, the
-    two classes arrive in their true proportion. Learnt with River's
-    ``LogisticRegression`` on the one input ``logit(p)``.
-    """
-
-    def __init__(self, min_labels: int = 200, learning_rate: float = 0.002) -> None:
-        self.min_labels = min_labels
-        self.platt: Any = linear_model.LogisticRegression(
-            optimizer=optim.SGD(learning_rate),
-            intercept_lr=learning_rate,
-            initializer=optim.initializers.Constant(1.0),
-            l2=0.0,
-        )
-        self.waiting: list[tuple[float, float, bool]] = []  # heap of (matures_at, z, label)
-        self.learnt = 0
-        self.classes: set[bool] = set()
-        self.clock = -math.inf
-
-    @property
-    def active(self) -> bool:
-        """True once it has learnt enough matured labels of both classes to serve."""
-        return self.learnt >= self.min_labels and len(self.classes) == 2
-
-    def __call__(self, p: float) -> float:
-        """The calibrated probability (``p`` itself until ``active``)."""
-        if not self.active:
-            return p
-        return float(self.platt.predict_proba_one({"z": _logit(p)}).get(True, 0.0))
-
-    def observe(self, p: float, churned: bool, *, matures_at: float) -> None:
-        """Queue one horizon label for the (uncalibrated) probability ``p``."""
-        heapq.heappush(self.waiting, (matures_at, _logit(p), churned))
-        self._release()
-
-    def advance(self, now: float) -> None:
-        """Move the clock to ``now`` (event time) and learn the labels that matured."""
-        if now > self.clock:
-            self.clock = now
-            self._release()
-
-    def _release(self) -> None:
-        while self.waiting and self.waiting[0][0] <= self.clock:
-            _, z, churned = heapq.heappop(self.waiting)
-            self.platt.learn_one({"z": z}, churned)
-            self.learnt += 1
-            self.classes.add(churned)
-
-    def summary(self) -> dict[str, Any]:
-        """Its state for the model API: active, labels learnt and waiting, a and b."""
-        weights = self.platt.weights
-        return {
-            "active": self.active,
-            "labels_learnt": self.learnt,
-            "labels_waiting": len(self.waiting),
-            "slope": float(weights.get("z", 1.0)),
-            "intercept": float(self.platt.intercept),
-        }
+    churned: bool
+    predicted: float  # the score served
+    components: tuple[float, float | None]  # its prior's and model's probabilities
+    raw: float | None  # the blend before calibration (None: an older snapshot)
+    history_days: float  # how much of the subscriber the service had seen then
 
 
 # The risk direction of each prior term, for choosing the reason's wording.
 _PRIOR_HIGH = {name: how != "negative" for name, (_, how) in _PRIOR.items()}
 
 
-def _logit(p: float) -> float:
-    p = min(1 - 1e-6, max(1e-6, p))
-    return math.log(p / (1 - p))
+_logit = logit

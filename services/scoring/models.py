@@ -51,6 +51,9 @@ snapshots = Table(
     Column("predicted", Double, nullable=False),
     Column("prior", Double, nullable=False),
     Column("model", Double, nullable=True),
+    # The blend before calibration at the snapshot: what the calibration learns to map.
+    Column("raw", Double, nullable=True, comment="The blend before calibration."),
+    Column("history_s", Double, nullable=True, comment="Seconds of history seen then."),
     comment="Feature snapshots waiting for their label (churn within the horizon or not).",
 )
 

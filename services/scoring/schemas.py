@@ -47,5 +47,11 @@ class ModelOut(BaseModel):
     positives_seen: int
     min_labels: int
     weight: float = Field(description="The model's share of the score; the prior has the rest.")
-    quality: dict[str, Any] = Field(description="Prequential metrics over the recent window.")
+    quality: dict[str, Any] = Field(
+        description="Prequential metrics over the recent horizon labels, taken in the order "
+        "they mature: what the model's weight is decided on."
+    )
+    calibration: dict[str, Any] = Field(
+        default_factory=dict, description="The calibration of the served score (docs/scoring.md)."
+    )
     checkpoint: CheckpointOut | None

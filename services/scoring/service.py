@@ -70,6 +70,8 @@ async def add_snapshots(conn: AsyncConnection, *, items: list[tuple[str, Snapsho
                     "predicted": s.predicted,
                     "prior": s.prior,
                     "model": s.model,
+                    "raw": s.raw,
+                    "history_s": s.history_s,
                 }
                 for sid, s in items
             ],
@@ -87,7 +89,7 @@ async def get_snapshots(
     )
     return {
         (r.subscriber_id, r.taken_at): Snapshot(
-            r.taken_at, r.features, r.predicted, r.prior, r.model
+            r.taken_at, r.features, r.predicted, r.prior, r.model, r.raw, r.history_s
         )
         for r in rows
     }
@@ -106,7 +108,7 @@ async def take_snapshots(
     )
     return {
         (r.subscriber_id, r.taken_at): Snapshot(
-            r.taken_at, r.features, r.predicted, r.prior, r.model
+            r.taken_at, r.features, r.predicted, r.prior, r.model, r.raw, r.history_s
         )
         for r in rows
     }

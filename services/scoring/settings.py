@@ -71,7 +71,6 @@ class ScoringSettings(BaseServiceSettings):
             quality_window=self.scoring_quality_window,
             top_fraction=self.scoring_top_fraction,
             drift_delta=self.scoring_drift_delta,
-            horizon_steps=self.scoring_horizon_days / self.label_step_days,
         )
 
     @property

@@ -67,5 +67,6 @@ async def get_model(request: Request) -> ModelOut:
         min_labels=model.params.min_labels,
         weight=model.weight,
         quality=model.quality.summary() if model.quality is not None else {},
+        calibration=model.calibrator.summary(),
         checkpoint=CheckpointOut.model_validate(info) if info else None,
     )
