@@ -550,7 +550,7 @@ def _model_table(urls: dict[str, str], risks: dict[str, dict[str, Any]]) -> Tabl
         quality = model.get("quality") or {}
         for key in ("roc_auc", "prior_lead"):
             if quality.get(key) is not None:
-                table.add_row(f"step labels: {key}", f"{quality[key]:.3f}")
+                table.add_row(f"horizon labels: {key}", f"{quality[key]:.3f}")
     served = sum(1 for r in risks.values() if r.get("model_version") != PRIOR_VERSION)
     share = served / len(risks) if risks else 0.0
     table.add_row(

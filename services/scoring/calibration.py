@@ -69,6 +69,10 @@ class Calibrator:
         # Step 2: the isotonic fit as points (step-1 probability, churn rate), rising.
         self.steps_x: list[float] = []
         self.steps_y: list[float] = []
+        # The youth the window held at the last fit: served youth is kept inside it, so
+        # step 1 never extrapolates (on a fresh install every label in the window is
+        # young while the subscribers scored a month later are not).
+        self.youth_range = (0.0, 1.0)
         self.learnt = 0
         self.fitted_at = 0
         self.active = False
@@ -77,7 +81,9 @@ class Calibrator:
         """The calibrated probability (``p`` itself until ``active``)."""
         if not self.active:
             return p
-        return self._isotonic(self._platt(logit(p), youth(history_days)))
+        low, high = self.youth_range
+        young = min(high, max(low, youth(history_days)))
+        return self._isotonic(self._platt(logit(p), young))
 
     def learn(self, p: float, churned: bool, history_days: float = math.inf) -> None:
         """Take one matured horizon label for the uncalibrated probability ``p``."""
@@ -117,6 +123,7 @@ class Calibrator:
         young = np.array([row[1] for row in self.recent])
         y = np.array([float(row[2]) for row in self.recent])
         rows = np.column_stack([z, np.ones_like(z), z * young, young])
+        self.youth_range = (float(young.min()), float(young.max()))
         theta = np.array(IDENTITY)
         for used in (4, 2):  # by history, else plain Platt scaling
             fitted = np.zeros(4)

@@ -708,7 +708,11 @@ def _rate_trend(short: float, long: float, unit: float, age_days: float) -> floa
 def vector(state: State) -> dict[str, float]:
     """The model's input, as of the subscriber's newest event time."""
     t = state["watermark"] or 0.0
-    d = {name: decayed_at(state, name, t) for name in DECAYED}
+    # Only the sums an event ever touched are stored; the others are 0 (one pass over
+    # the stored ones: the version 2 sums are absent for most operators).
+    d = dict.fromkeys(DECAYED, 0.0)
+    for name in state["decayed"]:
+        d[name] = decayed_at(state, name, t)
     tier, monthly_value, activated = _latest(state, "profile", ("standard", 0.0, None))
     arrears_amount, arrears_days = _latest(state, "arrears", (0.0, 0))
     if _paid_since(state, "arrears", arrears_amount):
@@ -726,9 +730,8 @@ def vector(state: State) -> dict[str, float]:
     # (a subscriber first seen lately, every subscriber on a fresh install) is scaled
     # up by the share it has filled, as _rate does for the trends. Without it a
     # snapshot's date since install would say as much as the usage itself.
-    level = {
-        name: d[name] / (1.0 - 2.0 ** (-max(age_days, 1.0) / DECAYED[name])) for name in VOLUMES
-    }
+    filled = {h: 1.0 - 2.0 ** (-max(age_days, 1.0) / h) for h in (7.0, 30.0)}
+    level = {name: d[name] / filled[DECAYED[name]] for name in VOLUMES}
     return {
         "calls_7d": level["calls_7d"],
         "voice_min_7d": level["voice_min_7d"],

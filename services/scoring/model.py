@@ -84,18 +84,31 @@ DEFAULT_LEARNING_RATE: dict[str, float] = {"gam": 0.04, "ga2m": 0.04, "logreg": 
 
 PAIRED: frozenset[str] = frozenset(
     (
-        *FEATURE_NAMES[: FEATURE_NAMES.index("log_monthly_value") + 1],
+        # the warning signs and who the subscriber is
+        "competitor_share_7d",
+        "competitor_share_change",
+        "complaints_30d",
+        "stop_notice_pending",
+        "arrears_days",
+        "voice_trend",
+        "spend_drop",
+        "days_since_activity",
+        "tenure_days",
+        "log_monthly_value",
+        "calls_7d",
+        "voice_min_7d",
+        # version 2: interactions known to matter (an international plan with many
+        # international minutes or few calls; care contacts with high day usage)
         "plan_international",
         "intl_min_7d",
         "intl_calls_7d",
         "day_min_7d",
         "care_contacts_30d",
-        "contract_days_left",
     )
 )
-"""Features ``ga2m`` multiplies in pairs: the contract-v1 ones and a few v2 ones whose
-interactions are known to matter (an international plan with many international
-minutes; care contacts with high day usage); the rest get bins only."""
+"""Features ``ga2m`` multiplies in pairs (136 pairs); the others get bins only. The
+cost of a prediction grows with the square of their number, so only these."""
+PAIRED_ORDER: tuple[str, ...] = tuple(sorted(PAIRED))
 
 # Bin edges of a standardised value for ``gam``: quarter-sigma steps from -2 to +2.5.
 # Fine enough for a threshold ("four or more service calls"), coarse enough that
@@ -165,10 +178,14 @@ def binned(x: dict[str, float]) -> dict[str, float]:
 
     ``name`` keeps the slope, ``name#k`` (k the bin of ``BIN_EDGES``) adds a step,
     so the logistic regression learns a piecewise function of every feature.
-    Module-level so the pipeline pickles.
+    A value of exactly 0 (a feature that never varied: an input the operator does
+    not send) is left out: it would add nothing but a constant, at the cost of a
+    key per feature per prediction. Module-level so the pipeline pickles.
     """
     out: dict[str, float] = {}
     for k, v in x.items():
+        if v == 0.0:
+            continue
         v = -3.0 if v < -3.0 else 3.0 if v > 3.0 else v
         out[k] = v
         out[_bin_key(k, bisect.bisect_left(BIN_EDGES, v))] = 1.0
@@ -181,12 +198,15 @@ def binned_pairs(x: dict[str, float]) -> dict[str, float]:
     Pairs only among ``PAIRED`` (the cost grows with the square of their number).
     """
     out = binned(x)
-    names = tuple(sorted(k for k in x if k in PAIRED))
     # The pair keys are the same for every call with the same features: built once
-    # (profiled: the f-strings and the sort were half of this function's time).
-    values = [out[k] for k in names]
+    # (profiled: the f-strings and the sort were half of this function's time), and
+    # a full feature vector (the usual case) needs no filtering at all.
+    names = PAIRED_ORDER if x.keys() >= PAIRED else tuple(k for k in PAIRED_ORDER if k in x)
+    values = [out.get(k, 0.0) for k in names]
     for i, j, key in _pair_plan(names):
-        out[key] = values[i] * values[j]
+        product = values[i] * values[j]
+        if product:  # a zero adds nothing (see ``binned``)
+            out[key] = product
     return out
 
 
@@ -297,21 +317,22 @@ class ChurnModel:
             return PRIOR_VERSION
         return f"{self.params.kind}@{self.labels_seen}"
 
-    def _model_proba(self, x: dict[str, float]) -> float:
-        """The model's probability of churn within the horizon.
+    def _model_proba(self, x: dict[str, float], prior: float | None = None) -> float:
+        """The model's probability of churn within the horizon (``prior``: if known).
 
         The pipeline learnt every snapshot as a non-churn and each churn again as a
         churn (``observe``/``confirm``), so it estimates q = p / (1 + p), and
         p = q / (1 - q): the fake-negative correction of delayed-feedback learning.
         """
-        q = float(self.pipeline.predict_proba_one(_with_prior(x)).get(True, 0.0))
+        q = float(self.pipeline.predict_proba_one(_with_prior(x, prior)).get(True, 0.0))
         return min(1.0 - 1e-6, q / (1.0 - q)) if q < 1.0 else 1.0 - 1e-6
 
     def components(self, x: dict[str, float]) -> tuple[float, float | None]:
         """The prior's and (once it has learned anything) the model's horizon probabilities."""
+        prior = prior_score(x)
         if not self.labels_seen:
-            return prior_score(x), None
-        return prior_score(x), self._model_proba(x)
+            return prior, None
+        return prior, self._model_proba(x, prior)
 
     def mix(self, prior: float, model: float | None) -> float:
         """The two components' weighted mix, before calibration."""
@@ -397,13 +418,18 @@ class ChurnModel:
             paired = tuple(k for k in names if k in PAIRED)
             out = {}
             for k in names:
-                z = clipped[k]
+                z = clipped.get(k, 0.0)
                 step = _bin_key(k, bisect.bisect_left(BIN_EDGES, z))
                 out[k] = w.get(k, 0.0) * z + w.get(step, 0.0) - w.get(_bin_key(k, _ZERO_BIN), 0.0)
             if self.params.kind == "ga2m":
                 # A pair's term (0 when either is at its mean) is split between the two.
                 for i, j, key in _pair_plan(paired):
-                    half = 0.5 * w.get(key, 0.0) * clipped[paired[i]] * clipped[paired[j]]
+                    half = (
+                        0.5
+                        * w.get(key, 0.0)
+                        * clipped.get(paired[i], 0.0)
+                        * clipped.get(paired[j], 0.0)
+                    )
                     out[paired[i]] += half
                     out[paired[j]] += half
             for key, value in x.items():
@@ -547,7 +573,13 @@ def _category_reason(key: str, contribution: float) -> Reason:
 
 def numbers_only(x: dict[str, float]) -> dict[str, float]:
     """The numeric features: neither the prior's log-odds nor the one-hot categories."""
-    return {k: v for k, v in x.items() if k != PRIOR_INPUT and not k.startswith(CATEGORY_PREFIX)}
+    # A key test per feature in Python cost a tenth of a prediction (profiled): a full
+    # feature vector (the usual case) is copied in the catalogue's order without one.
+    # (In a fixed order, not a set's: the sums downstream must add up the same way in
+    # every process.)
+    if len(x.keys() & _NUMERIC) == len(FEATURE_NAMES):
+        return {k: x[k] for k in FEATURE_NAMES}
+    return {k: x[k] for k in FEATURE_NAMES if k in x}
 
 
 def passed_through(x: dict[str, float]) -> dict[str, float]:
@@ -556,9 +588,12 @@ def passed_through(x: dict[str, float]) -> dict[str, float]:
     The prior's log-odds is 0 when absent; an unknown category is a new key, with
     its own weight starting from 0.
     """
-    out = {k: v for k, v in x.items() if k.startswith(CATEGORY_PREFIX)}
+    out = {k: x[k] for k in sorted(x.keys() - _NUMERIC - {PRIOR_INPUT})}
     out[PRIOR_INPUT] = x.get(PRIOR_INPUT, 0.0)
     return out
+
+
+_NUMERIC = frozenset(FEATURE_NAMES)
 
 
 def _linear_parts(pipeline: Any) -> tuple[Any, Any]:
@@ -568,9 +603,9 @@ def _linear_parts(pipeline: Any) -> tuple[Any, Any]:
     return features["StandardScaler"], pipeline["LogisticRegression"]
 
 
-def _with_prior(x: dict[str, float]) -> dict[str, float]:
-    """The pipeline's input: the features and the prior's log-odds."""
-    return {**x, PRIOR_INPUT: _logit(prior_score(x))}
+def _with_prior(x: dict[str, float], prior: float | None = None) -> dict[str, float]:
+    """The pipeline's input: the features and the prior's log-odds (computed if not given)."""
+    return {**x, PRIOR_INPUT: _logit(prior_score(x) if prior is None else prior)}
 
 
 @dataclass(frozen=True, slots=True)
