@@ -283,7 +283,6 @@ class Replay:
         self.store = MemoryStore()
         self.duplicates = 0
         self.examples: list[Example] = []
-        self.labels_learnt = 0
         self.final_scores: dict[str, float] = {}
         self.day_scores: dict[date, dict[str, float]] = defaultdict(dict)
         self.alerting = Engine(rules, control_percent=control_percent, control_salt=control_salt)
@@ -323,8 +322,7 @@ class Replay:
     def _record(self, learnt: list[Learnt], *, source: str) -> None:
         for item in learnt:
             if item.kind == "step":
-                self.labels_learnt += 1
-                continue
+                continue  # the model counts its own (labels_seen)
             snap = item.snapshot
             self.examples.append(
                 Example(

@@ -78,11 +78,7 @@ DECAYED: dict[str, float] = {
     "care_contacts_30d": 30,
     "retention_contacts_30d": 30,
 }
-VOLUMES: tuple[str, ...] = (
-    "calls_7d",
-    "voice_min_7d",
-    "sms_7d",
-    "data_mb_7d",
+V2_VOLUMES: tuple[str, ...] = (
     "day_min_7d",
     "evening_min_7d",
     "night_min_7d",
@@ -96,6 +92,8 @@ VOLUMES: tuple[str, ...] = (
     "care_contacts_30d",
     "retention_contacts_30d",
 )
+"""The contract-version-2 sums, each a feature of the same name."""
+VOLUMES: tuple[str, ...] = ("calls_7d", "voice_min_7d", "sms_7d", "data_mb_7d", *V2_VOLUMES)
 """Decayed sums read at their steady level (see ``vector``): usage, and the version 2
 contact and complaint counts (rates of contact, which a model reads through bins).
 The prior's own counts (complaints, late payments, downgrades) are read as they are:
@@ -428,20 +426,7 @@ def _vector_v2(state: State, d: dict[str, float], t: float) -> dict[str, float]:
         ),
         "overage_share": float(overage) / amount if overage is not None and amount > 0 else 0.0,
     }
-    for name in (
-        "day_min_7d",
-        "evening_min_7d",
-        "night_min_7d",
-        "intl_min_7d",
-        "intl_calls_7d",
-        "roaming_min_7d",
-        "counterparts_30d",
-        "severe_complaints_30d",
-        "billing_complaints_30d",
-        "network_complaints_30d",
-        "care_contacts_30d",
-        "retention_contacts_30d",
-    ):
+    for name in V2_VOLUMES:
         out[name] = d[name]
     for field, value in extra.get("cat", {}).items():
         out[f"{CATEGORY_PREFIX}{field}={value}"] = 1.0

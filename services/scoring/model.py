@@ -36,7 +36,8 @@ from typing import Any, Literal
 
 from river import compose, forest, linear_model, optim, preprocessing, tree
 
-from services.scoring.calibration import Calibrator, logit
+from services.scoring.calibration import Calibrator
+from services.scoring.calibration import logit as _logit
 from services.scoring.features import CATEGORIES, CATEGORY_PREFIX, FEATURE_NAMES, FEATURES
 from services.scoring.quality import Quality
 
@@ -621,6 +622,3 @@ class Settled:
 
 # The risk direction of each prior term, for choosing the reason's wording.
 _PRIOR_HIGH = {name: how != "negative" for name, (_, how) in _PRIOR.items()}
-
-
-_logit = logit
