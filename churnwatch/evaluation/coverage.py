@@ -142,6 +142,16 @@ def coverage(
     feats: dict[str, set[str]] = defaultdict(set)  # column -> features
     fields: dict[str, tuple[set[str], set[str]]] = {}
     reached: set[str] = set()
+
+    def record(field: str, cols: set[str], found: set[str]) -> None:
+        """``cols`` fill ``field``, which ``found`` features read."""
+        entry = fields.setdefault(field, (set(), set()))
+        entry[0].update(cols)
+        entry[1].update(found)
+        for c in cols:
+            reaches[c].add(field)
+            feats[c] |= found
+
     for spec in m.events:
         if spec.type == "churn":
             continue
@@ -150,13 +160,7 @@ def coverage(
             field = f"{spec.type}.{name}"
             found = set(features_reading(field, spec, sources))
             spec_features |= found
-            cols = columns_read(d, tenure)
-            entry = fields.setdefault(field, (set(), set()))
-            entry[0].update(cols)
-            entry[1].update(found)
-            for c in cols:
-                reaches[c].add(field)
-                feats[c] |= found
+            record(field, columns_read(d, tenure), found)
         # Whether the event exists (and when) feeds the features of its fields and
         # those reading its time: ``cdr.occurred_at`` (days since activity), ...
         spec_features |= set(features_reading(f"{spec.type}.occurred_at", spec, sources))
@@ -165,14 +169,7 @@ def coverage(
             d = getattr(spec, name)
             if d is None:
                 continue
-            field = f"{spec.type}.({name})"
-            cols = columns_read(d, tenure)
-            entry = fields.setdefault(field, (set(), set()))
-            entry[0].update(cols)
-            entry[1].update(spec_features)
-            for c in cols:
-                reaches[c].add(field)
-                feats[c] |= spec_features
+            record(f"{spec.type}.({name})", columns_read(d, tenure), spec_features)
     labels = label_columns(loaded)
     ids = id_columns(loaded)
     rows = []
