@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run test lint typecheck check schemas clean bench
+.PHONY: help install run test lint typecheck check schemas clean bench drills
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -22,9 +22,11 @@ install: $(STAMP) ## Create .venv and install churnwatch with its dev tools
 SIM_SUBSCRIBERS ?= 2000
 SIM_DAYS        ?= 60
 SIM_RATE        ?= 10000
+# s3: the embedded broker keeps what it acknowledged across restarts; memory: faster, lost on stop.
+BROKER_STORAGE  ?= s3
 
 run: $(STAMP) ## Start the pipeline (embedded broker + PostgreSQL), stream a simulated operator, summarise
-	$(BIN)/churnwatch up --simulate $(SIM_SUBSCRIBERS) --simulate-days $(SIM_DAYS) --simulate-rate $(SIM_RATE)
+	$(BIN)/churnwatch up --simulate $(SIM_SUBSCRIBERS) --simulate-days $(SIM_DAYS) --simulate-rate $(SIM_RATE) --broker-storage $(BROKER_STORAGE)
 
 test: $(STAMP) ## Run the test suite (starts its own broker and PostgreSQL)
 	$(BIN)/pytest -q
@@ -41,8 +43,11 @@ check: lint typecheck ## Lint and typecheck
 schemas: $(STAMP) ## Regenerate docs/schemas/*.json from the event models
 	$(BIN)/churnwatch schemas --out docs/schemas
 
-clean: ## Remove the venv and the embedded stack's data
+clean: ## Remove the venv and the embedded stack's data (broker messages and offsets, PostgreSQL, logs)
 	rm -rf $(VENV) .churnwatch .pytest_cache .mypy_cache .ruff_cache
+
+drills: $(STAMP) ## Fault drills on the embedded stack, each counted end to end (DRILL_ARGS=--short; docs/faults.md)
+	$(BIN)/churnwatch drill $(DRILL_ARGS)
 
 bench: $(STAMP) ## Benchmarks (ingest, scoring, latency, footprint, growth; BENCH_ARGS=--quick); writes bench/results.{json,md}
 	$(BIN)/python -m bench $(BENCH_ARGS)

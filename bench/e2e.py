@@ -25,6 +25,7 @@ from sqlalchemy import text
 from bench.common import Proc, Stack, fresh_prefix, run, start, table_bytes, wait_ready
 from bench.scoring import relabel, store_model
 from churnwatch.embedded import free_port, stop_processes
+from churnwatch.gateway import GatewaySettings, gateway_headers
 from shared.db import create_engine
 
 Raw = dict[str, Any]
@@ -160,7 +161,11 @@ async def _collect(
                 rows = (await conn.execute(query, {"like": f"{prefix}-%"})).all()
                 await conn.commit()
                 cause = {str(r.task_id): str(r.cause_event_id) for r in rows}
-                page = await client.get(gateway.url + "/v1/messages", params={"limit": 10_000})
+                page = await client.get(
+                    gateway.url + "/v1/messages",
+                    params={"limit": 10_000},
+                    headers=gateway_headers(GatewaySettings().sms_gateway_token),
+                )
                 messages = page.json()["messages"]
                 arrived = {
                     cause[m["reference"]]: m

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
@@ -23,42 +20,8 @@ app = typer.Typer(
 )
 console = Console(stderr=True, soft_wrap=True)
 
-
-@dataclass
-class Child:
-    """A service process started by ``up``."""
-
-    name: str
-    port: int
-    probe: str
-    process: subprocess.Popen[bytes]
-    log: IO[Any]
-
-    @property
-    def url(self) -> str:
-        """Where it serves."""
-        return f"http://127.0.0.1:{self.port}"
-
-
-def _wait_ready(children: list[Child], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    pending = list(children)
-    with httpx.Client(timeout=2) as client:
-        while pending:
-            for child in list(pending):
-                if child.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{child.name} exited with {child.process.returncode}; see {child.log.name}"
-                    )
-                try:
-                    if client.get(child.url + child.probe).status_code == 200:
-                        pending.remove(child)
-                except httpx.HTTPError:
-                    pass
-            if pending and time.monotonic() > deadline:
-                names = ", ".join(c.name for c in pending)
-                raise TimeoutError(f"not ready after {timeout_s:.0f}s: {names}")
-            time.sleep(0.2)
+if TYPE_CHECKING:
+    from churnwatch.stack import Child
 
 
 @app.command()
@@ -86,21 +49,26 @@ def up(
     ] = 10_000,
     data_dir: Annotated[Path, typer.Option(help="Embedded data and logs.")] = Path(".churnwatch"),
     broker_port: Annotated[int, typer.Option(help="Embedded broker port.")] = 9092,
+    broker_storage: Annotated[
+        str,
+        typer.Option(
+            help="Embedded broker storage: s3 (durable, on SeaweedFS under DATA_DIR/broker) "
+            "or memory (faster; lost when the broker stops).",
+        ),
+    ] = "s3",
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 90,
 ) -> None:
     """Start the broker, PostgreSQL, the four services and the SMS gateway; Ctrl-C stops all.
 
-    With KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL set, those are used and no
-    embedded broker / database is started.
+    A child that dies is restarted with backoff while the rest keep running
+    (docs/operations.md). With KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL set, those
+    are used and no embedded broker / database is started.
     """
-    from churnwatch.embedded import EmbeddedBroker, EmbeddedPostgres, stop_processes
-    from churnwatch.gateway import GatewaySettings
-    from churnwatch.migrate import upgrade
-    from services.alerting.settings import AlertingSettings
-    from services.ingest.settings import IngestSettings
-    from services.outreach.settings import OutreachSettings
-    from services.scoring.settings import ScoringSettings
+    from churnwatch.embedded import BROKER_STORAGES
+    from churnwatch.stack import Stack
 
+    if broker_storage not in BROKER_STORAGES:
+        raise typer.BadParameter("memory or s3", param_hint="--broker-storage")
     stopping = False
     running = False
 
@@ -115,96 +83,41 @@ def up(
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
 
-    data_dir = data_dir.resolve()
-    logs = data_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    broker: EmbeddedBroker | None = None
-    postgres: EmbeddedPostgres | None = None
-    children: list[Child] = []
+    stack = Stack(
+        data_dir,
+        broker_storage=broker_storage,
+        broker_port=broker_port,
+        ready_timeout_s=ready_timeout,
+        say=console.print,
+    )
     try:
-        if "KAFKA_BOOTSTRAP_SERVERS" not in env:
-            broker = EmbeddedBroker(broker_port, logs / "broker.log").start()
-            env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
-            console.print(
-                f"broker      [green]{broker.bootstrap_servers}[/] "
-                "(embedded Tansu, in-memory: messages are lost when it stops)"
-            )
-        if "DATABASE_URL" not in env:
-            postgres = EmbeddedPostgres(data_dir / "postgres").start()
-            env["DATABASE_URL"] = postgres.url
-            console.print(f"postgres    [green]{data_dir / 'postgres'}[/] (embedded)")
-        upgrade(env["DATABASE_URL"])
-        # Every API wants a key: one with all scopes for this session's own calls
-        # (sample, simulation), reused from the data directory when still valid.
-        from churnwatch.keys import ensure_dev_key
-
-        api_key = ensure_dev_key(env["DATABASE_URL"], data_dir / "dev-api-key")
-        os.environ.setdefault("CHURNWATCH_API_KEY", api_key)
+        stack.start()
         console.print(
-            f"api key     {api_key}\n            (all scopes; saved in {data_dir / 'dev-api-key'};"
+            f"api key     {stack.api_key}\n            (all scopes; saved in "
+            f"{stack.data_dir / 'dev-api-key'};"
             " export CHURNWATCH_API_KEY=<it> for curl and churnwatch commands)"
         )
-        env.setdefault("LOG_JSON", "true")
-        # The stand-in gateway posts receipts and simulated replies to outreach,
-        # wherever OUTREACH_PORT put it.
-        outreach_url = f"http://127.0.0.1:{OutreachSettings().outreach_port}"
-        env.setdefault("SMS_GATEWAY_RECEIPT_URL", f"{outreach_url}/v1/sms/receipts")
-        env.setdefault("SMS_GATEWAY_INBOUND_URL", f"{outreach_url}/v1/sms/inbound")
-
-        specs = [
-            (
-                "sms-gateway",
-                GatewaySettings().sms_gateway_port,
-                "/healthz",
-                ["-m", "churnwatch", "sms-gateway"],
-            ),
-            ("ingest", IngestSettings().ingest_port, "/readyz", ["-m", "services.ingest"]),
-            ("scoring", ScoringSettings().scoring_port, "/readyz", ["-m", "services.scoring"]),
-            ("alerting", AlertingSettings().alerting_port, "/readyz", ["-m", "services.alerting"]),
-            ("outreach", OutreachSettings().outreach_port, "/readyz", ["-m", "services.outreach"]),
-        ]
-        for name, port, probe, args in specs:
-            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop_processes
-            process = subprocess.Popen(
-                [sys.executable, *args],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            children.append(Child(name, port, probe, process, log))
-        _wait_ready(children, ready_timeout)
-        for child in children:
-            console.print(f"{child.name:<11} [green]{child.url}[/]")
-        console.print(f"logs        {logs}")
+        for child in stack.services:
+            console.print(f"{child.name:<11} [green]{child.url}[/] (pid {child.pid})")
+        console.print(f"logs        {stack.logs}")
         if sample:
-            _feed_sample(children)
+            _feed_sample(stack.services)
         if simulate:
             _feed_simulation(
-                children, simulate, simulate_days, simulate_rate, simulate_churn_from_day
+                stack.services, simulate, simulate_days, simulate_rate, simulate_churn_from_day
             )
-        console.print("[bold]churnwatch is up.[/] Press Ctrl-C to stop.")
+        console.print(
+            "[bold]churnwatch is up.[/] A child that dies is restarted. Press Ctrl-C to stop."
+        )
         running = True
         while not stopping:
-            for child in children:
-                if child.process.poll() is not None:
-                    console.print(
-                        f"[red]{child.name} exited ({child.process.returncode})[/]; "
-                        f"see {child.log.name}"
-                    )
-                    stopping = True
-            time.sleep(0.5)
+            time.sleep(0.2)
     except KeyboardInterrupt:
         console.print("interrupted during start-up")
     finally:
         running = True  # a second Ctrl-C must not interrupt the clean-up
         console.print("stopping...")
-        stop_processes(children)
-        if broker is not None:
-            broker.stop()
-        if postgres is not None:
-            postgres.stop()
+        stack.stop()
         console.print("stopped.")
 
 
@@ -214,6 +127,10 @@ def _feed_sample(children: list[Child]) -> None:
 
     urls = {c.name: c.url for c in children}
     events = sample_events()
+    from churnwatch.gateway import GatewaySettings, gateway_headers
+
+    # The stand-in's listing wants its token (the one the child was started with).
+    gateway = gateway_headers(GatewaySettings().sms_gateway_token)
     with httpx.Client(timeout=30, headers=api_headers()) as client:
         response = client.post(urls["ingest"] + "/v1/events", json=events)
         response.raise_for_status()
@@ -222,13 +139,16 @@ def _feed_sample(children: list[Child]) -> None:
         sms: list[Any] = []
         retention: list[Any] = []
         while (not sms or not retention) and time.monotonic() < deadline:
-            sms = client.get(urls["sms-gateway"] + "/v1/messages").json()["messages"]
+            sms = client.get(urls["sms-gateway"] + "/v1/messages", headers=gateway).json()[
+                "messages"
+            ]
             retention = client.get(
                 urls["outreach"] + "/v1/tasks", params={"kind": "retention"}
             ).json()["items"]
             time.sleep(0.5)
     console.print(f"sample      {len(sms)} SMS at the gateway, {len(retention)} retention task(s)")
-    console.print(f"  reminder SMS:    curl {urls['sms-gateway']}/v1/messages")
+    gauth = '-H "Authorization: Bearer ${SMS_GATEWAY_TOKEN:-dev-gateway-token}"'
+    console.print(f"  reminder SMS:    curl {gauth} {urls['sms-gateway']}/v1/messages")
     # The APIs want the key: `export CHURNWATCH_API_KEY=<the key printed above>`.
     auth = '-H "Authorization: Bearer $CHURNWATCH_API_KEY"'
     console.print(
@@ -279,7 +199,8 @@ def _feed_simulation(
     console.print("Look further:")
     for name in ("ingest", "scoring", "alerting", "outreach"):
         console.print(f"  {name:<9} API docs {urls[name]}/docs   metrics {urls[name]}/metrics")
-    console.print(f"  SMS sent  curl {urls['sms-gateway']}/v1/messages")
+    gauth = '-H "Authorization: Bearer ${SMS_GATEWAY_TOKEN:-dev-gateway-token}"'
+    console.print(f"  SMS sent  curl {gauth} {urls['sms-gateway']}/v1/messages")
     auth = '-H "Authorization: Bearer $CHURNWATCH_API_KEY"'  # the key printed at start
     console.print(f"  retention curl {auth} '{urls['outreach']}/v1/tasks?kind=retention'")
     console.print(f"  KPIs      curl {auth} {urls['outreach']}/v1/kpis")
@@ -418,9 +339,11 @@ def _register_keys() -> None:
     # Imported here, like the other commands' heavy imports, to keep `--help` fast.
     from churnwatch.dlq import dlq_app
     from churnwatch.keys import keys_app
+    from churnwatch.phonekeys import phone_keys_app
 
     app.add_typer(keys_app, name="keys")
     app.add_typer(dlq_app, name="dlq")
+    app.add_typer(phone_keys_app, name="phone-keys")
 
 
 _register_keys()
@@ -676,6 +599,69 @@ def evaluate_table(
 
     code = run_evaluation(file, mapping, report=report, seed=seed, folds=folds, console=console)
     raise typer.Exit(code)
+
+
+@app.command()
+def drill(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Drills to run (default: all; see --list).")
+    ] = None,
+    short: Annotated[bool, typer.Option(help="Only the short run CI does.")] = False,
+    list_drills: Annotated[bool, typer.Option("--list", help="List the drills and exit.")] = False,
+    rate: Annotated[float, typer.Option(help="Events per second each drill posts.", min=1)] = 1500,
+    subscribers: Annotated[
+        int | None, typer.Option(help="Simulated subscribers per drill (default: the drill's).")
+    ] = None,
+    settle_timeout: Annotated[
+        float, typer.Option(help="Seconds a drill waits for every effect after its load.")
+    ] = 180,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Keep the stack's data and logs here (default: a temp dir).")
+    ] = None,
+) -> None:
+    """Fault drills on the embedded stack, each counted end to end (docs/faults.md).
+
+    Exits 1 if any drill lost or duplicated anything or left an SMS without a final state.
+    """
+    from churnwatch.drill import DRILLS, results_table, run, select
+
+    if list_drills:
+        for d in DRILLS:
+            console.print(
+                f"{d.name:<18} {d.description}{'  (short run)' if d.in_short_run else ''}"
+            )
+        return
+    try:
+        chosen = select(names or [], short=short)
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc.args[0])) from exc
+    console.print(f"drills      {', '.join(d.name for d in chosen)}")
+
+    def started(stack: Any) -> None:
+        console.print(f"stack       up (data and logs in {stack.data_dir})")
+
+    def finished(result: Any) -> None:
+        verdict = "[green]pass[/]" if result.passed else "[red]FAIL[/]"
+        console.print(f"{result.drill.name:<18} {verdict} in {result.seconds:.0f} s")
+        for note in result.notes:
+            console.print(f"    {note}")
+        if result.error:
+            console.print(f"    [red]{result.error}[/]")
+        if result.tally is not None and not result.passed:
+            console.print(f"    {result.tally}")
+
+    results = run(
+        chosen,
+        data_dir=data_dir,
+        rate=rate,
+        settle_timeout_s=settle_timeout,
+        subscribers=subscribers,
+        on_start=started,
+        on_result=finished,
+    )
+    Console(width=120).print(results_table(results))
+    if not all(r.passed for r in results):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -3,16 +3,21 @@
 It speaks the same generic JSON protocol outreach uses for a real provider
 (docs/operations.md, "SMS provider protocol"): ``POST /v1/messages`` with a
 bearer token and an ``Idempotency-Key``, then a delivery receipt signed with
-HMAC-SHA256 posted back to outreach. It keeps what it was sent in memory and
-lets anyone list it, and it can misbehave on demand (``Faults``: slow
-answers, 500s, a hang after accepting, lost receipts) so tests can check
-what outreach does then. It stands in for the operator's SMS provider on the
-embedded stack and in tests; it never sends a real SMS.
+HMAC-SHA256 posted back to outreach, and ``GET /v1/status`` answers what
+became of a message (by idempotency key or message id). It keeps what it was
+sent in memory and lists it, and it can misbehave on demand (``Faults``: slow
+answers, 500s, a hang after accepting, lost receipts, a status query that
+fails or knows nothing) so tests can check what outreach does then. Every
+route but the probes wants the bearer token (``SMS_GATEWAY_TOKEN``): the
+listing holds phone numbers and texts, and the fault modes change what it
+does. It stands in for the operator's SMS provider on the embedded stack and
+in tests; it never sends a real SMS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 import uuid
@@ -23,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 import httpx
 import orjson
-from fastapi import FastAPI, Header, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,7 +40,14 @@ from tenacity import (
 )
 
 from services.outreach.policy import SIGNATURE_HEADER, sign
-from shared.errors import Conflict, NotFound, ServiceUnavailable, install_error_handlers
+from shared.errors import (
+    Conflict,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+    UnprocessableEntity,
+    install_error_handlers,
+)
 from shared.events import PhoneNumber
 
 log = logging.getLogger(__name__)
@@ -74,6 +86,14 @@ class Faults(BaseModel):
     receipt_delay_s: float = Field(
         default=0, ge=0, le=600, description="Wait this long after accepting before the receipt."
     )
+    status_error_500: bool = Field(
+        default=False, description="Status queries answer 500 (a provider that never says)."
+    )
+    status_unknown: bool = Field(
+        default=False,
+        description="Status queries answer state 'unknown' (the provider has the message "
+        "but does not know its fate).",
+    )
 
 
 class GatewaySettings(BaseSettings):
@@ -100,6 +120,10 @@ class GatewaySettings(BaseSettings):
     )
 
 
+ProviderState = Literal["accepted", "sent", "delivered", "failed", "unknown"]
+"""What a provider knows of a message (the status query's ``state``)."""
+
+
 class MessageIn(BaseModel):
     """An SMS submitted by a client."""
 
@@ -113,13 +137,34 @@ class MessageOut(MessageIn):
     """A stored SMS."""
 
     message_id: str
-    status: str = Field(description="accepted, then delivered or failed (as its receipt says).")
+    status: ProviderState = Field(
+        description="accepted, then delivered or failed (as its receipt says)."
+    )
     idempotency_key: str | None
     received_at: datetime
+    status_at: datetime | None = Field(
+        default=None, description="When it was delivered or failed; null while accepted."
+    )
+    error: str | None = Field(default=None, description="Why its delivery failed.")
     receipt: str = Field(
         default="pending",
         description="What became of its receipt: pending, sent, dropped, off, or why it failed.",
     )
+
+
+class MessageStatus(BaseModel):
+    """The answer to ``GET /v1/status``: what became of one message."""
+
+    state: ProviderState = Field(
+        description="accepted (taken, not yet handed on), sent (handed to the network), "
+        "delivered or failed (final), unknown (the provider has it but not its fate)."
+    )
+    message_id: str
+    idempotency_key: str | None
+    reference: str | None
+    accepted_at: datetime
+    updated_at: datetime = Field(description="When the state was last known to change.")
+    error: str | None = Field(default=None, description="Why it failed, if it did.")
 
 
 class InboundSimulation(BaseModel):
@@ -142,6 +187,7 @@ class GatewayState:
         self.settings = settings
         self.messages: list[MessageOut] = []
         self.by_key: dict[str, MessageOut] = {}
+        self.by_id: dict[str, MessageOut] = {}
         self.faults = settings.sms_gateway_faults.model_copy()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -185,6 +231,8 @@ class GatewayState:
             await asyncio.sleep(faults.receipt_delay_s)
         failed = faults.fail_deliveries
         message.status = "failed" if failed else "delivered"
+        message.error = "fault mode fail_deliveries" if failed else None
+        message.status_at = datetime.now(UTC)
         url = self.settings.sms_gateway_receipt_url
         if not url:
             message.receipt = "off"
@@ -196,8 +244,8 @@ class GatewayState:
             "message_id": message.message_id,
             "reference": message.reference,
             "status": message.status,
-            "error": "fault mode fail_deliveries" if failed else None,
-            "at": datetime.now(UTC).isoformat(),
+            "error": message.error,
+            "at": message.status_at.isoformat(),
         }
         try:
             async for attempt in AsyncRetrying(
@@ -221,7 +269,7 @@ class GatewayState:
 
 
 def create_gateway_app(settings: GatewaySettings) -> FastAPI:
-    """The stand-in provider: accepts, deduplicates by idempotency key, sends receipts, lists."""
+    """The stand-in provider: accepts, deduplicates by idempotency key, receipts, status, lists."""
     state = GatewayState(settings)
 
     @asynccontextmanager
@@ -235,21 +283,27 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
     install_error_handlers(app)
     app.state.gateway = state
     app.state.messages = state.messages
+    expected = f"Bearer {settings.sms_gateway_token}".encode()
 
-    def _authorised(authorization: str | None) -> bool:
-        return authorization == f"Bearer {settings.sms_gateway_token}"
+    async def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        """401 unless ``Authorization: Bearer <SMS_GATEWAY_TOKEN>`` (compared in constant time)."""
+        if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+            raise Unauthorized("missing or wrong bearer token")
 
     @app.get("/healthz")
     @app.get("/readyz")
     async def healthz() -> dict[str, str]:
-        """Liveness and readiness: the stand-in has no dependencies."""
+        """Liveness and readiness: the stand-in has no dependencies (no token: probes)."""
         return {"status": "ok"}
 
-    @app.post("/v1/messages", status_code=202, response_model=MessageOut)
+    # Everything else wants the token: the messages hold phone numbers and texts,
+    # and the fault modes change what the gateway does for everyone.
+    api = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+
+    @api.post("/messages", status_code=202, response_model=MessageOut)
     async def submit(
         body: MessageIn,
         response: Response,
-        authorization: Annotated[str | None, Header()] = None,
         idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
     ) -> Any:
         """Accept one SMS; the same Idempotency-Key again returns the first message (200).
@@ -258,8 +312,6 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
         stored), then deduplication, then ``timeout_after_accept`` (stored, its
         receipt on the way, the answer held back).
         """
-        if not _authorised(authorization):
-            return Response(status_code=401)
         if state.faults.slow_s:
             await asyncio.sleep(state.faults.slow_s)
         if state.take("error_500"):
@@ -275,6 +327,7 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
             received_at=datetime.now(UTC),
         )
         state.messages.append(message)
+        state.by_id[message.message_id] = message
         if idempotency_key:
             state.by_key[idempotency_key] = message
         log.info("SMS accepted", extra={"message_id": message.message_id})
@@ -283,7 +336,7 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
             await asyncio.sleep(state.faults.hang_s)
         return message
 
-    @app.get("/v1/messages")
+    @api.get("/messages")
     async def list_messages(
         to: str | None = None,
         reference: str | None = None,
@@ -297,27 +350,62 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
         ]
         return {"messages": found[:limit]}
 
-    @app.get("/v1/messages/{message_id}", response_model=MessageOut)
+    @api.get("/messages/{message_id}", response_model=MessageOut)
     async def get_message(message_id: str) -> MessageOut:
         """One received message."""
-        for message in state.messages:
-            if message.message_id == message_id:
-                return message
+        if message_id in state.by_id:
+            return state.by_id[message_id]
         raise NotFound(f"no message {message_id}")
 
-    @app.get("/v1/faults", response_model=Faults)
+    @api.get(
+        "/status",
+        response_model=MessageStatus,
+        responses={404: {"description": "No message with this key or id: it was never taken."}},
+    )
+    async def message_status(
+        idempotency_key: Annotated[str | None, Query(max_length=128)] = None,
+        message_id: Annotated[str | None, Query(max_length=128)] = None,
+    ) -> Any:
+        """What became of one message, by idempotency key (or by message id).
+
+        404 means the provider never took a message with this key: sending it
+        again with the same key is safe. Fault modes ``status_error_500`` and
+        ``status_unknown`` make it answer 500, or state ``unknown``.
+        """
+        if (idempotency_key is None) == (message_id is None):
+            raise UnprocessableEntity("give exactly one of idempotency_key and message_id")
+        if state.faults.status_error_500:
+            return JSONResponse({"error": "fault mode status_error_500"}, status_code=500)
+        if idempotency_key is not None:
+            message = state.by_key.get(idempotency_key)
+        else:
+            message = state.by_id.get(message_id or "")
+        if message is None:
+            raise NotFound("no message with this idempotency key or id")
+        known = message.status in ("delivered", "failed") and not state.faults.status_unknown
+        return MessageStatus(
+            state="unknown" if state.faults.status_unknown else message.status,
+            message_id=message.message_id,
+            idempotency_key=message.idempotency_key,
+            reference=message.reference,
+            accepted_at=message.received_at,
+            updated_at=(message.status_at if known else None) or message.received_at,
+            error=message.error if known else None,
+        )
+
+    @api.get("/faults", response_model=Faults)
     async def get_faults() -> Faults:
         """The fault modes in force."""
         return state.faults
 
-    @app.put("/v1/faults", response_model=Faults)
+    @api.put("/faults", response_model=Faults)
     async def put_faults(faults: Faults) -> Faults:
         """Replace the fault modes (``{}`` turns them all off)."""
         state.faults = faults
         log.info("fault modes changed", extra={"faults": faults.model_dump_json()})
         return faults
 
-    @app.post("/v1/simulate/inbound")
+    @api.post("/simulate/inbound")
     async def simulate_inbound(body: InboundSimulation) -> dict[str, Any]:
         """Post a signed inbound reply to outreach, as if the subscriber had sent ``text``.
 
@@ -342,4 +430,10 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
             content = answer.text
         return {"status": answer.status_code, "response": content}
 
+    app.include_router(api)
     return app
+
+
+def gateway_headers(token: str) -> dict[str, str]:
+    """Headers for the stand-in's API (its listings, faults, status): the bearer token."""
+    return {"Authorization": f"Bearer {token}"}

@@ -40,6 +40,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from churnwatch import synth
+from churnwatch.gateway import GatewaySettings, gateway_headers
 from churnwatch.keys import api_headers
 from services.scoring.model import PRIOR_VERSION
 from shared.events import TASK_NAMESPACE
@@ -596,7 +597,11 @@ def summary(sim: Simulation, stats: StreamStats | None, urls: dict[str, str]) ->
 
     with httpx.Client(timeout=30, headers=api_headers()) as client:
         all_tasks = _all_tasks(client, urls["outreach"])
-        messages = client.get(urls["sms-gateway"] + "/v1/messages", params={"limit": 10_000})
+        messages = client.get(
+            urls["sms-gateway"] + "/v1/messages",
+            params={"limit": 10_000},
+            headers=gateway_headers(GatewaySettings().sms_gateway_token),  # the stand-in's token
+        )
         kpis = [
             client.get(urls["outreach"] + "/v1/kpis", params={"period": m}).json()
             for m in _months(sim.start, sim.end + timedelta(days=1))

@@ -38,12 +38,13 @@ from aiokafka import (
 )
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.partitioner import murmur2
+from aiokafka.structs import RecordMetadata
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared import metrics
 from shared.dlq import DeadLetter
-from shared.kafka import client_options, topics_for
+from shared.kafka import TopicGuard, client_options, topics_for
 from shared.settings import BaseServiceSettings
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,27 @@ T = TypeVar("T")
 class Outbox:
     """Messages produced while a batch is handled; ``flush()`` waits for every ack."""
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        *,
+        on_ack: Callable[[RecordMetadata], None] | None = None,
+    ) -> None:
+        """``on_ack``: called with each acknowledged batch's metadata, in ack order."""
         self._producer = producer
         self._pending: list[asyncio.Future[Any]] = []
+        self._on_ack = on_ack
+
+    def _track(self, future: asyncio.Future[Any]) -> None:
+        self._pending.append(future)
+        if self._on_ack is not None:
+            on_ack = self._on_ack
+
+            def acked(done: asyncio.Future[Any]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    on_ack(done.result())
+
+            future.add_done_callback(acked)
 
     async def send(
         self,
@@ -74,7 +93,7 @@ class Outbox:
             key=key.encode() if isinstance(key, str) else key,
             headers=headers,
         )
-        self._pending.append(future)
+        self._track(future)
 
     async def send_many(
         self, topic: str, messages: Sequence[tuple[bytes, bytes, list[tuple[str, bytes]]]]
@@ -96,21 +115,19 @@ class Outbox:
             ):
                 continue
             if batch is not None:  # full: off it goes, a new one takes the message
-                self._pending.append(
-                    await self._producer.send_batch(batch, topic, partition=partition)
-                )
+                self._track(await self._producer.send_batch(batch, topic, partition=partition))
             batch = self._producer.create_batch()
             if batch.append(timestamp=None, key=key, value=value, headers=headers):
                 open_batches[partition] = batch
             else:  # larger than a whole batch: on its own, as send() would
                 open_batches.pop(partition, None)
-                self._pending.append(
+                self._track(
                     await self._producer.send(
                         topic, value=value, key=key, headers=headers, partition=partition
                     )
                 )
         for partition, batch in open_batches.items():
-            self._pending.append(await self._producer.send_batch(batch, topic, partition=partition))
+            self._track(await self._producer.send_batch(batch, topic, partition=partition))
 
     @property
     def pending(self) -> int:
@@ -154,6 +171,10 @@ class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
 
+class _TopicsLost(Exception):
+    """The topics went away (or changed) under a running consumer."""
+
+
 class ConsumerLoop(Generic[T]):
     """Consume ``topics`` in ``group_id``, handle batches transactionally, commit after."""
 
@@ -173,6 +194,7 @@ class ConsumerLoop(Generic[T]):
         max_records: int | None = None,
         restart_backoff_s: float = 1.0,
         lag_interval_s: float = 5.0,
+        topic_check_interval_s: float = 1.0,
     ) -> None:
         self.service = service
         self.settings = settings
@@ -191,6 +213,11 @@ class ConsumerLoop(Generic[T]):
         self._healthy = False
         self._last_lag_at = 0.0
         self.batches_handled = 0
+        self.topic_check_interval_s = topic_check_interval_s
+        # Every churnwatch topic, not only the subscribed ones: a handler that
+        # produces into a lost topic would have its acks from a topic nobody reads.
+        self.guard = TopicGuard(settings, service=service, timeout_s=1.0)
+        self._waiting = False
 
     @property
     def healthy(self) -> bool:
@@ -215,34 +242,128 @@ class ConsumerLoop(Generic[T]):
         consumer.subscribe(self.topics, listener=_Revocations(self.on_revoked))
         return consumer
 
+    @property
+    def waiting_for_topics(self) -> bool:
+        """True while the loop waits for its topics (lost, wrong, or broker unreachable)."""
+        return self._waiting
+
     async def run(self) -> None:
         """Run until ``stop()``; on a failed batch, rejoin and let it be redelivered."""
+        try:
+            while not self._stopping.is_set():
+                if not await self._wait_for_topics():
+                    return
+                await self._run_consumer()
+        finally:
+            self._set_waiting(False)
+            await self.guard.close()
+
+    def _set_waiting(self, waiting: bool, reason: str = "") -> None:
+        # Logged once per change of state, not per poll.
+        if waiting and not self._waiting:
+            log.error(
+                "consumer waiting for its topics",
+                extra={"service": self.service, "reason": reason},
+            )
+        elif not waiting and self._waiting:
+            log.warning("topics are back; consumer rejoining", extra={"service": self.service})
+        self._waiting = waiting
+        metrics.CONSUMER_WAITING_FOR_TOPICS.labels(self.service).set(1 if waiting else 0)
+
+    async def _wait_for_topics(self) -> bool:
+        """Poll the topics until usable (True) or ``stop()`` (False).
+
+        With ``KAFKA_RECREATE_LOST_TOPICS`` the guard re-creates lost ones; without,
+        an operator must. A re-created topic starts at offset 0: the group's
+        committed offsets went with the old topic (Kafka deletes them with it, a
+        restarted memory broker never had them), and a committed offset past the
+        new end is reset by ``auto_offset_reset="earliest"`` (OffsetOutOfRange), so
+        nothing produced to the new topic is skipped.
+        """
         while not self._stopping.is_set():
-            consumer = self._new_consumer()
-            try:
-                await consumer.start()
-                self._healthy = True
-                await self._consume(consumer)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self._healthy = False
-                log.exception(
-                    "consumer failed; rejoining without commit", extra={"service": self.service}
-                )
-                if self.on_failure is not None:
-                    with contextlib.suppress(Exception):
-                        await self.on_failure()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self.restart_backoff_s)
-            finally:
-                self._healthy = False
-                # No commit on stop: offsets were committed after each stored batch.
+            verdict = await self.guard.check()
+            if verdict.ok:
+                self._set_waiting(False)
+                return True
+            self._healthy = False
+            self._set_waiting(True, verdict.reason)
+            await self._pause(self.restart_backoff_s)
+        return False
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` or until ``stop()``, whichever comes first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _unless_stopped(self, work: Awaitable[None]) -> bool:
+        """Await ``work`` unless ``stop()`` comes first (then cancel it): True if it ran."""
+        task = asyncio.ensure_future(work)
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return False
+        task.result()
+        return True
+
+    async def _run_consumer(self) -> None:
+        """One consumer's life: join, consume until stop, failure or topic loss."""
+        consumer = self._new_consumer()
+        try:
+            # Joining can take seconds (a broker without a coordinator yet retries
+            # forever): stop() must not wait for it.
+            if not await self._unless_stopped(consumer.start()):
+                return
+            self._healthy = True
+            await self._consume(consumer)
+        except asyncio.CancelledError:
+            raise
+        except _TopicsLost as lost:
+            self._healthy = False
+            self._set_waiting(True, str(lost))
+        except Exception:
+            self._healthy = False
+            log.exception(
+                "consumer failed; rejoining without commit", extra={"service": self.service}
+            )
+            if self.on_failure is not None:
                 with contextlib.suppress(Exception):
-                    await consumer.stop()
+                    await self.on_failure()
+            await self._pause(self.restart_backoff_s)
+        finally:
+            self._healthy = False
+            # No commit on stop: offsets were committed after each stored batch.
+            # Bounded: leaving the group of a dead broker would wait for timeouts.
+            try:
+                await asyncio.wait_for(consumer.stop(), 2.0)
+            except asyncio.CancelledError:
+                # aiokafka re-raises its fetch task's cancellation from stop() after
+                # a broker outage; only our own cancellation must propagate.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+            except Exception:
+                log.debug("consumer did not close cleanly", exc_info=True)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        checked_at = time.monotonic()
         while not self._stopping.is_set():
+            if time.monotonic() - checked_at >= self.topic_check_interval_s:
+                checked_at = time.monotonic()
+                verdict = await self.guard.check()
+                if not verdict.ok:
+                    # Missing, wrong, or the broker unreachable: drop this consumer.
+                    # A broker that comes back may be a new one (restarted with
+                    # memory storage): this consumer's positions would point into
+                    # topics that no longer exist and skip the start of the new
+                    # ones. A fresh consumer takes the group's committed offsets
+                    # (earliest if it has none) once the topics are usable again.
+                    raise _TopicsLost(verdict.reason)
+                await self._rewind_past_the_end(consumer)
             batch = await consumer.getmany(
                 timeout_ms=self.settings.kafka_poll_timeout_ms,
                 max_records=self.max_records,
@@ -265,6 +386,34 @@ class ConsumerLoop(Generic[T]):
                     continue
                 self._healthy = True
             await self._update_lag(consumer)
+
+    async def _rewind_past_the_end(self, consumer: AIOKafkaConsumer) -> None:
+        """Seek to the beginning of any partition whose end is now before our position.
+
+        A topic re-created (by this or another service) while we still held the
+        old one's positions: the new one starts at 0, and Tansu answers a fetch
+        past its end with nothing rather than OFFSET_OUT_OF_RANGE (which
+        ``auto_offset_reset="earliest"`` would handle), so the consumer would wait
+        there forever, skipping everything produced to the new topic. The high
+        watermark comes from fetch responses (right on Tansu, unlike
+        ``end_offsets``). Everything in a re-created partition is new: read it all.
+        """
+        beyond = []
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is not None and await consumer.position(tp) > end:
+                beyond.append(tp)
+        if beyond:
+            log.error(
+                "positions past the end of their partitions (topic re-created?); "
+                "reading those partitions from the beginning",
+                extra={
+                    "service": self.service,
+                    "partitions": sorted(f"{tp.topic}-{tp.partition}" for tp in beyond),
+                },
+            )
+            metrics.CONSUMER_REWOUND_PAST_END.labels(self.service).inc(len(beyond))
+            await consumer.seek_to_beginning(*beyond)
 
     async def _recover(self) -> None:
         """Run ``on_failure`` until it succeeds (or ``stop()``), staying in the group.
@@ -384,7 +533,11 @@ class ConsumerLoop(Generic[T]):
         assigned: set[TopicPartition] = consumer.assignment()
         if not assigned:
             return
-        ends = await consumer.end_offsets(list(assigned))
+        try:
+            # Bounded: lag is a metric, never a reason to stall the loop on a dead broker.
+            ends = await asyncio.wait_for(consumer.end_offsets(list(assigned)), 1.0)
+        except Exception:
+            return
         for tp in assigned:
             position = await consumer.position(tp)
             metrics.CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(

@@ -52,6 +52,7 @@ from shared.contract_types import Period as Period
 from shared.contract_types import PhoneNumber as PhoneNumber
 from shared.contract_types import SubscriberId as SubscriberId
 from shared.contract_types import Tier as Tier
+from shared.crypto import SealedPhone, is_encrypted
 from shared.messages import TASK_MESSAGE_ADAPTER as TASK_MESSAGE_ADAPTER
 from shared.messages import TASK_NAMESPACE as TASK_NAMESPACE
 from shared.messages import CallOutcome as CallOutcome
@@ -254,7 +255,12 @@ class SubscriberPayload(ContractModel):
     tier: Tier = Tier.STANDARD
     monthly_value: Money = Decimal(0)
     account_manager_id: Label | None = Field(default=None, max_length=64)
-    phone: PhoneNumber | None = None
+    phone: PhoneNumber | SealedPhone | None = Field(
+        default=None,
+        description="E.164 (+ and 7-15 digits) when sent to ingest. On Kafka it is sealed "
+        "('v2:<key id>:<base64url>', opaque: only outreach opens it); ingest refuses a "
+        "sealed value.",
+    )
     preferred_channel: Channel = Channel.SMS
     marketing_opt_out: bool = False
     language: str = Field(default="en", pattern=r"^[a-z]{2}$")
@@ -508,13 +514,29 @@ def parse_event(data: bytes | str | dict[str, Any], *, check_clock: bool = True)
     Raises ``pydantic.ValidationError`` on anything that is not a valid event.
     ``check_clock`` also refuses an ``occurred_at`` more than ``MAX_FUTURE_SKEW``
     ahead of our clock: ingest checks it on arrival; consumers of events that
-    ingest already accepted skip it (it is a third of their parsing time).
+    ingest already accepted skip it (it is a third of their parsing time). On
+    arrival a phone must also be the plain number: ingest seals it itself, and a
+    sealed value from a client would be one that no key opens.
     """
     event = (
         EVENT_ADAPTER.validate_python(data)
         if isinstance(data, dict)
         else EVENT_ADAPTER.validate_json(data)
     )
+    phone = getattr(event.payload, "phone", None)
+    if check_clock and isinstance(phone, str) and is_encrypted(phone):
+        raise ValidationError.from_exception_data(
+            "Event",
+            [
+                {
+                    "type": PydanticCustomError(
+                        "sealed_phone", "phone must be the plain E.164 number; ingest seals it"
+                    ),
+                    "loc": ("payload", "phone"),
+                    "input": "(sealed)",
+                }
+            ],
+        )
     if check_clock and event.occurred_at - datetime.now(UTC) > MAX_FUTURE_SKEW:
         raise ValidationError.from_exception_data(
             "Event",

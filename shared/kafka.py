@@ -1,4 +1,4 @@
-"""Kafka plumbing: client options, producer, topic creation and a broker probe.
+"""Kafka plumbing: client options, producer, topic creation, a topic guard and a broker probe.
 
 The same code runs against the embedded Tansu broker and Apache Kafka; only
 ``KAFKA_*`` settings change.
@@ -6,13 +6,18 @@ The same code runs against the embedded Tansu broker and Apache Kafka; only
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.helpers import create_ssl_context
 
+from shared import metrics
 from shared.settings import BaseServiceSettings
 from shared.topics import Topics
 
@@ -109,14 +114,277 @@ async def ensure_topics(settings: BaseServiceSettings) -> list[str]:
         await admin.close()
 
 
-async def ping_broker(settings: BaseServiceSettings) -> bool:
-    """True if the broker answers a metadata request."""
+async def ping_broker(settings: BaseServiceSettings, *, timeout_s: float = 1.5) -> bool:
+    """True if the broker answers a metadata request within ``timeout_s``.
+
+    Bounded: a frozen broker (SIGSTOP) accepts the TCP connection and never
+    answers, and the client's own request timeout is far longer than a probe's.
+    """
     admin = AIOKafkaAdminClient(**client_options(settings))
     try:
-        await admin.start()
-        await admin.describe_cluster()
+        await asyncio.wait_for(_start_and_describe(admin), timeout_s)
     except Exception:
         return False
     finally:
-        await admin.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(admin.close(), timeout_s)
     return True
+
+
+async def _start_and_describe(admin: AIOKafkaAdminClient) -> None:
+    await admin.start()
+    await admin.describe_cluster()
+
+
+async def present_topics(admin: AIOKafkaAdminClient) -> dict[str, int]:
+    """Every topic the broker lists, with its partition count.
+
+    One metadata request that names no topic: naming a missing one makes Tansu
+    (and Kafka with ``auto.create.topics.enable``) create it with the broker's
+    default partition count.
+    """
+    described = await admin.describe_topics(None)
+    return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
+
+
+@dataclass(frozen=True, slots=True)
+class TopicVerdict:
+    """Whether the topics a service needs exist with the expected partitions."""
+
+    ok: bool
+    reason: str = ""
+    """Why not, for logs and 503 bodies; empty when ``ok``."""
+    kind: str = "ok"
+    """``ok``, ``unreachable``, ``missing`` or ``partitions``: a bounded metric label."""
+    missing: tuple[str, ...] = ()
+    started_at: float = field(default_factory=time.monotonic)
+    """Monotonic time the check began: a verdict speaks for the broker from then on."""
+
+
+def judge_topics(
+    present: dict[str, int], names: list[str], expected: int, *, exempt: tuple[str, ...] = ()
+) -> TopicVerdict:
+    """The verdict for ``names`` given the broker's ``present`` topics."""
+    missing = tuple(n for n in names if n not in present)
+    if missing:
+        return TopicVerdict(
+            False, f"topic(s) missing on the broker: {', '.join(missing)}", "missing", missing
+        )
+    wrong = [
+        f"{n} has {present[n]} partitions, KAFKA_TOPIC_PARTITIONS is {expected}"
+        for n in names
+        if n not in exempt and present[n] != expected
+    ]
+    if wrong:
+        return TopicVerdict(False, "; ".join(wrong), "partitions")
+    return TopicVerdict(True)
+
+
+class TopicGuard:
+    """Checks, with bounded time, that a service's topics exist with the expected partitions.
+
+    One long-lived admin client; concurrent callers share one in-flight check
+    (``check(newer_than=...)``); a verdict is cached for ``ttl_s``. A missing
+    topic is re-created through ``ensure_topics`` when
+    ``KAFKA_RECREATE_LOST_TOPICS`` is on (logged as an error and counted), never
+    one with the wrong partition count: that needs an operator. Every change of
+    verdict is logged once and exported as ``churnwatch_kafka_topics_ok``.
+    """
+
+    def __init__(
+        self,
+        settings: BaseServiceSettings,
+        *,
+        service: str,
+        names: list[str] | None = None,
+        ttl_s: float = 1.0,
+        timeout_s: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        topics = topics_for(settings)
+        self.names = names if names is not None else topics.all()
+        self._exempt = (topics.dlq,)  # ensure_topics does not judge the DLQ's count either
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self._admin: AIOKafkaAdminClient | None = None
+        self._last: TopicVerdict | None = None
+        self._inflight: asyncio.Task[TopicVerdict] | None = None
+        self._tasks: set[asyncio.Task[TopicVerdict]] = set()
+        # One metadata request at a time on the one admin client (two checks racing
+        # to create it would leak one).
+        self._lock = asyncio.Lock()
+        self._inflight_started = 0.0
+        self._logged_ok: bool | None = None
+        self.recreated_at = float("-inf")
+        """Monotonic time this guard last re-created a lost topic."""
+        self.unstable_at = float("-inf")
+        """Monotonic time of the last check that failed (topics not usable)."""
+
+    @property
+    def last(self) -> TopicVerdict | None:
+        """The latest verdict, if any."""
+        return self._last
+
+    def invalidate(self, *_: object) -> None:
+        """Forget the cached verdict (after a produce error or a metadata refresh)."""
+        self._last = None
+
+    async def verdict(self) -> TopicVerdict:
+        """The cached verdict if younger than ``ttl_s``, else a fresh one."""
+        last = self._last
+        if last is not None and time.monotonic() - last.started_at < self.ttl_s:
+            return last
+        return await self.check()
+
+    async def check(
+        self, *, newer_than: float | None = None, join_inflight: bool = False
+    ) -> TopicVerdict:
+        """A verdict from a check that began at or after ``newer_than`` (default: now).
+
+        ``join_inflight``: take the check in flight, if any, whenever it began (two
+        probes of one ``/readyz`` share one check this way).
+        """
+        if join_inflight and self._inflight is not None and not self._inflight.done():
+            return await asyncio.shield(self._inflight)
+        since = time.monotonic() if newer_than is None else newer_than
+        last = self._last
+        if last is not None and last.started_at >= since:
+            return last
+        if self._inflight is None or self._inflight_started < since:
+            self._inflight_started = time.monotonic()
+            self._inflight = asyncio.create_task(self._check_and_repair())
+            self._tasks.add(self._inflight)
+            self._inflight.add_done_callback(self._tasks.discard)
+        # Shielded: one caller's cancellation must not cancel the check others await.
+        return await asyncio.shield(self._inflight)
+
+    async def _check_and_repair(self) -> TopicVerdict:
+        verdict = await self._check_once()
+        if verdict.kind == "missing" and self.settings.kafka_recreate_lost_topics:
+            try:
+                created = await asyncio.wait_for(ensure_topics(self.settings), 2 * self.timeout_s)
+            except Exception as exc:
+                log.error(
+                    "could not re-create lost topics",
+                    extra={
+                        "service": self.service,
+                        "topics": list(verdict.missing),
+                        "error": repr(exc),
+                    },
+                )
+            else:
+                if created:
+                    self.recreated_at = self.unstable_at = time.monotonic()
+                    metrics.KAFKA_TOPICS_RECREATED.labels(self.service).inc(len(created))
+                    log.error(
+                        "topics were lost (broker restarted or topic deleted); re-created them "
+                        "empty: whatever they held before is gone",
+                        extra={"service": self.service, "topics": created},
+                    )
+                verdict = await self._check_once()
+        self._record(verdict)
+        return verdict
+
+    async def _check_once(self) -> TopicVerdict:
+        async with self._lock:
+            return await self._check_locked()
+
+    async def _check_locked(self) -> TopicVerdict:
+        started = time.monotonic()
+        try:
+            present = await asyncio.wait_for(self._present(), self.timeout_s)
+        except Exception as exc:
+            await self._drop_admin()  # a cancelled request leaves the client in doubt
+            reason = f"broker did not answer a metadata request in {self.timeout_s}s"
+            if not isinstance(exc, TimeoutError):
+                reason = f"broker unreachable: {type(exc).__name__}"
+            return TopicVerdict(False, reason, "unreachable", started_at=started)
+        verdict = judge_topics(
+            present, self.names, self.settings.kafka_topic_partitions, exempt=self._exempt
+        )
+        return TopicVerdict(verdict.ok, verdict.reason, verdict.kind, verdict.missing, started)
+
+    async def _present(self) -> dict[str, int]:
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(**client_options(self.settings))
+            try:
+                await admin.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await admin.close()
+                raise
+            self._admin = admin
+        return await present_topics(self._admin)
+
+    async def _drop_admin(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(admin.close(), self.timeout_s)
+
+    def _record(self, verdict: TopicVerdict) -> None:
+        if self._last is None or verdict.started_at >= self._last.started_at:
+            self._last = verdict
+        metrics.KAFKA_TOPICS_OK.labels(self.service).set(1 if verdict.ok else 0)
+        if not verdict.ok:
+            self.unstable_at = time.monotonic()
+            metrics.KAFKA_TOPIC_CHECKS_FAILED.labels(self.service, verdict.kind).inc()
+        # Once per change of state, not per check: a 3 a.m. log must stay readable.
+        if verdict.ok != self._logged_ok:
+            if verdict.ok:
+                if self._logged_ok is not None:
+                    log.warning("topics usable again", extra={"service": self.service})
+            else:
+                log.error(
+                    "topics not usable",
+                    extra={"service": self.service, "reason": verdict.reason, "kind": verdict.kind},
+                )
+            self._logged_ok = verdict.ok
+
+    async def run_periodic(self, interval_s: float) -> None:
+        """Re-check every ``interval_s`` until cancelled (keeps the gauge and cache fresh)."""
+        while True:
+            with contextlib.suppress(Exception):
+                await self.check()
+            await asyncio.sleep(interval_s)
+
+    async def close(self) -> None:
+        """Close the admin client (and wait for a check in flight)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        async with self._lock:
+            await self._drop_admin()
+
+
+class OffsetLedger:
+    """The last offset the broker acknowledged per partition: acks must move forward.
+
+    A broker acknowledges each record with its offset in the partition's log, and
+    the offsets of one partition only grow while the log exists. An acknowledged
+    offset at or below one acknowledged before means the log was lost and started
+    again: a broker restarted with memory storage, a topic deleted and re-created,
+    an unclean leader election. Tansu (memory storage) even acknowledges records for
+    a topic it no longer has, storing nothing, at offset 0. Such an acknowledgement
+    proves nothing is held: the producer's caller must not report success.
+
+    ``observe`` is called in the order the acks arrive (aiokafka keeps one batch
+    per partition in flight), so concurrent requests never look out of order.
+    Other producers' records (other replicas) only make the offsets grow faster.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, int], int] = {}
+
+    def observe(self, topic: str, partition: int, offset: int) -> bool:
+        """Record an acknowledged offset; False if it did not move forward.
+
+        After a regression the ledger starts over from the new offset, so the
+        next acknowledgement in the new log is judged against the new log.
+        """
+        key = (topic, partition)
+        last = self._last.get(key)
+        self._last[key] = offset
+        return last is None or offset > last

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, Field, TypeAdapter
 
 from shared.contract_types import Channel, ContractModel, Money, PhoneNumber, SubscriberId, Tier
+from shared.crypto import SealedPhone
 
 
 class ScoreReason(ContractModel):
@@ -69,7 +70,11 @@ class OutreachTask(ContractModel):
     subscriber_id: SubscriberId
     tier: Tier = Tier.STANDARD
     monthly_value: Money | None = None
-    phone: PhoneNumber | None = None
+    phone: PhoneNumber | SealedPhone | None = Field(
+        default=None,
+        description="Sealed ('v2:<key id>:...', shared.crypto) as alerting publishes it; "
+        "only outreach opens it. A plain E.164 number is still read (older records).",
+    )
     language: str = Field(default="en", pattern=r"^[a-z]{2}$")
     account_manager_id: str | None = Field(default=None, max_length=64)
     queue: str | None = Field(

@@ -52,6 +52,32 @@ DLQ_MESSAGES = Counter(
     "Messages sent to the dead-letter topic, by source topic and reason class",
     ["service", "topic", "reason"],
 )
+KAFKA_TOPICS_OK = Gauge(
+    "churnwatch_kafka_topics_ok",
+    "1 if the last check found every topic the service needs with the expected partitions",
+    ["service"],
+)
+KAFKA_TOPIC_CHECKS_FAILED = Counter(
+    "churnwatch_kafka_topic_checks_failed_total",
+    "Topic checks that failed, by kind (unreachable, missing, partitions)",
+    ["service", "kind"],
+)
+KAFKA_TOPICS_RECREATED = Counter(
+    "churnwatch_kafka_topics_recreated_total",
+    "Topics found missing and re-created empty (KAFKA_RECREATE_LOST_TOPICS): data was lost",
+    ["service"],
+)
+CONSUMER_WAITING_FOR_TOPICS = Gauge(
+    "churnwatch_consumer_waiting_for_topics",
+    "1 while the consumer loop waits for its topics (lost, or broker unreachable)",
+    ["service"],
+)
+CONSUMER_REWOUND_PAST_END = Counter(
+    "churnwatch_consumer_rewound_past_end_total",
+    "Partitions read again from the beginning because the consumer's position was past "
+    "their end (the topic was re-created under it)",
+    ["service"],
+)
 
 
 def _route_template(request: Request) -> str:

@@ -40,6 +40,11 @@ class BaseServiceSettings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
     kafka_request_timeout_ms: int = Field(default=10_000, ge=500)
+    # A churnwatch topic that disappears (a memory-storage broker restarted, a topic
+    # deleted) is re-created with KAFKA_TOPIC_PARTITIONS, loudly (log + metric), so
+    # the pipeline resumes by itself; false: refuse (ingest 503, consumers wait)
+    # until an operator re-creates it. docs/faults.md, "Topics lost".
+    kafka_recreate_lost_topics: bool = True
     kafka_batch_max_records: int = Field(default=500, ge=1, le=100_000)
     kafka_poll_timeout_ms: int = Field(default=200, ge=10, le=60_000)
 

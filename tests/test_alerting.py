@@ -340,6 +340,28 @@ async def test_silences_are_created_listed_matched_and_deleted(
             400,
             "bad_request",
         ),
+        # Capped at 366 days however the end is given (the issue: 9999-12-31 was accepted).
+        (
+            {"tier": "gold", "ends_at": "9999-12-31T00:00:00Z", "comment": "c", "created_by": "me"},
+            400,
+            "bad_request",
+        ),
+        (
+            {
+                "tier": "gold",
+                "starts_at": "2030-01-01T00:00:00Z",
+                "ends_at": "2031-01-03T00:00:00Z",
+                "comment": "c",
+                "created_by": "me",
+            },
+            422,
+            "validation_error",
+        ),
+        (
+            {"tier": "gold", "duration_s": 367 * 86_400, "comment": "c", "created_by": "me"},
+            422,
+            "validation_error",
+        ),
     ],
 )
 async def test_bad_silences_get_a_clear_error(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -18,7 +20,14 @@ from shared.events import Event, parse_event
 from shared.kafka import ensure_topics, make_producer
 from shared.settings import BaseServiceSettings
 from shared.topics import Topics
-from tests.helpers import committed_offsets, end_offsets, eventually, read_topic, sid, stop_notice
+from tests.helpers import (
+    committed_offsets,
+    end_offsets,
+    eventually,
+    read_topic,
+    sid,
+    stop_notice,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -245,3 +254,95 @@ async def test_send_many_batches_by_partition_as_send_would(setup: Any) -> None:
         assert record.partition == expected[record.key], record.key
     n = {r.key: r.headers for r in records}
     assert list(n[b"S-0007"]) == [("n", b"7")]
+
+
+async def _delete_topics(settings: BaseServiceSettings) -> None:
+    """The fault: every churnwatch topic deleted under the running loop."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_topics(Topics(settings.kafka_topic_prefix).all())
+    finally:
+        await admin.close()
+
+
+async def test_lost_topics_the_loop_waits_says_so_once_and_resumes_from_the_new_start(
+    setup: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Topics deleted (KAFKA_RECREATE_LOST_TOPICS off): wait, log once, metric; then resume.
+
+    The re-created topic starts at offset 0 while the group committed offsets on
+    the old one: the loop must read the new records, not wait past their end.
+    """
+    base, engine, table = setup
+    settings = BaseServiceSettings(**{**base.model_dump(), "kafka_recreate_lost_topics": False})
+    topics = Topics(settings.kafka_topic_prefix)
+    subscriber = sid()
+    first = [stop_notice(subscriber) for _ in range(5)]
+    await _produce(settings, topics.events, [orjson.dumps(e) for e in first], subscriber)
+    producer = make_producer(settings)
+    await producer.start()
+    handler = Recorder(table)
+    loop = _loop(settings, engine, handler, f"g-{uuid.uuid4().hex[:8]}", producer)
+    task = asyncio.create_task(loop.run())
+    try:
+
+        async def rows_are(n: int) -> bool:
+            return len(await _rows(engine, table)) == n
+
+        await eventually(lambda: rows_are(5), timeout_s=30, what="the first records handled")
+        await _delete_topics(settings)
+
+        async def waiting() -> bool:
+            return loop.waiting_for_topics and not loop.healthy
+
+        await eventually(waiting, timeout_s=20, what="the loop to wait for its topics")
+        gauge = REGISTRY.get_sample_value(
+            "churnwatch_consumer_waiting_for_topics", {"service": "test"}
+        )
+        assert gauge == 1
+        # Still waiting a few polls later (nothing re-created them: the setting is off).
+        await eventually(
+            lambda: _async(loop.guard.last is not None and loop.guard.last.kind == "missing"),
+            what="a missing verdict",
+        )
+        assert loop.waiting_for_topics
+        # An operator re-creates them; new records go to offset 0 of the new topic.
+        await ensure_topics(settings)
+        second = [stop_notice(subscriber) for _ in range(3)]
+        await _produce(settings, topics.events, [orjson.dumps(e) for e in second], subscriber)
+        await eventually(lambda: rows_are(8), timeout_s=40, what="the new records handled")
+        assert sorted(await _rows(engine, table)) == sorted(e["event_id"] for e in first + second)
+        assert not loop.waiting_for_topics
+        messages = [r.getMessage() for r in caplog.records if r.name == "shared.consumer"]
+        assert messages.count("consumer waiting for its topics") == 1, messages
+        assert messages.count("topics are back; consumer rejoining") == 1, messages
+    finally:
+        loop.stop()
+        await asyncio.wait_for(task, 20)
+        await producer.stop()
+
+
+async def test_stop_is_prompt_while_waiting_for_topics(setup: Any) -> None:
+    """SIGTERM (``stop()``) while the topics are missing: the loop exits in about a second."""
+    base, engine, table = setup
+    settings = BaseServiceSettings(**{**base.model_dump(), "kafka_recreate_lost_topics": False})
+    await _delete_topics(settings)
+    producer = make_producer(settings)
+    await producer.start()
+    loop = _loop(settings, engine, Recorder(table), f"g-{uuid.uuid4().hex[:8]}", producer)
+    task = asyncio.create_task(loop.run())
+    try:
+        await eventually(
+            lambda: _async(loop.waiting_for_topics), timeout_s=20, what="the loop waiting"
+        )
+        start = time.monotonic()
+        loop.stop()
+        await asyncio.wait_for(task, 10)
+        took = time.monotonic() - start
+        assert took < 1.5, f"stop took {took:.2f}s while waiting for topics"
+    finally:
+        loop.stop()
+        await producer.stop()

@@ -46,7 +46,8 @@ SECRET_SETTINGS = frozenset(
         "SMS_GATEWAY_TOKEN",
         "SMS_RECEIPT_SECRET",
         "KAFKA_SASL_PASSWORD",
-        "OUTREACH_PHONE_KEY",
+        "PHONE_KEY",
+        "PHONE_OLD_KEYS",
     }
 )
 
@@ -263,7 +264,7 @@ def test_configmap_values_are_valid_settings(tree: str) -> None:
         "DATABASE_URL": "postgresql+asyncpg://u:p@db.invalid:5432/churnwatch",
         "SMS_GATEWAY_TOKEN": "not-the-dev-token",
         "SMS_RECEIPT_SECRET": "not-the-dev-secret",
-        "OUTREACH_PHONE_KEY": "bm90LXRoZS1kZXYta2V5LW5vdC10aGUtZGV2LWtleSE=",
+        "PHONE_KEY": "bm90LXRoZS1kZXYta2V5LW5vdC10aGUtZGV2LWtleSE=",
     }
     for comp in SERVICES:
         settings_for(comp, {**data, **secrets})

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from churnwatch.embedded import free_port
+from churnwatch.gateway import GatewaySettings, gateway_headers
 from services.alerting.rules import DEFAULT_RULES_FILE
 from tests.conftest import REPO, Stack, as_environ, fresh_env
 from tests.helpers import calls, event, eventually, profile, sid, stop_notice
@@ -131,7 +132,13 @@ async def _tasks(pipeline: Pipeline, **filters: str) -> list[dict[str, Any]]:
 
 
 async def _sms_to(pipeline: Pipeline, phone: str) -> list[dict[str, Any]]:
-    return list((await _get(pipeline.urls["sms-gateway"] + "/v1/messages", to=phone))["messages"])
+    # The stand-in's listing wants its token; the pipeline runs it with the default one.
+    url = pipeline.urls["sms-gateway"] + "/v1/messages"
+    headers = gateway_headers(GatewaySettings().sms_gateway_token)
+    async with httpx.AsyncClient(timeout=5, headers=headers) as client:
+        response = await client.get(url, params={"to": phone})
+        response.raise_for_status()
+        return list(response.json()["messages"])
 
 
 async def test_vip_stop_notice_sends_a_reminder_sms_and_queues_a_call(pipeline: Pipeline) -> None:

@@ -4,11 +4,14 @@ Ingest runs as its own process (``python -m services.ingest``) on loopback,
 producing to the session broker; hypothesis throws random bytes, arbitrary JSON
 (huge numbers, unicode, deep nesting), mutated events and NDJSON with bad lines
 at ``POST /v1/events``. Every answer must be a 2xx or a 4xx with the one error
-body shape, and the process must still be alive and accepting afterwards.
+body shape, and the process must still be alive and accepting afterwards. The
+events topic is read back: exactly the events ingest said it accepted landed,
+each once, and nothing it refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -16,6 +19,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -24,8 +28,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from churnwatch.embedded import free_port
+from shared.topics import Topics
 from tests.conftest import REPO, Stack, as_environ, fresh_env
-from tests.helpers import calls, event, profile, sid, stop_notice
+from tests.helpers import calls, event, profile, read_topic, sid, stop_notice
 
 EXAMPLES = 150  # per strategy; four strategies, ~600 requests, a few seconds in all
 FUZZ = settings(
@@ -113,13 +118,23 @@ def _dump(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode()
 
 
+@dataclass(frozen=True)
+class Ingest:
+    """Where the ingest child listens, and the topic it produces to."""
+
+    url: str
+    bootstrap: str
+    topic: str
+
+
 @pytest.fixture(scope="module")
-def ingest(stack: Stack) -> Iterator[str]:
-    """Ingest as a child process on a free port; its base URL."""
+def ingest(stack: Stack) -> Iterator[Ingest]:
+    """Ingest as a child process on a free port."""
     port = free_port()
+    env = fresh_env(stack)
     environ = {
         **os.environ,
-        **as_environ(fresh_env(stack)),
+        **as_environ(env),
         "INGEST_PORT": str(port),
         "PYTHONPATH": str(REPO),
     }
@@ -143,22 +158,45 @@ def ingest(stack: Stack) -> Iterator[str]:
                     pass
                 assert time.monotonic() < deadline, "ingest not ready after 60 s"
                 time.sleep(0.1)  # polling a child process's port; there is nothing to await
-        yield url
+        yield Ingest(url, stack.bootstrap_servers, Topics(env["kafka_topic_prefix"]).events)
     finally:
         process.terminate()
         process.wait(30)
 
 
-def test_malformed_bodies_never_get_a_5xx_and_ingest_stays_up(ingest: str) -> None:
+def _items(body: bytes, media: str) -> list[Any]:
+    """The request's events as ingest splits them (None for a line that is not JSON)."""
+    if "ndjson" in media.lower() or "jsonl" in media.lower():
+        items: list[Any] = []
+        for line in body.split(b"\n"):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except ValueError:
+                    items.append(None)
+        return items
+    decoded = json.loads(body)
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+def test_malformed_bodies_never_get_a_5xx_and_ingest_stays_up(ingest: Ingest) -> None:
     seen: Counter[int] = Counter()
-    client = httpx.Client(base_url=ingest, timeout=30)
+    client = httpx.Client(base_url=ingest.url, timeout=30)
+    # The event ids ingest said it accepted: exactly these must be on the topic.
+    accepted: list[str] = []
 
     def post(body: bytes, media: str) -> None:
         response = client.post("/v1/events", content=body, headers={"content-type": media})
         seen[response.status_code] += 1
         assert response.status_code < 500, (response.status_code, response.text[:500], body[:200])
         if response.status_code == 202:
-            assert response.json()["accepted"] >= 1
+            result = response.json()
+            assert result["accepted"] >= 1
+            rejected = {r["index"] for r in result["rejected"]}
+            items = _items(body, media)
+            ids = [str(item["event_id"]) for i, item in enumerate(items) if i not in rejected]
+            assert len(ids) == result["accepted"], (result, body[:300])
+            accepted.extend(ids)
         else:
             # The one error body shape (shared/errors.py), whatever the input.
             error = response.json()["error"]
@@ -198,5 +236,20 @@ def test_malformed_bodies_never_get_a_5xx_and_ingest_stays_up(ingest: str) -> No
         assert seen[202] > 0 and sum(n for s, n in seen.items() if 400 <= s < 500) > 0, seen
         # Still alive and still accepting after all of it.
         assert client.get("/healthz").status_code == 200
-        answer = client.post("/v1/events", json=stop_notice(sid()))
+        last = stop_notice(sid())
+        answer = client.post("/v1/events", json=last)
         assert answer.status_code == 202 and answer.json()["accepted"] == 1
+        accepted.append(last["event_id"])
+    # Read the topic back: exactly the accepted events landed, each once, and
+    # nothing a 4xx refused (one more than expected is asked for, so an extra
+    # record would be read; the wait for it is the price).
+    records = asyncio.run(
+        read_topic(ingest.bootstrap, ingest.topic, count=len(accepted) + 1, timeout_s=10)
+    )
+    landed = Counter(json.loads(r.value)["event_id"] for r in records)
+    assert landed == Counter(accepted), (
+        f"{len(records)} records for {len(accepted)} accepted events; "
+        f"extra {sorted(set(landed) - set(accepted))[:5]}, "
+        f"missing {sorted(set(accepted) - set(landed))[:5]}, "
+        f"twice {[i for i, n in landed.items() if n > 1][:5]}"
+    )

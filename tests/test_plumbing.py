@@ -42,15 +42,16 @@ def test_production_refuses_development_defaults(monkeypatch: pytest.MonkeyPatch
         "kafka_bootstrap_servers": "kafka:9092",
         "database_url": "postgresql+asyncpg://u:p@db/churnwatch",
     }
-    assert IngestSettings(**explicit).environment == "production"
+    key = "cmVhbC1rZXktcmVhbC1rZXktcmVhbC1rZXktMzJieXQ="  # 32 bytes, base64
+    # Ingest seals phones: production refuses the development PHONE_KEY there too.
+    assert IngestSettings(**explicit, phone_key=key).environment == "production"
     with pytest.raises(ValidationError, match="SMS_GATEWAY_TOKEN"):
-        OutreachSettings(**explicit)
+        OutreachSettings(**explicit, phone_key=key)
     with pytest.raises(ValidationError, match="SMS_RECEIPT_SECRET"):
-        OutreachSettings(**explicit, sms_gateway_token="real")
+        OutreachSettings(**explicit, sms_gateway_token="real", phone_key=key)
     real = {"sms_gateway_token": "real", "sms_receipt_secret": "also-real"}
     with pytest.raises(ValidationError, match="OUTREACH_PHONE_KEY"):
         OutreachSettings(**explicit, **real)
-    key = "cmVhbC1rZXktcmVhbC1rZXktcmVhbC1rZXktMzJieXQ="  # 32 bytes, base64
     assert OutreachSettings(**explicit, **real, outreach_phone_key=key).environment == "production"
     with pytest.raises(ValidationError, match="AUTH_ENABLED"):
         IngestSettings(**explicit, auth_enabled=False)
@@ -89,3 +90,17 @@ def test_logs_are_json_without_phone_numbers_or_raw_subscriber_ids() -> None:
     # Dates, times and UUIDs are not phone numbers: ids stay searchable in logs.
     kept = "task 123e4567-e89b-12d3-a456-426614174000 at 2026-11-25T10:00:00"
     assert mask_phone(kept) == kept
+
+
+def test_the_offset_ledger_refuses_acks_that_do_not_move_a_partition_forward() -> None:
+    from shared.kafka import OffsetLedger
+
+    ledger = OffsetLedger()
+    assert ledger.observe("t", 0, 0)
+    assert ledger.observe("t", 0, 50)  # the next batch
+    assert ledger.observe("t", 1, 0)  # another partition has its own log
+    # A broker that lost its log (memory storage restarted, topic re-created)
+    # acknowledges at offset 0 again: nothing proves the records are held.
+    assert not ledger.observe("t", 0, 0)
+    assert not ledger.observe("t", 0, 0)  # Tansu's phantom acks all say 0
+    assert ledger.observe("t", 0, 1)  # the new log moving forward is trusted again

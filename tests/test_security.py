@@ -14,6 +14,7 @@ import os
 import ssl
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,13 +22,27 @@ import certifi
 import httpx
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from churnwatch.migrate import upgrade_async
+from churnwatch.phonekeys import phone_key_status, reseal_phones
 from services.outreach import service as outreach_service
 from services.outreach.app import create_app as outreach_app
 from services.outreach.settings import OutreachSettings
-from shared.crypto import DEV_PHONE_KEY, PhoneCipher, use_phone_key
-from shared.db import connect_args, create_engine
+from shared.crypto import (
+    DEV_PHONE_KEY,
+    PhoneCipher,
+    PhoneKeyring,
+    PhoneKeySettings,
+    UnknownPhoneKey,
+    is_sealed,
+    key_id_of,
+    sealed_event_json,
+    use_phone_key,
+    use_phone_keyring,
+)
+from shared.db import connect_args, create_engine, to_async_url
 from shared.errors import API_MAX_BODY_BYTES
 from shared.events import Channel, OutreachTask, TaskKind, Tier, parse_event
 from shared.kafka import client_options
@@ -330,7 +345,7 @@ async def test_phones_are_stored_encrypted_and_found_by_their_hash(env: dict[str
             row = await outreach_service.get_task(conn, task_id=task.task_id)
             found = await outreach_service.subscribers_with_phone(conn, phone=number)
         # On disk: no digits of the number, and a hash only this key makes.
-        assert stored.phone.startswith("v1:") and number[1:] not in stored.phone
+        assert stored.phone.startswith("v2:") and number[1:] not in stored.phone
         assert stored.phone_hash == PhoneCipher(base64.b64decode(key)).hash(number)
         assert stored.phone_hash != PhoneCipher(base64.b64decode(DEV_PHONE_KEY)).hash(number)
         # To the code: the plain number, and the inbound-reply lookup works.
@@ -339,6 +354,8 @@ async def test_phones_are_stored_encrypted_and_found_by_their_hash(env: dict[str
         # Another key cannot read it.
         with pytest.raises(ValueError, match="OUTREACH_PHONE_KEY"):
             PhoneCipher(os.urandom(32)).decrypt(stored.phone)
+        with pytest.raises(UnknownPhoneKey, match="PHONE_OLD_KEYS"):
+            PhoneKeyring(os.urandom(32)).decrypt(stored.phone)
     finally:
         await _forget(engine, task.task_id)
         use_phone_key(DEV_PHONE_KEY)  # the process-wide key, back for the other tests
@@ -373,7 +390,7 @@ async def test_phones_stored_before_encryption_are_encrypted_at_start(env: dict[
         found = await outreach_service.subscribers_with_phone(conn, phone=number)
     await _forget(engine, task.task_id)
     await engine.dispose()
-    assert stored.phone.startswith("v1:") and stored.phone_hash is not None
+    assert stored.phone.startswith("v2:") and stored.phone_hash is not None
     assert found == [subscriber]
 
 
@@ -392,4 +409,163 @@ def test_phone_key_settings() -> None:
     with pytest.raises(ValidationError, match="OUTREACH_PHONE_KEY"):
         OutreachSettings(**production)
     key = base64.b64encode(os.urandom(32)).decode()
-    assert OutreachSettings(**production, outreach_phone_key=key).outreach_phone_key
+    assert OutreachSettings(**production, outreach_phone_key=key).phone_key
+
+
+# --- phone keyring and rotation ------------------------------------------------------
+
+
+def _key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+def test_the_keyring_reads_old_keys_writes_the_current_and_names_an_unknown_one() -> None:
+    old, new, stranger = _key(), _key(), _key()
+    before = PhoneKeyring.from_base64(old)
+    sealed_old = before.encrypt("+447700900123")
+    assert is_sealed(sealed_old) and key_id_of(sealed_old) == before.current.key_id
+    assert "447700900123" not in sealed_old
+    assert sealed_old != before.encrypt("+447700900123")  # a fresh nonce each time
+    after = PhoneKeyring.from_base64(new, [old])
+    assert after.key_ids == [after.current.key_id, before.current.key_id]
+    assert after.decrypt(sealed_old) == "+447700900123"  # written before the rotation
+    assert key_id_of(after.encrypt("+447700900123")) == after.current.key_id
+    moved = after.reseal(sealed_old)
+    assert moved is not None and key_id_of(moved) == after.current.key_id
+    assert after.reseal(moved) is None  # already under the current key
+    assert PhoneKeyring.from_base64(new).decrypt(moved) == "+447700900123"
+    # Old rows' lookup hashes are still found, under any key of the ring.
+    assert before.hash("+447700900123") in after.hashes("+447700900123")
+    with pytest.raises(UnknownPhoneKey, match=before.current.key_id) as unknown:
+        PhoneKeyring.from_base64(stranger).decrypt(sealed_old)
+    assert "447700900123" not in str(unknown.value) and "PHONE_OLD_KEYS" in str(unknown.value)
+    # A v1 value (before the keyring) is read by trying each key.
+    legacy = "v1:" + base64.urlsafe_b64encode(b"\0" * 40).decode()
+    with pytest.raises(ValueError, match="no key"):
+        after.decrypt(legacy)
+    tampered = sealed_old[:-4] + ("AAAA" if not sealed_old.endswith("AAAA") else "BBBB")
+    with pytest.raises(ValueError, match="does not decrypt"):
+        before.decrypt(tampered)
+
+
+def test_phone_key_settings_read_the_old_name_and_the_old_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    old, new = _key(), _key()
+    monkeypatch.setenv("OUTREACH_PHONE_KEY", old)
+    assert (
+        PhoneKeySettings().phone_keyring().current.key_id
+        == PhoneKeyring.from_base64(old).current.key_id
+    )
+    monkeypatch.setenv("PHONE_KEY", new)  # the new name wins over the old one
+    monkeypatch.setenv("PHONE_OLD_KEYS", f"{old}, ")
+    ring = PhoneKeySettings().phone_keyring()
+    assert ring.key_ids == [
+        PhoneKeyring.from_base64(new).current.key_id,
+        PhoneKeyring.from_base64(old).current.key_id,
+    ]
+    monkeypatch.setenv("PHONE_OLD_KEYS", "not base64!")
+    with pytest.raises(ValidationError, match="PHONE_OLD_KEYS must be base64"):
+        PhoneKeySettings()
+    monkeypatch.delenv("PHONE_KEY")
+    monkeypatch.delenv("OUTREACH_PHONE_KEY")
+    monkeypatch.delenv("PHONE_OLD_KEYS")
+    with pytest.raises(ValidationError, match="needs an explicit PHONE_KEY"):
+        PhoneKeySettings(environment="production")
+
+
+def test_ingest_seals_the_phone_it_produces_and_refuses_a_sealed_one() -> None:
+    ring = PhoneKeyring.from_base64(_key())
+    use_phone_keyring(ring)
+    try:
+        event = parse_event(profile(sid(), phone="+447700900124"))
+        on_kafka = json.loads(sealed_event_json(event))
+        assert is_sealed(on_kafka["payload"]["phone"]) and "447700900124" not in str(on_kafka)
+        assert ring.decrypt(on_kafka["payload"]["phone"]) == "+447700900124"
+        # Consumers read it (no clock check) ...
+        assert parse_event(json.dumps(on_kafka), check_clock=False) is not None
+        # ... but ingest does not take a sealed value from a client.
+        with pytest.raises(ValidationError, match=r"plain E\.164"):
+            parse_event(on_kafka)
+        stop = parse_event(stop_notice(sid()))
+        assert sealed_event_json(stop) == stop.model_dump_json().encode()
+    finally:
+        use_phone_key(DEV_PHONE_KEY)
+
+
+@asynccontextmanager
+async def _scratch_database(database_url: str) -> AsyncIterator[str]:
+    """A database of its own at head: rotation walks every row, others' keys included."""
+    name = f"rotation_{uuid.uuid4().hex[:8]}"
+    admin = create_async_engine(to_async_url(database_url), isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(to_async_url(database_url)).set(database=name).render_as_string(False)
+    try:
+        await upgrade_async(url)
+        yield url
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+@session_loop
+async def test_rotation_moves_every_stored_phone_to_the_new_key(env: dict[str, Any]) -> None:
+    async with _scratch_database(env["database_url"]) as url:
+        await _rotate(env | {"database_url": url})
+
+
+async def _rotate(env: dict[str, Any]) -> None:
+    old, new = _key(), _key()
+    app = outreach_app(OutreachSettings(**env, phone_key=old))  # installs the old key
+    engine = app.state.runtime.engine
+    number, subscriber = f"+4479{uuid.uuid4().int % 10**8:08d}", sid()
+    task = _sms(subscriber, number)
+    old_ring, new_ring = PhoneKeyring.from_base64(old), PhoneKeyring.from_base64(new, [old])
+    try:
+        async with engine.begin() as conn:
+            await outreach_service.store_tasks(conn, new_tasks=[task], now=datetime.now(UTC))
+            await conn.execute(
+                text(
+                    "INSERT INTO alerting.subscribers (subscriber_id, tier, monthly_value, phone,"
+                    " language, preferred_channel, marketing_opt_out, profile_at)"
+                    " VALUES (:s, 'standard', 0, :p, 'en', 'sms', false, now())"
+                ),
+                {"s": subscriber, "p": old_ring.encrypt(number)},
+            )
+        before = await phone_key_status(engine)
+        assert before == {
+            "alerting.subscribers.phone": {old_ring.current.key_id: 1},
+            "outreach.tasks.phone": {old_ring.current.key_id: 1},
+        }
+        use_phone_keyring(new_ring)  # the services restarted with PHONE_KEY=new, old kept
+        async with engine.connect() as conn:
+            assert await outreach_service.subscribers_with_phone(conn, phone=number) == [subscriber]
+        moved = await reseal_phones(engine, new_ring)
+        assert moved == {"alerting.subscribers.phone": 1, "outreach.tasks.phone": 1}
+        assert await reseal_phones(engine, new_ring) == dict.fromkeys(moved, 0)  # idempotent
+        after = await phone_key_status(engine)
+        assert after == {
+            "alerting.subscribers.phone": {new_ring.current.key_id: 1},
+            "outreach.tasks.phone": {new_ring.current.key_id: 1},
+        }
+        # The old key can go: everything opens and is found with the new one alone.
+        use_phone_keyring(PhoneKeyring.from_base64(new))
+        async with engine.connect() as conn:
+            row = await outreach_service.get_task(conn, task_id=task.task_id)
+            found = await outreach_service.subscribers_with_phone(conn, phone=number)
+            stored = await conn.scalar(
+                text("SELECT phone FROM alerting.subscribers WHERE subscriber_id = :s"),
+                {"s": subscriber},
+            )
+        assert row is not None and row["phone"] == number and found == [subscriber]
+        assert PhoneKeyring.from_base64(new).decrypt(stored) == number
+    finally:
+        use_phone_key(DEV_PHONE_KEY)
+        await _forget(engine, task.task_id)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("DELETE FROM alerting.subscribers WHERE subscriber_id = :s"), {"s": subscriber}
+            )
+        await engine.dispose()

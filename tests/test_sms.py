@@ -50,6 +50,7 @@ from tests.helpers import eventually, serve, sid
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 TOKEN = "sms-test-token"
+GATEWAY_AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SECRET = "sms-test-receipt-secret"
 SHANGHAI = ZoneInfo("Asia/Shanghai")  # UTC+8 all year: quiet hours without DST surprises
 
@@ -465,7 +466,7 @@ async def rig(env: dict[str, Any]) -> AsyncIterator[Rig]:
 
 async def set_faults(rig: Rig, **faults: Any) -> None:
     """Switch the gateway's fault modes (receipts stay dropped unless ``drop_receipts=False``)."""
-    async with httpx.AsyncClient(base_url=rig.gateway_url) as client:
+    async with httpx.AsyncClient(base_url=rig.gateway_url, headers=GATEWAY_AUTH) as client:
         answer = await client.put("/v1/faults", json={"drop_receipts": True} | faults)
         assert answer.status_code == 200, answer.text
 
@@ -530,7 +531,7 @@ async def test_an_inbound_t_reply_opts_out_every_subscriber_with_that_number(rig
         sms_task(bystander, to=other_phone),
     )
     before = metric("churnwatch_outreach_opt_outs_total", source="sms_reply")
-    async with httpx.AsyncClient(base_url=rig.gateway_url) as gateway:
+    async with httpx.AsyncClient(base_url=rig.gateway_url, headers=GATEWAY_AUTH) as gateway:
         # Through the gateway, which signs it as a provider would.
         answer = await gateway.post(
             "/v1/simulate/inbound", json={"from": shared_phone, "text": "  td "}
@@ -618,7 +619,7 @@ async def test_the_frequency_cap_holds_marketing_sms_until_the_window_frees(rig:
 
 
 async def test_two_dispatchers_never_pass_the_cap_together(rig: Rig) -> None:
-    settings = {"outreach_quiet_hours": "00:00-00:00", "outreach_marketing_cap": 1}
+    settings: dict[str, Any] = {"outreach_quiet_hours": "00:00-00:00", "outreach_marketing_cap": 1}
     a = rig.dispatcher(outreach_dispatch_batch=1, **settings)
     b = rig.dispatcher(outreach_dispatch_batch=1, **settings)
     subscriber = sid()
@@ -793,8 +794,30 @@ async def test_receipts_with_a_bad_signature_are_rejected_and_change_nothing(rig
     assert invalid.status_code == 422
 
 
-async def test_gateway_fault_modes_are_switchable(rig: Rig) -> None:
+async def test_gateway_apis_want_its_token(rig: Rig) -> None:
+    """The listing (phones, texts), the fault modes and the status query are behind the token."""
+    calls = [
+        ("GET", "/v1/messages", None),
+        ("GET", "/v1/messages/some-id", None),
+        ("GET", "/v1/status?idempotency_key=k", None),
+        ("GET", "/v1/faults", None),
+        ("PUT", "/v1/faults", {"error_500": None}),
+        ("POST", "/v1/simulate/inbound", {"from": "+15550009999", "text": "T"}),
+        ("POST", "/v1/messages", {"to": "+15550009999", "text": "hi"}),
+    ]
     async with httpx.AsyncClient(base_url=rig.gateway_url) as gateway:
+        for wrong in ({}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}):
+            for method, path, body in calls:
+                answer = await gateway.request(method, path, json=body, headers=wrong)
+                assert answer.status_code == 401, (method, path, wrong, answer.text)
+        assert (await gateway.get("/healthz")).status_code == 200  # probes need none
+        # Nothing the refused calls asked for happened.
+        assert (await gateway.get("/v1/faults", headers=GATEWAY_AUTH)).json()["error_500"] == 0
+        assert not [m for m in rig.gateway.messages if m.to == "+15550009999"]
+
+
+async def test_gateway_fault_modes_are_switchable(rig: Rig) -> None:
+    async with httpx.AsyncClient(base_url=rig.gateway_url, headers=GATEWAY_AUTH) as gateway:
         assert (await gateway.get("/v1/faults")).json()["error_500"] == 0
         await gateway.put("/v1/faults", json={"error_500": 1, "slow_s": 0.05})
         body = {"to": "+15550009999", "text": "hi", "reference": "r"}

@@ -15,6 +15,7 @@ from services.alerting.rules import DEFAULT_RULES_FILE, load_rules
 from services.alerting.settings import AlertingSettings
 from services.alerting.views import router
 from shared.auth import auth_responses, install_auth
+from shared.crypto import use_phone_keyring
 from shared.errors import install_error_handlers
 from shared.health import health_router
 from shared.metrics import install_metrics
@@ -29,6 +30,7 @@ def create_app(settings: AlertingSettings) -> FastAPI:
     the service before it binds a port, with the file and line in the error.
     """
     rules = load_rules(settings.alerting_rules_file)
+    use_phone_keyring(settings.phone_keyring())  # seals a plain phone from an old record
     engine = Engine(
         rules,
         control_percent=settings.alerting_control_group_percent,

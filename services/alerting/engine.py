@@ -74,6 +74,7 @@ class Profile:
     tier: Tier = Tier.STANDARD
     monthly_value: Decimal = Decimal(0)
     account_manager_id: str | None = None
+    # Sealed (shared.crypto): alerting only copies it into SMS tasks; outreach opens it.
     phone: str | None = None
     language: str = "en"
     name: str | None = None

@@ -39,7 +39,9 @@ subscribers = Table(
     Column("tier", String(16), nullable=False),
     Column("monthly_value", Numeric(14, 4), nullable=False),
     Column("account_manager_id", String(64), nullable=True),
-    Column("phone", String(16), nullable=True),
+    # Sealed ('v2:<key id>:...', shared.crypto) as it came off Kafka: alerting never
+    # opens it and only copies it into SMS tasks for outreach.
+    Column("phone", Text, nullable=True),
     Column("language", String(2), nullable=False),
     Column("name", String(128), nullable=True),
     Column("preferred_channel", String(8), nullable=False),

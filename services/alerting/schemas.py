@@ -12,6 +12,10 @@ from shared.events import SubscriberId, Tier
 
 SilenceState = Literal["active", "pending", "expired", "all"]
 
+MAX_SILENCE = timedelta(days=366)
+"""The longest a silence may last, however its end is given: a forgotten silence
+hides warnings, so it must end (and be renewed on purpose) within a year."""
+
 
 class SilenceIn(BaseModel):
     """A new silence: at least one matcher, and when it ends.
@@ -26,7 +30,9 @@ class SilenceIn(BaseModel):
     subscriber_id: SubscriberId | None = None
     starts_at: AwareDatetime | None = None
     ends_at: AwareDatetime | None = None
-    duration_s: float | None = Field(default=None, gt=0, le=366 * 86_400)
+    duration_s: float | None = Field(
+        default=None, gt=0, le=MAX_SILENCE.total_seconds(), description="At most 366 days."
+    )
     comment: str = Field(min_length=1, max_length=500, description="Why (shown to others).")
     created_by: str = Field(min_length=1, max_length=128)
 
@@ -36,13 +42,25 @@ class SilenceIn(BaseModel):
             raise ValueError("a silence needs at least one of rule, tier, subscriber_id")
         if (self.ends_at is None) == (self.duration_s is None):
             raise ValueError("give exactly one of ends_at and duration_s")
+        if self.ends_at is not None and self.starts_at is not None:
+            # With starts_at given the window is known here; otherwise ``window`` checks it.
+            _check_length(self.starts_at, self.ends_at)
         return self
 
     def window(self, now: datetime) -> tuple[datetime, datetime]:
         """``(starts_at, ends_at)`` resolved against ``now``."""
         starts = self.starts_at or now
         ends = self.ends_at or starts + timedelta(seconds=self.duration_s or 0)
+        _check_length(starts, ends)
         return starts, ends
+
+
+def _check_length(starts: datetime, ends: datetime) -> None:
+    if ends - starts > MAX_SILENCE:
+        raise ValueError(
+            f"a silence lasts at most {MAX_SILENCE.days} days (ends_at - starts_at); "
+            "renew it when it ends"
+        )
 
 
 class SilenceOut(BaseModel):

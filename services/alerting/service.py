@@ -28,20 +28,30 @@ from services.alerting.models import (
     subscribers,
     tasks,
 )
+from shared.crypto import is_encrypted, phone_keyring
 from shared.events import Channel, OutreachTask, RiskScore, SubscriberEvent, TaskKind, Tier
 
 # --- profiles -----------------------------------------------------------------
 
 
 async def upsert_profile(conn: AsyncConnection, *, event: SubscriberEvent) -> None:
-    """Store the profile unless a newer one is already stored."""
+    """Store the profile unless a newer one is already stored.
+
+    The phone is stored sealed, as ingest put it on Kafka, and never opened here.
+    A plain number (a record produced before ingest sealed phones, replayed from
+    the dead-letter topic or re-read after an offset reset) is sealed with the
+    process's keyring first: no plain number rests here or goes on the tasks topic.
+    """
     p = event.payload
+    phone = p.phone
+    if phone is not None and not is_encrypted(phone):
+        phone = phone_keyring().encrypt(phone)
     values = {
         "subscriber_id": event.subscriber_id,
         "tier": p.tier.value,
         "monthly_value": p.monthly_value,
         "account_manager_id": p.account_manager_id,
-        "phone": p.phone,
+        "phone": phone,
         "language": p.language,
         "name": p.name,
         "preferred_channel": p.preferred_channel.value,

@@ -6,11 +6,16 @@ from pathlib import Path
 
 from pydantic import Field
 
+from shared.crypto import PhoneKeySettings
 from shared.settings import BaseServiceSettings
 
 
-class AlertingSettings(BaseServiceSettings):
-    """Settings of the alerting service."""
+class AlertingSettings(PhoneKeySettings, BaseServiceSettings):
+    """Settings of the alerting service.
+
+    PHONE_KEY only seals a plain phone from a record produced before ingest sealed
+    them; alerting never opens one.
+    """
 
     alerting_port: int = Field(default=8083, ge=1, le=65535)
     alerting_consumer_group: str = "churnwatch-alerting"

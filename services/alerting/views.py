@@ -28,7 +28,10 @@ def _out(row: dict[str, Any], now: datetime) -> SilenceOut:
 async def create_silence(body: SilenceIn, request: Request) -> SilenceOut:
     """Silence alerts matching every given matcher (rule, tier, subscriber) until it ends."""
     now = datetime.now(UTC)
-    starts, ends = body.window(now)
+    try:
+        starts, ends = body.window(now)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
     if ends <= max(starts, now):
         raise BadRequest("the silence would end before it starts or in the past")
     rules = request.app.state.rules

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,11 +12,12 @@ from fastapi import FastAPI
 from services.ingest.settings import IngestSettings
 from services.ingest.views import router
 from shared.auth import auth_responses, install_auth
+from shared.crypto import use_phone_keyring
 from shared.db import create_engine, ping
 from shared.errors import install_error_handlers
 from shared.events import EVENT_ADAPTER
 from shared.health import Check, health_router
-from shared.kafka import ensure_topics, make_producer, ping_broker, topics_for
+from shared.kafka import OffsetLedger, TopicGuard, ensure_topics, make_producer, topics_for
 from shared.metrics import install_metrics
 
 
@@ -23,17 +26,36 @@ def create_app(settings: IngestSettings) -> FastAPI:
 
     Ingest keeps no data of its own; its database engine only looks up API keys.
     """
+    use_phone_keyring(settings.phone_keyring())  # produce_events seals phones with it
     db = create_engine(settings)
+    # Ingest needs the events topic; the others are the consumers' to check.
+    guard = TopicGuard(
+        settings,
+        service="ingest",
+        names=[topics_for(settings).events],
+        ttl_s=settings.ingest_topic_check_ttl_s,
+        timeout_s=settings.ingest_topic_check_timeout_s,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ensure_topics(settings)
         producer = make_producer(settings)
         await producer.start()
+        # Any metadata refresh of the producer (a broker restart, a leader change)
+        # may mean the topic changed under it: judge again before the next produce.
+        producer.client.cluster.add_listener(guard.invalidate)
         app.state.producer = producer
+        periodic = asyncio.create_task(
+            guard.run_periodic(settings.ingest_topic_check_interval_s), name="ingest-topic-check"
+        )
         try:
             yield
         finally:
+            periodic.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await periodic
+            await guard.close()
             await producer.stop()
             await db.dispose()
 
@@ -45,9 +67,16 @@ def create_app(settings: IngestSettings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.topics = topics_for(settings)
+    app.state.topic_guard = guard
+    app.state.offset_ledger = OffsetLedger()  # acknowledged offsets must move forward
 
     async def broker() -> bool:
-        return await ping_broker(settings)
+        # A fresh check (never a cached verdict), shared by both probes: /readyz
+        # runs them concurrently and the second joins the first's check.
+        return (await guard.check()).kind != "unreachable"
+
+    async def topics() -> bool:
+        return (await guard.check(join_inflight=True)).ok
 
     async def database() -> bool:
         return await ping(db)
@@ -57,7 +86,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
     install_metrics(app, "ingest")
     install_auth(app, settings, db)
     # Without the database no API key can be checked, so ingest is not ready either.
-    checks: dict[str, Check] = {"broker": broker}
+    checks: dict[str, Check] = {"broker": broker, "topics": topics}
     if settings.auth_enabled:
         checks["database"] = database
     app.include_router(health_router(checks))

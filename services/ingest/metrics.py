@@ -16,3 +16,12 @@ PRODUCE_SECONDS = Histogram(
     "churnwatch_ingest_produce_duration_seconds",
     "Time from first send to the broker's last acknowledgement, per request",
 )
+REFUSED = Counter(
+    "churnwatch_ingest_refused_requests_total",
+    "Requests answered 503 (nothing accepted), by reason: unreachable, missing, partitions "
+    "(topic checks, before producing or after the acks), produce (the broker did not "
+    "acknowledge), recreated (the topic was lost and re-created while producing), settling "
+    "(a topic check failed less than INGEST_TOPIC_SETTLE_S ago), offsets_regressed (acked "
+    "offsets went back: the broker's log was lost)",
+    ["reason"],
+)

@@ -82,10 +82,13 @@ async def post_events(request: Request) -> JSONResponse:
     try:
         await produce_events(
             producer=request.app.state.producer,
+            guard=request.app.state.topic_guard,
+            ledger=request.app.state.offset_ledger,
             topics=request.app.state.topics,
             events=valid,
             timeout_s=settings.ingest_produce_timeout_s,
             retry_after_s=settings.ingest_retry_after_s,
+            settle_s=settings.ingest_topic_settle_s,
         )
     except Exception:
         _count(valid, "unavailable")

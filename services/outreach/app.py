@@ -15,13 +15,14 @@ from services.outreach.feedback import KpiRefresher, Relay
 from services.outreach.feedback import router as feedback_router
 from services.outreach.models import outbox
 from services.outreach.queue import QueueKeeper
+from services.outreach.reconcile import Reconciler
 from services.outreach.service import encrypt_plain_phones
 from services.outreach.settings import OutreachSettings
 from services.outreach.sms import Dispatcher, SmsClient
 from services.outreach.templates import check_templates
 from services.outreach.views import router
 from shared.auth import auth_responses, install_auth, require_scope
-from shared.crypto import use_phone_key
+from shared.crypto import use_phone_keyring
 from shared.errors import install_error_handlers
 from shared.health import health_router
 from shared.metrics import install_metrics
@@ -34,7 +35,7 @@ def create_app(settings: OutreachSettings) -> FastAPI:
     check_templates()  # a broken SMS template stops outreach here, naming every problem
     # The tasks' phone column encrypts with this key (process-wide: a column type
     # has no other way to reach the settings).
-    use_phone_key(settings.outreach_phone_key.get_secret_value())
+    use_phone_keyring(settings.phone_keyring())
     runtime = ServiceRuntime(settings, "outreach")
     # Published outbox rows only: an unpublished one is a message still to hand on.
     purger = Purger(
@@ -59,6 +60,9 @@ def create_app(settings: OutreachSettings) -> FastAPI:
             )
             dispatcher = Dispatcher(settings, runtime.engine, sms)
             app.state.dispatcher = dispatcher
+            # Asks the provider about SMS whose receipt never came (sms.py, reconcile.py).
+            reconciler = Reconciler(settings, runtime.engine, sms)
+            app.state.reconciler = reconciler
             await runtime.start(
                 topics=[runtime.topics.tasks],
                 group_id=settings.outreach_consumer_group,
@@ -69,10 +73,11 @@ def create_app(settings: OutreachSettings) -> FastAPI:
             keeper = QueueKeeper(settings, runtime.engine)
             kpis = KpiRefresher(settings, runtime.engine)
             app.state.relay, app.state.keeper, app.state.kpis = relay, keeper, kpis
-            # Background loops beside the consumer: SMS sending, the outbox relay
+            # Background loops beside the consumer: SMS sending and reconciling, the outbox relay
             # (task outcomes to Kafka), the call queue's timeouts, the KPI gauges.
-            loops: list[Dispatcher | Relay | QueueKeeper | KpiRefresher | Purger] = [
+            loops: list[Dispatcher | Reconciler | Relay | QueueKeeper | KpiRefresher | Purger] = [
                 dispatcher,
+                reconciler,
                 relay,
                 keeper,
                 kpis,

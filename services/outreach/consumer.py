@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.outreach import metrics, service
 from shared.consumer import Inbound, Outbox
+from shared.crypto import open_phone
 from shared.events import TASK_MESSAGE_ADAPTER, Channel, OutreachTask, TaskUpdate
 
 log = logging.getLogger(__name__)
@@ -20,10 +21,19 @@ TaskMessage = OutreachTask | TaskUpdate
 
 
 def parse_record(record: ConsumerRecord[bytes, bytes]) -> TaskMessage:
-    """Parse a message of the tasks topic (a task or a task update); failures go to the DLQ."""
+    """Parse a message of the tasks topic (a task or a task update); failures go to the DLQ.
+
+    A task's phone travels sealed: it is opened here, so the task is stored with
+    its lookup hash (the column seals it again). A phone under a key outreach does
+    not hold is a ValueError naming the key id, so the task is dead-lettered
+    (replay it once the key is in PHONE_OLD_KEYS) instead of blocking the topic.
+    """
     if record.value is None:
         raise ValueError("empty message")
-    return TASK_MESSAGE_ADAPTER.validate_json(record.value)
+    message = TASK_MESSAGE_ADAPTER.validate_json(record.value)
+    if isinstance(message, OutreachTask) and message.phone is not None:
+        message = message.model_copy(update={"phone": open_phone(message.phone)})
+    return message
 
 
 class OutreachHandler:

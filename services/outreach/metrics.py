@@ -42,6 +42,20 @@ RECEIPTS = Counter(
     "Delivery receipts received, by result (delivered, failed, rejected, unknown, duplicate)",
     ["result"],
 )
+SMS_RECONCILED = Counter(
+    "churnwatch_outreach_sms_reconciled_total",
+    "Status queries of SMS without a final state, by result (delivered, failed, adopted, "
+    "resend, waiting, not_found, error, unknown)",
+    ["result"],
+)
+SMS_FINAL_UNKNOWN = Counter(
+    "churnwatch_outreach_sms_final_unknown_total",
+    "SMS marked 'unknown': the provider had not told their fate by SMS_FINAL_STATE_DEADLINE_S",
+)
+SMS_UNFINISHED_OLDEST = Gauge(
+    "churnwatch_outreach_sms_unfinished_oldest_seconds",
+    "How long the oldest SMS in 'sending' or 'sent' has waited for a final state",
+)
 OPT_OUTS = Counter(
     "churnwatch_outreach_opt_outs_total",
     "Opt-outs recorded, by source (api, sms_reply)",

@@ -32,6 +32,8 @@ class SmsStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    # Final: the provider could not tell us its fate by SMS_FINAL_STATE_DEADLINE_S.
+    UNKNOWN = "unknown"
 
 
 class CallStatus(StrEnum):

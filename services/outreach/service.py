@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.outreach.models import opt_outs, outbox, task_transitions, tasks
 from services.outreach.schemas import CallStatus, SmsStatus, TaskCreate
-from shared.crypto import PREFIX, phone_hash
+from shared.crypto import ENCRYPTED_PREFIXES, phone_hash, phone_keyring
 from shared.errors import BadRequest, Conflict, NotFound, UnprocessableEntity
 from shared.events import (
     Channel,
@@ -178,6 +178,7 @@ FINAL_STATES = frozenset(
         SmsStatus.DELIVERED,
         SmsStatus.FAILED,
         SmsStatus.EXPIRED,
+        SmsStatus.UNKNOWN,
         CallStatus.COMPLETED,
         CANCELLED,
     }
@@ -683,6 +684,7 @@ async def apply_receipt(
     error: str | None,
     at: datetime,
     now: datetime,
+    source: str = "provider receipt",
 ) -> tuple[ReceiptResult, dict[str, Any] | None]:
     """Apply a delivery receipt: ``sent`` → ``delivered`` or ``failed``; return what happened.
 
@@ -691,11 +693,14 @@ async def apply_receipt(
     ``pending``/``scheduled`` awaiting a retry. The provider has the message,
     so the task is first recorded ``sent`` (and will not be sent again), then
     the receipt applies. A receipt for a task already final changes nothing.
+    ``source`` names where the news came from in the audit reasons (the
+    reconciler's status query applies its answers here too).
     """
     task = await _lock_sms_for_receipt(conn, message_id=message_id, reference=reference)
     if task is None:
         return ReceiptResult.UNKNOWN, None
     task_id, status = task["task_id"], task["status"]
+    via = "" if source == "provider receipt" else f" ({source})"
     if status in FINAL_STATES:
         return ReceiptResult.DUPLICATE, task
     if status != SmsStatus.SENT:
@@ -707,7 +712,7 @@ async def apply_receipt(
             from_status=status,
             to_status=SmsStatus.SENT,
             actor="provider",
-            reason="provider accepted (its receipt came before its answer)",
+            reason=f"provider accepted{via or ' (its receipt came before its answer)'}",
             now=now,
             sent_at=at,
             provider_message_id=message_id,
@@ -715,12 +720,12 @@ async def apply_receipt(
             last_error=None,
         )
     if delivered:
-        to_status, reason = SmsStatus.DELIVERED, "delivered (provider receipt)"
+        to_status, reason = SmsStatus.DELIVERED, f"delivered ({source})"
         values: dict[str, Any] = {"delivered_at": at}
         result = ReceiptResult.DELIVERED
     else:
         to_status = SmsStatus.FAILED
-        reason = f"delivery failed: {error or 'no reason given'}"[:500]
+        reason = f"delivery failed{via}: {error or 'no reason given'}"[:500]
         values = {"last_error": reason}
         result = ReceiptResult.FAILED
     await transition(
@@ -734,6 +739,86 @@ async def apply_receipt(
         **values,
     )
     return result, {**task, "status": to_status}
+
+
+UNFINISHED_SMS = (SmsStatus.SENDING, SmsStatus.SENT)
+"""SMS states waiting for the provider's word: the reconciler asks about them."""
+
+
+async def lock_unfinished_sms(
+    conn: AsyncConnection,
+    *,
+    sent_before: datetime,
+    sending_before: datetime,
+    now: datetime,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Lock up to ``limit`` SMS tasks in ``sending``/``sent`` to ask the provider about.
+
+    Those ``sent`` unchanged since before ``sent_before``, or ``sending`` since
+    before ``sending_before`` (no live dispatcher can still be sending them),
+    whose next check (``next_attempt_at``, which these states do not
+    otherwise use) is due.
+    ``FOR UPDATE SKIP LOCKED``: a row another replica's reconciler (or a
+    receipt, or the dispatcher) holds is skipped. Each row carries
+    ``started_at``: ``sent_at``, else the first time it went ``sending``,
+    which the final-state deadline counts from.
+    """
+    first_sending = (
+        select(func.min(task_transitions.c.at))
+        .where(
+            task_transitions.c.task_id == tasks.c.task_id,
+            task_transitions.c.to_status == SmsStatus.SENDING,
+        )
+        .scalar_subquery()
+    )
+    rows = await conn.execute(
+        select(
+            tasks.c.task_id,
+            tasks.c.status,
+            tasks.c.provider_message_id,
+            tasks.c.updated_at,
+            func.coalesce(tasks.c.sent_at, first_sending, tasks.c.updated_at).label("started_at"),
+        )
+        .where(
+            tasks.c.channel == Channel.SMS.value,
+            or_(
+                and_(tasks.c.status == SmsStatus.SENT, tasks.c.updated_at < sent_before),
+                and_(tasks.c.status == SmsStatus.SENDING, tasks.c.updated_at < sending_before),
+            ),
+            or_(tasks.c.next_attempt_at.is_(None), tasks.c.next_attempt_at <= now),
+        )
+        .order_by(tasks.c.updated_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=tasks)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def defer_checks(conn: AsyncConnection, *, until: Mapping[uuid.UUID, datetime]) -> None:
+    """Set each task's next provider check (``next_attempt_at``); the state is unchanged.
+
+    Written before asking, in the transaction that locked the rows: other
+    replicas do not ask about them again before then.
+    """
+    if not until:
+        return
+    await conn.execute(
+        update(tasks)
+        .where(tasks.c.task_id == bindparam("b_task_id"))
+        .values(next_attempt_at=bindparam("b_until")),
+        [{"b_task_id": t, "b_until": at} for t, at in sorted(until.items())],
+    )
+
+
+async def oldest_unfinished_sms(conn: AsyncConnection, *, now: datetime) -> float:
+    """Seconds the oldest SMS in ``sending``/``sent`` has waited for a final state; 0 if none."""
+    since = await conn.scalar(
+        select(func.min(func.coalesce(tasks.c.sent_at, tasks.c.updated_at))).where(
+            tasks.c.channel == Channel.SMS.value, tasks.c.status.in_(UNFINISHED_SMS)
+        )
+    )
+    return max(0.0, (now - since).total_seconds()) if since is not None else 0.0
 
 
 async def get_opt_out(conn: AsyncConnection, *, subscriber_id: str) -> dict[str, Any] | None:
@@ -815,10 +900,12 @@ async def subscribers_with_phone(conn: AsyncConnection, *, phone: str) -> list[s
     """Every subscriber whose tasks carry this phone number (an inbound reply's sender).
 
     Phones are stored encrypted, each differently: the keyed hash column (indexed)
-    is what can be compared.
+    is what can be compared; under every key of the ring, so rows not yet moved to
+    a new key (churnwatch phone-keys rotate) are found too.
     """
+    hashes = phone_keyring().hashes(phone)
     rows = await conn.execute(
-        select(tasks.c.subscriber_id).where(tasks.c.phone_hash == phone_hash(phone)).distinct()
+        select(tasks.c.subscriber_id).where(tasks.c.phone_hash.in_(hashes)).distinct()
     )
     return sorted(rows.scalars())
 
@@ -833,7 +920,11 @@ async def encrypt_plain_phones(conn: AsyncConnection, *, batch: int = 1000) -> i
     rows = (
         await conn.execute(
             select(tasks.c.task_id, raw.label("stored"))
-            .where(raw.is_not(None), func.left(raw, len(PREFIX)) != PREFIX)
+            .where(
+                raw.is_not(None),
+                # Sealed values (v1: before the keyring, v2: now) are not plain.
+                func.left(raw, 3).not_in(ENCRYPTED_PREFIXES),
+            )
             .limit(batch)
         )
     ).all()

@@ -8,15 +8,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, model_validator
 
-from shared.crypto import DEV_PHONE_KEY, decode_key
+from shared.crypto import PhoneKeySettings
 from shared.settings import BaseServiceSettings
 
 DEV_GATEWAY_TOKEN = "dev-gateway-token"  # noqa: S105 - the embedded stand-in's token
 DEV_RECEIPT_SECRET = "dev-receipt-secret"  # noqa: S105 - the embedded stand-in's HMAC key
 
 
-class OutreachSettings(BaseServiceSettings):
-    """Settings of the outreach service."""
+class OutreachSettings(PhoneKeySettings, BaseServiceSettings):
+    """Settings of the outreach service (PHONE_KEY opens tasks' phones and seals them at rest)."""
 
     outreach_port: int = Field(default=8084, ge=1, le=65535)
     outreach_consumer_group: str = "churnwatch-outreach"
@@ -33,6 +33,21 @@ class OutreachSettings(BaseServiceSettings):
         gt=0,
         description="A task left in 'sending' this long (a crash mid-send) is sent again "
         "with the same idempotency key.",
+    )
+    sms_reconcile_interval_s: float = Field(
+        default=30.0, gt=0, description="How often the reconciler looks for SMS to ask about."
+    )
+    sms_reconcile_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="An SMS in 'sending' or 'sent' this long without news is asked about "
+        "(then again at growing intervals, at most hourly).",
+    )
+    sms_final_state_deadline_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="An SMS whose fate the provider has not told by this long after it was "
+        "sent becomes 'unknown' (counted, alerted on).",
     )
 
     sms_rate_limit_per_s: float = Field(
@@ -67,10 +82,6 @@ class OutreachSettings(BaseServiceSettings):
     outreach_kpi_interval_s: float = Field(
         default=60.0, gt=0, description="How often the KPI gauges are recomputed."
     )
-    outreach_phone_key: SecretStr = Field(
-        default=SecretStr(DEV_PHONE_KEY),
-        description="32 bytes, base64: encrypts phone numbers at rest (shared.crypto).",
-    )
 
     @model_validator(mode="after")
     def _no_dev_secrets_in_production(self) -> Self:
@@ -80,13 +91,6 @@ class OutreachSettings(BaseServiceSettings):
                 raise ValueError("ENVIRONMENT=production needs an explicit SMS_GATEWAY_TOKEN")
             if self.sms_receipt_secret.get_secret_value() == DEV_RECEIPT_SECRET:
                 raise ValueError("ENVIRONMENT=production needs an explicit SMS_RECEIPT_SECRET")
-            if self.outreach_phone_key.get_secret_value() == DEV_PHONE_KEY:
-                raise ValueError("ENVIRONMENT=production needs an explicit OUTREACH_PHONE_KEY")
-        return self
-
-    @model_validator(mode="after")
-    def _phone_key_is_32_bytes(self) -> Self:
-        decode_key(self.outreach_phone_key.get_secret_value())  # ValueError names the setting
         return self
 
     @model_validator(mode="after")

@@ -11,7 +11,9 @@ restart loses nothing. A crash between the provider's accept and our
 ``sent`` leaves the task in ``sending``; it is claimed again later and
 resent with the same key, which the provider deduplicates, so no subscriber
 gets the SMS twice. Delivery receipts (``contacts``) then move ``sent`` to
-``delivered`` or ``failed``.
+``delivered`` or ``failed``. A receipt the provider gave up on is made up
+for by ``reconcile``, which asks the provider (``SmsClient.status``) about
+SMS that have waited too long.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -118,6 +120,73 @@ class SmsClient:
             retryable=retryable,
             retry_after=_retry_after(response) if retryable else None,
         )
+
+    async def status(self, *, idempotency_key: str) -> ProviderStatus | None:
+        """Ask the provider what became of the SMS sent with ``idempotency_key``.
+
+        ``GET /v1/status?idempotency_key=...``. None on a 404: the provider
+        never took an SMS with this key, so sending it again with the same key
+        is safe. Raises ``ProviderError`` on a timeout, a connection error,
+        any other status, or an answer that is not a status.
+        """
+        try:
+            with metrics.PROVIDER_SECONDS.time():
+                response = await self.client.get(
+                    "/v1/status",
+                    params={"idempotency_key": idempotency_key},
+                    headers={"Authorization": f"Bearer {self.token}"},
+                )
+        except httpx.TransportError as exc:  # timeouts included
+            raise ProviderError(
+                f"status query failed: {type(exc).__name__}", retryable=True
+            ) from exc
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise ProviderError(
+                f"status query answered {response.status_code}",
+                retryable=response.status_code == 429 or response.status_code >= 500,
+            )
+        try:
+            return _parse_status(response.json())
+        except ValueError as exc:
+            raise ProviderError(f"status answer unreadable: {exc}", retryable=True) from exc
+
+
+ProviderState = Literal["accepted", "sent", "delivered", "failed", "unknown"]
+"""What the provider knows of a message: the status query's ``state``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStatus:
+    """The provider's answer to a status query (docs/operations.md, "Status query")."""
+
+    state: ProviderState
+    message_id: str
+    updated_at: datetime | None
+    error: str | None
+
+    @property
+    def final(self) -> bool:
+        """Whether the provider knows the SMS's fate (delivered or failed)."""
+        return self.state in ("delivered", "failed")
+
+
+def _parse_status(body: Any) -> ProviderStatus:
+    """A status answer's body; ValueError if it is not one."""
+    if not isinstance(body, dict):
+        raise ValueError("not an object")
+    state, message_id = body.get("state"), body.get("message_id")
+    if state not in get_args(ProviderState) or not isinstance(message_id, str) or not message_id:
+        raise ValueError(f"bad state {state!r} or message_id")
+    updated = body.get("updated_at")
+    at = datetime.fromisoformat(updated) if isinstance(updated, str) else None
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)  # a provider's naive time is taken as UTC
+    error = body.get("error")
+    return ProviderStatus(
+        cast(ProviderState, state), message_id, at, str(error)[:500] if error else None
+    )
 
 
 class TokenBucket:
