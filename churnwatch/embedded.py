@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -34,11 +35,28 @@ BrokerStorage = Literal["memory", "s3"]
 BROKER_STORAGES: tuple[BrokerStorage, ...] = ("memory", "s3")
 
 
+LISTEN_PORTS = range(20_000, 32_768)
+"""Where ``free_port`` looks: below Linux's ephemeral range (32768-60999 by default)."""
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free right now, outside the ephemeral range.
+
+    A port the kernel hands out (``bind(0)``) comes from the ephemeral range, the
+    same range every outgoing connection takes its local port from: between
+    choosing a port and a server binding it, a client connection (the broker to
+    its S3 store makes many) can take it. Below that range only listeners bind.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.choice(LISTEN_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {LISTEN_PORTS.start}-{LISTEN_PORTS.stop - 1}")
 
 
 def port_open(host: str, port: int) -> bool:
@@ -213,7 +231,8 @@ def _free_port_pair(offset: int) -> tuple[int, int]:
     """
     for _ in range(200):
         port = free_port()
-        if port + offset <= 65535 and not port_open("127.0.0.1", port + offset):
+        # Both below the ephemeral range (see ``free_port``).
+        if port + offset < LISTEN_PORTS.stop and not port_open("127.0.0.1", port + offset):
             with contextlib.suppress(OSError), socket.socket() as sock:
                 sock.bind(("127.0.0.1", port + offset))
                 return port, port + offset

@@ -97,6 +97,10 @@ def pipeline(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     environ.pop("OUTREACH_PHONE_KEY", None)
     # One key for every service, as `churnwatch up` gives them (only two use it).
     environ["PHONE_KEY"] = key
+    # The session's database is shared: other tests' rows are sealed under the
+    # development key, and this outreach reads every due SMS. As in the middle of a
+    # rotation, the old key opens them (docs/security.md).
+    environ["PHONE_OLD_KEYS"] = DEV_PHONE_KEY
     environ.update({SERVICES[name][1].upper(): str(port) for name, port in ports.items()})
     environ["SMS_GATEWAY_URL"] = f"http://127.0.0.1:{ports['sms-gateway']}"
     outreach_url = f"http://127.0.0.1:{ports['outreach']}"
@@ -127,6 +131,31 @@ def pipeline(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        # Its rows are sealed under a key no other test has: the session's database is
+        # shared, and another test's dispatcher reading them would fail to open them.
+        asyncio.run(_forget_rows_sealed_under(stack.database_url, PhoneKeyring.from_base64(key)))
+
+
+async def _forget_rows_sealed_under(database_url: str, keyring: PhoneKeyring) -> None:
+    engine = create_async_engine(to_async_url(database_url), poolclass=NullPool)
+    prefix = f"v2:{keyring.current.key_id}:%"
+    try:
+        async with engine.begin() as conn:
+            # Their history rows point at the tasks: cleared first.
+            await conn.execute(
+                text(
+                    "DELETE FROM outreach.task_transitions WHERE task_id IN"
+                    " (SELECT task_id FROM outreach.tasks WHERE phone LIKE :p)"
+                ),
+                {"p": prefix},
+            )
+            for table in ("outreach.tasks", "alerting.subscribers"):
+                await conn.execute(
+                    text(f"DELETE FROM {table} WHERE phone LIKE :p"),  # noqa: S608 - constants
+                    {"p": prefix},
+                )
+    finally:
+        await engine.dispose()
 
 
 async def _sms_to(pipeline: Pipeline, phone: str) -> list[dict[str, Any]]:
