@@ -337,9 +337,11 @@ class ConsumerLoop(Generic[T]):
         finally:
             self._healthy = False
             # No commit on stop: offsets were committed after each stored batch.
-            # Bounded: leaving the group of a dead broker would wait for timeouts.
+            # Bounded: leaving the group of a dead broker would wait for timeouts. Not
+            # too tightly: a consumer stopped while it joins its group takes several
+            # seconds to close, and one cut short leaves its connections open.
             try:
-                await asyncio.wait_for(consumer.stop(), 2.0)
+                await asyncio.wait_for(consumer.stop(), 10.0)
             except asyncio.CancelledError:
                 # aiokafka re-raises its fetch task's cancellation from stop() after
                 # a broker outage; only our own cancellation must propagate.

@@ -410,12 +410,14 @@ async def test_a_lost_events_topic_is_recreated_with_its_partitions_by_default(
         accepted: list[str] = []
         refused: list[str] = []
 
-        async def accepted_again(c: httpx.AsyncClient = client, ids: list[str] = accepted) -> bool:
+        async def accepted_again(
+            c: httpx.AsyncClient = client, ids: list[str] = accepted, no: list[str] = refused
+        ) -> bool:
             item = stop_notice(sid())
             if (await c.post("/v1/events", json=item)).status_code == 202:
                 ids.append(item["event_id"])
             else:
-                refused.append(item["event_id"])
+                no.append(item["event_id"])
             return bool(ids)
 
         await eventually(accepted_again, timeout_s=10, what="a 202 once the topic settled")
