@@ -166,6 +166,9 @@ class Bench:
                 self.add("ingest_single_rps", ingest.single_rps(proc.url, singles))
         finally:
             stop_processes([proc])
+        for _ in range(self.repeat):
+            landing = fresh_prefix("landing")
+            self.add("ingest_landing_eps", ingest.landing_eps(st, landing, raw))
 
     def e2e(self) -> None:
         """Latency through the whole pipeline at a fixed offered load."""

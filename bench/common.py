@@ -109,6 +109,7 @@ class Stack:
             "SCORING_CONSUMER_GROUP": f"{prefix}-scoring",
             "ALERTING_CONSUMER_GROUP": f"{prefix}-alerting",
             "OUTREACH_CONSUMER_GROUP": f"{prefix}-outreach",
+            "INGEST_LANDING_CONSUMER_GROUP": f"{prefix}-landing",
             "SCORING_MODEL_NAME": prefix[:64],
             "AUTH_ENABLED": "false",
             "LOG_LEVEL": "WARNING",

@@ -1,4 +1,4 @@
-"""Ingest figures: NDJSON batches and single events via ``POST /v1/events``; the bare limit."""
+"""Ingest figures: HTTP batches and single events, the landing topic's relay, the bare limit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.common import Stack, send_raw
+from bench.common import Stack, scrape, send_raw, start, wait_ready
+from churnwatch.embedded import stop_processes
 from shared.kafka import ensure_topics, make_producer
 from shared.topics import Topics
 
@@ -53,7 +54,8 @@ def single_rps(url: str, raw: Sequence[Raw], *, concurrency: int = 16) -> float:
     return len(raw) / asyncio.run(_post_all(url, bodies, headers, concurrency))
 
 
-async def _produce_timed(stack: Stack, prefix: str, raw: Sequence[Raw]) -> float:
+async def _produce_timed(stack: Stack, prefix: str, raw: Sequence[Raw], *, topic: str) -> float:
+    """Seconds to produce ``raw`` to ``topic`` and have every event acknowledged."""
     settings = stack.settings(prefix)
     await ensure_topics(settings)
     # The producer settings ingest itself uses (shared.kafka.make_producer), so the
@@ -61,7 +63,6 @@ async def _produce_timed(stack: Stack, prefix: str, raw: Sequence[Raw]) -> float
     producer = make_producer(settings)
     await producer.start()
     try:
-        topic = Topics(prefix).events
         begin = time.perf_counter()
         await send_raw(producer, topic, raw)
         return time.perf_counter() - begin
@@ -71,4 +72,41 @@ async def _produce_timed(stack: Stack, prefix: str, raw: Sequence[Raw]) -> float
 
 def limit_eps(stack: Stack, prefix: str, raw: Sequence[Raw]) -> float:
     """Events/s of the same events produced straight to the broker with aiokafka, one process."""
-    return len(raw) / asyncio.run(_produce_timed(stack, prefix, raw))
+    return len(raw) / asyncio.run(_produce_timed(stack, prefix, raw, topic=Topics(prefix).events))
+
+
+def _relay_seconds(url: str, total: int, timeout_s: float) -> float:
+    """Seconds from the first relayed event to the ``total``-th, read off ingest's metrics.
+
+    Not from the events topic's end offsets: Tansu counts a record batch as one
+    offset there.
+    """
+    first: tuple[float, float] | None = None
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=5) as client:
+        while time.monotonic() < deadline:
+            relayed = scrape(client, url, "churnwatch_ingest_landing_relayed_total")
+            now = time.perf_counter()
+            if relayed and first is None:
+                first = (now, relayed)
+            if relayed >= total and first is not None:
+                # The events relayed before the first look are not in the time either.
+                return (now - first[0]) * total / max(total - first[1], 1.0)
+            time.sleep(0.05)  # polling a counter, not synchronisation of the run
+    raise RuntimeError(f"the landing relay did not reach {total} events in {timeout_s}s")
+
+
+def landing_eps(stack: Stack, prefix: str, raw: Sequence[Raw]) -> float:
+    """Events/s one ingest process relays from the landing topic to the events topic.
+
+    The events are on the landing topic (produced by the bare producer) before
+    ingest starts; the time runs from the first relayed event to the last, so the
+    consumer group's join is not in it.
+    """
+    asyncio.run(_produce_timed(stack, prefix, raw, topic=Topics(prefix).landing))
+    proc = start(stack, "ingest", stack.environ(prefix))
+    try:
+        wait_ready([proc])
+        return len(raw) / _relay_seconds(proc.url, len(raw), timeout_s=600)
+    finally:
+        stop_processes([proc])

@@ -34,6 +34,12 @@ ROWS = [
     Row("ingest_batch_limit_eps", "bare limit: aiokafka producer, one process", "events/s"),
     Row("ingest_single_rps", "ingest, one event per request", "requests/s"),
     Row(
+        "ingest_landing_eps",
+        "ingest, landing topic relayed to the events topic",
+        "events/s",
+        beside="ingest_batch_limit_eps",
+    ),
+    Row(
         "scoring_eps",
         "scoring, one process with PostgreSQL",
         "events/s",

@@ -3,8 +3,11 @@
 A dead letter keeps the original key and value byte for byte, and its source in
 headers (``shared/dlq.py``). Once the cause is fixed (a consumer that now parses
 the record, a contract change rolled out), ``replay`` produces each matching
-record back to its source topic, with the same key (so the same partition and
-order) and a ``dlq.replayed_from`` header, once per source record. Replaying
+record back to its source topic, with the same key and a ``dlq.replayed_from``
+header, once per source record, partitioned by murmur2 of the key: the
+partition it came from on churnwatch's own topics, not necessarily on the
+landing topic (whose producers may partition otherwise; ingest re-keys). A
+replayed record comes after everything that followed the original. Replaying
 twice is harmless: every
 consumer drops a message whose id it has already processed. A record that still
 fails is dead-lettered again, as a new DLQ record.
@@ -192,7 +195,13 @@ def _describe(letter: Letter) -> str:
 
 SourceOpt = Annotated[str | None, typer.Option(help="Only records from this topic.")]
 ServiceOpt = Annotated[str | None, typer.Option(help="Only those this service dead-lettered.")]
-ReasonOpt = Annotated[str | None, typer.Option(help="Only this reason class: validation, decode.")]
+ReasonOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Only this reason class: validation, decode (and, for landing records, "
+        "future_time, duplicate_key, header_mismatch, ...: docs/kafka-producers.md)."
+    ),
+]
 SinceOpt = Annotated[str | None, typer.Option(help="Only those dead-lettered at or after (ISO).")]
 
 

@@ -513,7 +513,8 @@ class ConsumerLoop(Generic[T]):
             not_json = any(e["type"] == "json_invalid" for e in exc.errors())
             reason_class = "decode" if not_json else "validation"
         else:
-            reason, reason_class = str(exc), "decode"
+            # A parser may name its own class of reason (ingest's landing parser does).
+            reason, reason_class = str(exc), str(getattr(exc, "reason_class", "decode"))
         return DeadLetter(
             topic=record.topic,
             partition=record.partition,

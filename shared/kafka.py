@@ -82,7 +82,10 @@ async def ensure_topics(settings: BaseServiceSettings) -> list[str]:
         existing = await admin.describe_topics(wanted) if wanted else []
         present = {t["topic"]: len(t["partitions"]) for t in existing if t["error_code"] == 0}
         for name, partitions in present.items():
-            if name != topics.dlq and partitions != settings.kafka_topic_partitions:
+            if (
+                name not in topics.free_partitioning()
+                and partitions != settings.kafka_topic_partitions
+            ):
                 log.warning(
                     "topic partition count differs from KAFKA_TOPIC_PARTITIONS",
                     extra={
@@ -204,7 +207,7 @@ class TopicGuard:
         self.service = service
         topics = topics_for(settings)
         self.names = names if names is not None else topics.all()
-        self._exempt = (topics.dlq,)  # ensure_topics does not judge the DLQ's count either
+        self._exempt = topics.free_partitioning()  # ensure_topics does not judge them either
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self._admin: AIOKafkaAdminClient | None = None

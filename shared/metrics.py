@@ -52,6 +52,12 @@ DLQ_MESSAGES = Counter(
     "Messages sent to the dead-letter topic, by source topic and reason class",
     ["service", "topic", "reason"],
 )
+HEADER_MISMATCHES = Counter(
+    "churnwatch_consumer_header_mismatches_total",
+    "Records whose event_type header disagreed with their payload (the payload was used); "
+    "only churnwatch's own producers write the events topic, so any is a misconfiguration",
+    ["service", "topic"],
+)
 KAFKA_TOPICS_OK = Gauge(
     "churnwatch_kafka_topics_ok",
     "1 if the last check found every topic the service needs with the expected partitions",

@@ -1,6 +1,7 @@
 """Every Kafka topic churnwatch uses, named in one place.
 
-All topics are keyed by ``subscriber_id`` and created with the same partition
+All topics but the landing topic (``events.in``, written by billing systems,
+read only by ingest) are keyed by ``subscriber_id`` and created with the same partition
 count (``KAFKA_TOPIC_PARTITIONS``), so they are co-partitioned: with the
 default partitioner, one subscriber's events, scores and tasks land on the
 same partition number, and therefore on the same scoring replica. Never change
@@ -29,6 +30,15 @@ class Topics:
         return f"{self.prefix}.events"
 
     @property
+    def landing(self) -> str:
+        """Events from billing systems that publish to Kafka (docs/kafka-producers.md).
+
+        Any key and partitioner; ingest validates every record and writes the valid
+        ones to ``events``. Read by ingest only; any partition count.
+        """
+        return f"{self.prefix}.events.in"
+
+    @property
     def scores(self) -> str:
         """RiskScore messages from scoring. Key: subscriber_id. Read by alerting."""
         return f"{self.prefix}.scores"
@@ -50,4 +60,8 @@ class Topics:
 
     def all(self) -> list[str]:
         """Every topic, for creation at start-up."""
-        return [self.events, self.scores, self.tasks, self.outcomes, self.dlq]
+        return [self.landing, self.events, self.scores, self.tasks, self.outcomes, self.dlq]
+
+    def free_partitioning(self) -> tuple[str, ...]:
+        """Topics whose partition count need not be ``KAFKA_TOPIC_PARTITIONS``."""
+        return (self.landing, self.dlq)

@@ -67,6 +67,7 @@ def fresh_env(stack: Stack) -> dict[str, Any]:
         "scoring_consumer_group": f"scoring-{run}",
         "alerting_consumer_group": f"alerting-{run}",
         "outreach_consumer_group": f"outreach-{run}",
+        "ingest_landing_consumer_group": f"landing-{run}",
         "log_json": False,
         # API keys are tested in tests/test_auth.py; elsewhere they would only be noise.
         "auth_enabled": False,
@@ -85,3 +86,11 @@ def as_environ(settings: dict[str, Any]) -> dict[str, str]:
 
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def pipeline(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The four services and the SMS gateway as processes (tests/pipeline.py), per module."""
+    from tests.pipeline import run_pipeline  # it imports this module
+
+    yield from run_pipeline(stack, tmp_path_factory)

@@ -12,9 +12,11 @@ from typer.testing import CliRunner
 
 from churnwatch.cli import app as cli
 from services.alerting.engine import (
+    PAYMENTS_KEPT,
     Alert,
     Effects,
     Engine,
+    Facts,
     Profile,
     Silence,
     SubscriberView,
@@ -281,6 +283,41 @@ def test_a_payment_before_the_notice_or_after_the_suspension_cancels_nothing() -
     assert run(engine, v, [pay(T0 - timedelta(hours=1), "100")]).outbound == []
     assert run(engine, v, [pay(T0 + timedelta(hours=11), "100")]).outbound == []
     assert v.alerts[0].status == "open"
+
+
+def test_a_payment_handled_before_its_notice_still_clears_it() -> None:
+    # Arrival order is not event order (the notice came through the Kafka landing
+    # topic, the payment 50 ms later over HTTP, and alerting saw the payment first).
+    engine = Engine(NO_DWELL)
+    v = view(tier="diamond", manager="am-1")
+    assert run(engine, v, [pay(T0 + timedelta(seconds=1), "50.00")]).outbound == []
+    effects = run(engine, v, [stop(T0, amount="50.00")])
+    assert effects.outbound == [] and effects.suppressed == [("pre_suspension_reminder", "paid")]
+    assert v.alerts == []
+
+
+def test_a_part_paid_before_its_notice_counts_towards_it() -> None:
+    engine = Engine(NO_DWELL)
+    v = view(tier="diamond", manager="am-1")
+    run(engine, v, [pay(T0 + timedelta(seconds=1), "20.00")])
+    run(engine, v, [pay(T0 - timedelta(hours=1), "500.00")])  # before the notice: not for it
+    opened = tasks_of(run(engine, v, [stop(T0, amount="50.00")]))
+    assert len(opened) == 2 and v.alerts[0].paid == Decimal("20.00")
+    cancels = updates_of(run(engine, v, [pay(T0 + timedelta(hours=1), "30.00")]))
+    assert {u.task_id for u in cancels} == {t.task_id for t in opened}
+    # Payments after the suspension clear nothing, whenever they are handled.
+    w = view(tier="diamond", manager="am-1")
+    run(engine, w, [pay(T0 + timedelta(hours=49), "50.00")])
+    assert len(tasks_of(run(engine, w, [stop(T0, amount="50.00", in_hours=48)]))) == 2
+
+
+def test_a_subscriber_remembers_only_recent_payments() -> None:
+    facts = Facts()
+    for day in range(100):
+        facts.remember_payment(T0 + timedelta(days=day), Decimal(1))
+    assert len(facts.payments) == PAYMENTS_KEPT
+    assert facts.payments[0][0] == T0 + timedelta(days=100 - PAYMENTS_KEPT)
+    assert facts.paid_between(T0, T0 + timedelta(days=1000)) == Decimal(PAYMENTS_KEPT)
 
 
 def test_a_notice_for_a_suspension_already_past_is_not_reminded() -> None:

@@ -205,7 +205,7 @@ def test_messages_between_services_validate() -> None:
 
 def test_topics_are_named_under_the_prefix() -> None:
     topics = Topics("x")
-    assert topics.all() == ["x.events", "x.scores", "x.tasks", "x.outcomes", "x.dlq"]
+    assert topics.all() == ["x.events.in", "x.events", "x.scores", "x.tasks", "x.outcomes", "x.dlq"]
 
 
 # --- version 2 ------------------------------------------------------------------------------

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from aiokafka.structs import ConsumerRecord
 
 from churnwatch.embedded import EmbeddedBroker
 from services.ingest.app import create_app
+from services.ingest.landing import REASON_CLASSES, LandingParser, LandingRejected
 from services.ingest.settings import IngestSettings
 from shared.events import V2_FIELDS, SubscriberPayload
 from shared.topics import Topics
@@ -431,3 +434,40 @@ async def test_a_lost_events_topic_is_recreated_with_its_partitions_by_default(
     # the client's retry by event id.
     assert set(accepted) <= set(on_topic)
     assert set(on_topic) <= set(accepted) | set(refused)
+
+
+# --- the landing topic's parser (the Kafka entry point, issue 18) ----------------------
+
+
+def _landing(value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> Any:
+    size = len(value) if value else 0
+    return ConsumerRecord("p.events.in", 0, 7, 0, 0, b"k", value, None, 1, size, headers or [])
+
+
+async def test_the_landing_parser_refuses_what_http_ingest_refuses_with_a_reason_class() -> None:
+    parse = LandingParser(max_record_bytes=2048)
+    subscriber = sid()
+    notice = stop_notice(subscriber)
+    assert parse(_landing(orjson.dumps(notice))).event_id == uuid.UUID(notice["event_id"])
+    assert (
+        parse(_landing(orjson.dumps(notice), [("event_type", b"stop_notice")])).subscriber_id
+        == subscriber
+    )
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    future = {**notice, "occurred_at": tomorrow.isoformat()}
+    cases = {
+        "empty": _landing(None),
+        "too_large": _landing(orjson.dumps({**notice, "pad": "x" * 4096})),
+        "decode": _landing(b'{"event_id": '),
+        "not_an_event": _landing(orjson.dumps([notice])),
+        "duplicate_key": _landing(orjson.dumps(notice)[:-1] + b',"event_type":"cdr"}'),
+        "validation": _landing(orjson.dumps({**notice, "event_type": "fax"})),
+        "future_time": _landing(orjson.dumps(future)),
+        "header_mismatch": _landing(orjson.dumps(notice), [("event_type", b"cdr")]),
+    }
+    assert set(cases) == set(REASON_CLASSES)
+    for reason_class, record in cases.items():
+        with pytest.raises(LandingRejected) as refused:
+            parse(record)
+        assert refused.value.reason_class == reason_class, (reason_class, str(refused.value))
+        assert str(refused.value)

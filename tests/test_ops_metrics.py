@@ -430,6 +430,8 @@ EMPTY_AFTER_THE_SAMPLE = {
     "HTTP 5xx /s": "no API request fails",
     "Failed batches /s": "no batch fails",
     "Dead-lettered records (1h)": "no record is malformed",
+    "Landing records /s: consumed, relayed, dead-lettered": "nothing is published to Kafka",
+    "Landing dead letters (1h) by reason": "nothing is published to Kafka",
     "Reminder before suspension (this month)": "no VIP is suspended",
     "Win-back rate (this month)": "no win-back offer is made",
     "Retention call outcomes by tier (1d)": "no agent records a call outcome",

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,11 +31,9 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from churnwatch.embedded import free_port
 from churnwatch.gateway import GatewaySettings, gateway_headers
 from churnwatch.migrate import alembic_config
 from services.alerting import service as alerting_service
-from services.alerting.rules import DEFAULT_RULES_FILE
 from services.outreach.consumer import parse_record
 from shared.crypto import (
     DEV_PHONE_KEY,
@@ -49,18 +45,12 @@ from shared.crypto import (
 )
 from shared.db import to_async_url
 from shared.events import OutreachTask, SubscriberEvent, parse_event
-from tests.conftest import REPO, Stack, as_environ, fresh_env
+from tests.conftest import Stack
 from tests.helpers import eventually, profile, sid, stop_notice
+from tests.pipeline import run_pipeline
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.e2e]
 
-SERVICES = {
-    "sms-gateway": (["-m", "churnwatch", "sms-gateway"], "sms_gateway_port", "/healthz"),
-    "ingest": (["-m", "services.ingest"], "ingest_port", "/readyz"),
-    "scoring": (["-m", "services.scoring"], "scoring_port", "/readyz"),
-    "alerting": (["-m", "services.alerting"], "alerting_port", "/readyz"),
-    "outreach": (["-m", "services.outreach"], "outreach_port", "/readyz"),
-}
 SUBSCRIBERS = 6
 
 
@@ -72,65 +62,26 @@ class Pipeline:
     keyring: PhoneKeyring
 
 
-def _wait_ready(urls: dict[str, str], processes: dict[str, subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + 60
-    pending = dict(urls)
-    with httpx.Client(timeout=2) as client:
-        while pending:
-            for name, url in list(pending.items()):
-                assert processes[name].poll() is None, f"{name} exited early"
-                try:
-                    if client.get(url + SERVICES[name][2]).status_code == 200:
-                        del pending[name]
-                except httpx.HTTPError:
-                    pass
-            assert time.monotonic() < deadline, f"not ready: {sorted(pending)}"
-            time.sleep(0.2)  # a poll interval, not synchronisation: the deadline decides
-
-
 @pytest.fixture(scope="module")
 def pipeline(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    settings = fresh_env(stack)
     key = base64.b64encode(os.urandom(32)).decode()
-    ports = {name: free_port() for name in SERVICES}
-    environ = {**os.environ, **as_environ(settings), "PYTHONPATH": str(REPO)}
-    environ.pop("OUTREACH_PHONE_KEY", None)
-    # One key for every service, as `churnwatch up` gives them (only two use it).
-    environ["PHONE_KEY"] = key
-    # The session's database is shared: other tests' rows are sealed under the
-    # development key, and this outreach reads every due SMS. As in the middle of a
-    # rotation, the old key opens them (docs/security.md).
-    environ["PHONE_OLD_KEYS"] = DEV_PHONE_KEY
-    environ.update({SERVICES[name][1].upper(): str(port) for name, port in ports.items()})
-    environ["SMS_GATEWAY_URL"] = f"http://127.0.0.1:{ports['sms-gateway']}"
-    outreach_url = f"http://127.0.0.1:{ports['outreach']}"
-    environ["SMS_GATEWAY_RECEIPT_URL"] = f"{outreach_url}/v1/sms/receipts"
-    environ["SMS_GATEWAY_INBOUND_URL"] = f"{outreach_url}/v1/sms/inbound"
-    environ["OUTREACH_DISPATCH_INTERVAL_S"] = "0.2"
-    logs = tmp_path_factory.mktemp("privacy-logs")
-    rules = logs / "rules.yaml"
-    rules.write_text(DEFAULT_RULES_FILE.read_text().replace("dwell: 30m", "dwell: 0s"))
-    environ["ALERTING_RULES_FILE"] = str(rules)
-    processes: dict[str, subprocess.Popen[bytes]] = {}
-    for name, (args, _, _) in SERVICES.items():
-        with open(logs / f"{name}.log", "wb") as log:
-            processes[name] = subprocess.Popen(
-                [sys.executable, *args], env=environ, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
-            )
-    urls = {n: f"http://127.0.0.1:{p}" for n, p in ports.items()}
+    environ = {
+        # One key for every service, as `churnwatch up` gives them (only two use it).
+        "PHONE_KEY": key,
+        # The session's database is shared: other tests' rows are sealed under the
+        # development key, and this outreach reads every due SMS. As in the middle
+        # of a rotation, the old key opens them (docs/security.md).
+        "PHONE_OLD_KEYS": DEV_PHONE_KEY,
+    }
+    start = contextlib.contextmanager(run_pipeline)
     try:
-        _wait_ready(urls, processes)
-        yield Pipeline(urls, logs, settings, PhoneKeyring.from_base64(key))
+        with start(
+            stack, tmp_path_factory, extra_environ=environ, unset=("OUTREACH_PHONE_KEY",)
+        ) as running:
+            yield Pipeline(
+                running.urls, running.logs, running.settings, PhoneKeyring.from_base64(key)
+            )
     finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes.values():
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
         # Its rows are sealed under a key no other test has: the session's database is
         # shared, and another test's dispatcher reading them would fail to open them.
         asyncio.run(_forget_rows_sealed_under(stack.database_url, PhoneKeyring.from_base64(key)))

@@ -126,6 +126,47 @@ PIPELINE = Dashboard(
             ),
         ),
         (
+            "Kafka entry point (landing topic, docs/kafka-producers.md)",
+            (
+                Panel(
+                    "Landing records /s: consumed, relayed, dead-lettered",
+                    (
+                        q(
+                            'sum(rate(churnwatch_consumer_records_total{service="ingest"}[5m]))',
+                            "consumed",
+                        ),
+                        q("sum(rate(churnwatch_ingest_landing_relayed_total[5m]))", "relayed"),
+                        q(
+                            'sum(rate(churnwatch_dlq_messages_total{service="ingest"}[5m]))',
+                            "dead-lettered",
+                        ),
+                    ),
+                    description="Records read from the landing topic; valid events written to "
+                    "the events topic; records refused (by reason on the next panel).",
+                ),
+                Panel(
+                    "Landing dead letters (1h) by reason",
+                    (
+                        q(
+                            "sum by (reason) "
+                            '(increase(churnwatch_dlq_messages_total{service="ingest"}[1h]))',
+                            "{{reason}}",
+                        ),
+                    ),
+                    description="No data means no landing record was refused since the start.",
+                ),
+                Panel(
+                    "Landing lag",
+                    (
+                        q(
+                            'sum by (partition) (churnwatch_consumer_lag{service="ingest"})',
+                            "partition {{partition}}",
+                        ),
+                    ),
+                ),
+            ),
+        ),
+        (
             "Consumers",
             (
                 Panel(

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -24,6 +25,7 @@ from services.alerting.engine import (
 from services.alerting.models import processed_messages, subscriber_facts, subscribers
 from services.alerting.rules import ScoreTrigger
 from services.alerting.settings import AlertingSettings
+from shared import metrics as shared_metrics
 from shared.consumer import Inbound, Outbox
 from shared.db import keep_new
 from shared.events import (
@@ -54,9 +56,22 @@ def make_parser(topics: Topics) -> Callable[[ConsumerRecord[bytes, bytes]], Mess
         if record.topic == topics.scores:
             return RiskScore.model_validate_json(record.value)
         # Usage records are most of the stream and no rule reads them: ingest's
-        # event_type header lets us skip them without parsing.
+        # event_type header lets us skip them without validating them. The payload
+        # decides, never the header alone: a record whose header says usage but whose
+        # payload is another event is handled as that event (and counted).
         if dict(record.headers or ()).get("event_type") == b"cdr":
-            return None
+            decoded = orjson.loads(record.value)
+            if isinstance(decoded, dict) and decoded.get("event_type") == "cdr":
+                return None
+            shared_metrics.HEADER_MISMATCHES.labels("alerting", record.topic).inc()
+            log.warning(
+                "an event_type header disagreed with its payload; the payload wins",
+                extra={
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                },
+            )
         return parse_event(record.value, check_clock=False)
 
     return parse

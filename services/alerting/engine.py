@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -84,6 +84,12 @@ class Profile:
 UNKNOWN = Profile()
 
 
+# Payments remembered per subscriber, for a stop-notice handled after the payment
+# that clears it (arrival order is not event order: two entry points, late events).
+PAYMENTS_KEPT = 20
+PAYMENTS_KEPT_FOR = timedelta(days=62)
+
+
 @dataclass(slots=True)
 class Facts:
     """What alerting remembers of a subscriber besides the profile."""
@@ -91,7 +97,21 @@ class Facts:
     churned_at: datetime | None = None
     bill_mean: Decimal | None = None
     bills_seen: int = 0
+    # (occurred_at, amount) of the latest payments, oldest first.
+    payments: list[tuple[datetime, Decimal]] = field(default_factory=list)
     dirty: bool = False
+
+    def remember_payment(self, at: datetime, amount: Decimal) -> None:
+        """Keep a payment (the newest ``PAYMENTS_KEPT`` within ``PAYMENTS_KEPT_FOR``)."""
+        kept = [p for p in self.payments if p[0] >= at - PAYMENTS_KEPT_FOR]
+        kept.append((at, amount))
+        kept.sort(key=lambda p: p[0])
+        self.payments = kept[-PAYMENTS_KEPT:]
+        self.dirty = True
+
+    def paid_between(self, start: datetime, end: datetime) -> Decimal:
+        """What the subscriber paid from ``start`` until before ``end`` (event time)."""
+        return sum((amount for t, amount in self.payments if start <= t < end), Decimal(0))
 
 
 @dataclass(slots=True)
@@ -236,6 +256,7 @@ class Firing:
     due_at: datetime | None = None
     not_before: datetime | None = None
     amount_due: Decimal | None = None
+    paid: Decimal = Decimal(0)  # of amount_due, already (a payment handled before)
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +376,14 @@ class Engine:
             if p.suspension_at <= t:
                 ctx.effects.suppressed.append((rule.name, "too_late"))
                 continue
+            # A payment handled before its notice (it came through the other entry
+            # point, or late): paid at or after the notice, it clears it all the same.
+            paid = Decimal(0)
+            if trigger.cancel_when_paid:
+                paid = ctx.view.facts.paid_between(t, p.suspension_at)
+            if trigger.cancel_when_paid and paid >= p.amount_to_pay:
+                ctx.effects.suppressed.append((rule.name, "paid"))
+                continue
             # Due `lead` before the suspension, unless that is already past.
             self._fire(
                 Firing(
@@ -369,12 +398,14 @@ class Engine:
                     },
                     due_at=max(p.suspension_at - trigger.lead, t),
                     amount_due=p.amount_to_pay if trigger.cancel_when_paid else None,
+                    paid=paid,
                 ),
                 ctx,
             )
 
     def _on_payment(self, event: PaymentEvent, ctx: Ctx) -> None:
         t = event.occurred_at
+        ctx.view.facts.remember_payment(t, event.payload.amount)
         for alert in ctx.view.alerts:
             if alert.amount_due is None or not alert.is_open(t) or t < alert.fired_at:
                 continue
@@ -530,6 +561,7 @@ class Engine:
             cause_id=firing.cause_id,
             held_out=held_out,
             amount_due=firing.amount_due,
+            paid=firing.paid,
             tasks=[TaskRef(task.task_id, task.channel, task.queue) for task in tasks],
             new=True,
         )

@@ -57,8 +57,16 @@ subscriber_facts = Table(
     Column("churned_at", DateTime(timezone=True), nullable=True),
     Column("bill_mean", Numeric(14, 4), nullable=True),
     Column("bills_seen", Integer, nullable=False, server_default="0"),
+    # occurred_at as ISO 8601, the amount as a decimal string.
+    Column(
+        "payments",
+        JSONB,
+        nullable=True,
+        comment="[[occurred_at, amount], ...] of the latest payments, oldest first.",
+    ),
     Column("updated_at", DateTime(timezone=True), nullable=False),
-    comment="What the rules remember besides the profile: churned or not, the usual bill.",
+    comment="What the rules remember besides the profile: churned or not, the usual bill, "
+    "the latest payments.",
 )
 
 rule_state = Table(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select, text, update
@@ -124,7 +125,12 @@ async def load_views(
         select(subscriber_facts).where(subscriber_facts.c.subscriber_id.in_(ids))
     ):
         views[r.subscriber_id].facts = Facts(
-            churned_at=r.churned_at, bill_mean=r.bill_mean, bills_seen=r.bills_seen
+            churned_at=r.churned_at,
+            bill_mean=r.bill_mean,
+            bills_seen=r.bills_seen,
+            payments=[
+                (datetime.fromisoformat(at), Decimal(amount)) for at, amount in r.payments or ()
+            ],
         )
     open_alerts: dict[uuid.UUID, Alert] = {}
     for r in await conn.execute(
@@ -171,6 +177,7 @@ async def save_views(
             "churned_at": v.facts.churned_at,
             "bill_mean": v.facts.bill_mean,
             "bills_seen": v.facts.bills_seen,
+            "payments": [[at.isoformat(), str(amount)] for at, amount in v.facts.payments],
             "updated_at": now,
         }
         for v in views
@@ -183,7 +190,7 @@ async def save_views(
                 index_elements=["subscriber_id"],
                 set_={
                     c: stmt.excluded[c]
-                    for c in ("churned_at", "bill_mean", "bills_seen", "updated_at")
+                    for c in ("churned_at", "bill_mean", "bills_seen", "payments", "updated_at")
                 },
             ),
             fact_rows,

@@ -9,22 +9,27 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.ingest.landing import LandingParser, Relay
 from services.ingest.settings import IngestSettings
 from services.ingest.views import router
 from shared.auth import auth_responses, install_auth
+from shared.consumer import ConsumerLoop
 from shared.crypto import use_phone_keyring
 from shared.db import create_engine, ping
 from shared.errors import install_error_handlers
-from shared.events import EVENT_ADAPTER
+from shared.events import EVENT_ADAPTER, Event
 from shared.health import Check, health_router
 from shared.kafka import OffsetLedger, TopicGuard, ensure_topics, make_producer, topics_for
 from shared.metrics import install_metrics
 
 
 def create_app(settings: IngestSettings) -> FastAPI:
-    """The ingest service: ``POST /v1/events``, schemas, probes, metrics.
+    """The ingest service: ``POST /v1/events``, the landing topic, schemas, probes, metrics.
 
-    Ingest keeps no data of its own; its database engine only looks up API keys.
+    Ingest keeps no data of its own; its database engine looks up API keys and
+    holds the landing consumer's (empty) batch transactions. The landing consumer
+    is not a readiness check: HTTP ingest serves without it; its lag and dead
+    letters are on the dashboards and alerts (docs/kafka-producers.md).
     """
     use_phone_keyring(settings.phone_keyring())  # produce_events seals phones with it
     db = create_engine(settings)
@@ -49,9 +54,27 @@ def create_app(settings: IngestSettings) -> FastAPI:
         periodic = asyncio.create_task(
             guard.run_periodic(settings.ingest_topic_check_interval_s), name="ingest-topic-check"
         )
+        landing: ConsumerLoop[Event] | None = None
+        landing_task: asyncio.Task[None] | None = None
+        if settings.ingest_landing_enabled:
+            landing = ConsumerLoop(
+                service="ingest",
+                settings=settings,
+                topics=[app.state.topics.landing],
+                group_id=settings.ingest_landing_consumer_group,
+                parser=LandingParser(max_record_bytes=settings.ingest_landing_max_record_bytes),
+                handler=Relay(app.state.topics),
+                engine=db,
+                producer=producer,
+            )
+            landing_task = asyncio.create_task(landing.run(), name="ingest-landing")
+        app.state.landing = landing
         try:
             yield
         finally:
+            if landing is not None and landing_task is not None:
+                landing.stop()  # after the batch in hand
+                await landing_task
             periodic.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await periodic

@@ -25,3 +25,10 @@ REFUSED = Counter(
     "offsets went back: the broker's log was lost)",
     ["reason"],
 )
+LANDING_RELAYED = Counter(
+    "churnwatch_ingest_landing_relayed_total",
+    "Valid events read from the landing topic and written to the events topic (a batch "
+    "retried after a failure counts again). Consumed records: churnwatch_consumer_records_total"
+    '{service="ingest"}; dead letters by reason: churnwatch_dlq_messages_total{service='
+    '"ingest"}; lag: churnwatch_consumer_lag{service="ingest"}',
+)

@@ -66,7 +66,7 @@ def _key_marks(raw: bytes) -> int:
     return len(_KEY_MARK.findall(raw))
 
 
-def _duplicate_in(raw: bytes, decoded: Any) -> DuplicateKeyError | None:
+def duplicate_key_in(raw: bytes, decoded: Any) -> DuplicateKeyError | None:
     """A ``DuplicateKeyError`` if the JSON text ``raw`` repeats a key in one object.
 
     orjson silently keeps the last of two equal keys. Fast path: a duplicate makes
@@ -147,7 +147,7 @@ def split_body(body: bytes, content_type: str, *, max_events: int) -> list[Any]:
             except orjson.JSONDecodeError as exc:
                 items.append(exc)
                 continue
-            items.append(_duplicate_in(line, decoded) or decoded)
+            items.append(duplicate_key_in(line, decoded) or decoded)
         return items
     if media in ("application/json", ""):
         try:
@@ -162,7 +162,7 @@ def split_body(body: bytes, content_type: str, *, max_events: int) -> list[Any]:
                 details={"limit": max_events, "setting": "INGEST_MAX_BATCH_EVENTS"},
             )
         if not isinstance(decoded, list):
-            return [_duplicate_in(body, decoded) or decoded]
+            return [duplicate_key_in(body, decoded) or decoded]
         duplicates = _duplicates_in_array(body, items)
         return [duplicates.get(i, item) for i, item in enumerate(items)]
     raise UnsupportedMediaType(
@@ -217,6 +217,23 @@ def validate_items(items: list[Any]) -> tuple[list[Event], list[Rejection]]:
                 )
             )
     return valid, rejected
+
+
+def event_records(events: list[Event]) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
+    """The events topic's records of ``events``, as every way in writes them.
+
+    Key: the subscriber id (partitioned by murmur2 of it, ``Outbox.send_many``);
+    value: the event's JSON with its phone sealed (``shared.crypto``); header
+    ``event_type``: the payload's own type, for consumers that skip usage records.
+    """
+    return [
+        (
+            event.subscriber_id.encode(),
+            sealed_event_json(event),
+            [("event_type", event.event_type.encode())],
+        )
+        for event in events
+    ]
 
 
 def _refuse(reason: str, message: str, retry_after_s: int, **details: object) -> ServiceUnavailable:
@@ -294,17 +311,7 @@ async def produce_events(
 
     async def _send_all() -> None:
         outbox = Outbox(producer, on_ack=_observe)
-        await outbox.send_many(
-            topics.events,
-            [
-                (
-                    event.subscriber_id.encode(),
-                    sealed_event_json(event),  # a phone travels sealed (shared.crypto)
-                    [("event_type", event.event_type.encode())],
-                )
-                for event in events
-            ],
-        )
+        await outbox.send_many(topics.events, event_records(events))
         await outbox.flush()
 
     try:

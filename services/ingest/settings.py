@@ -28,3 +28,7 @@ class IngestSettings(PhoneKeySettings, BaseServiceSettings):
     # within about a second, and Tansu acknowledged events into a topic that a
     # racing creator then replaced (measured: tests/test_faults.py).
     ingest_topic_settle_s: float = Field(default=2.0, ge=0, le=60)
+    # The Kafka entry point (services/ingest/landing.py, docs/kafka-producers.md).
+    ingest_landing_enabled: bool = True
+    ingest_landing_consumer_group: str = "churnwatch-ingest-landing"
+    ingest_landing_max_record_bytes: int = Field(default=1024 * 1024, ge=1024)

@@ -67,7 +67,7 @@ def create_app(settings: OutreachSettings) -> FastAPI:
                 topics=[runtime.topics.tasks],
                 group_id=settings.outreach_consumer_group,
                 parser=parse_record,
-                handler=OutreachHandler(dispatcher.wakeup),
+                handler=OutreachHandler(dispatcher.wakeup, sms_hold_s=settings.outreach_sms_hold_s),
             )
             relay = Relay(settings, runtime.engine, runtime.topics, lambda: runtime.producer)
             keeper = QueueKeeper(settings, runtime.engine)

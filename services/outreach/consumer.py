@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from aiokafka import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -39,8 +39,10 @@ def parse_record(record: ConsumerRecord[bytes, bytes]) -> TaskMessage:
 class OutreachHandler:
     """Stores every new task and applies task updates; the dispatcher then sends SMS."""
 
-    def __init__(self, wakeup: asyncio.Event) -> None:
+    def __init__(self, wakeup: asyncio.Event, *, sms_hold_s: float = 0.0) -> None:
+        """``sms_hold_s``: how long a new SMS task waits before it may be sent."""
         self.wakeup = wakeup
+        self.sms_hold = timedelta(seconds=sms_hold_s)
 
     async def __call__(
         self, conn: AsyncConnection, batch: Sequence[Inbound[TaskMessage]], outbox: Outbox
@@ -53,7 +55,9 @@ class OutreachHandler:
         now = datetime.now(UTC)
         new_tasks = [item.value for item in batch if isinstance(item.value, OutreachTask)]
         updates = [item.value for item in batch if isinstance(item.value, TaskUpdate)]
-        stored = await service.store_tasks(conn, new_tasks=new_tasks, now=now)
+        stored = await service.store_tasks(
+            conn, new_tasks=new_tasks, now=now, sms_hold_until=now + self.sms_hold
+        )
         for task in stored:
             metrics.TASKS_STORED.labels(task.kind.value, task.channel.value).inc()
         for update, result in await service.apply_updates(conn, updates=updates, now=now):

@@ -92,6 +92,19 @@ def _suspension_at(task: OutreachTask) -> datetime | None:
         return None
 
 
+def _first_attempt(task: OutreachTask, hold_until: datetime | None) -> datetime | None:
+    """When an SMS may first be sent: its ``not_before``, and not before the hold ends.
+
+    The hold lets a cancellation already on its way overtake the task (a payment
+    handled by alerting just after the notice it clears); the dispatcher then
+    re-checks the task in the transaction that claims it.
+    """
+    if task.channel is not Channel.SMS:
+        return None
+    times = [t for t in (task.not_before, hold_until) if t is not None]
+    return max(times) if times else None
+
+
 async def store_tasks(
     conn: AsyncConnection,
     *,
@@ -99,11 +112,13 @@ async def store_tasks(
     now: datetime,
     created_by: str = "alerting",
     client_key: str | None = None,
+    sms_hold_until: datetime | None = None,
 ) -> list[OutreachTask]:
     """Store tasks idempotently on ``task_id``; return the ones that were new.
 
     ``created_by`` and ``client_key`` are for tasks made through the API (one
-    task per call, idempotent on the client's key as well).
+    task per call, idempotent on the client's key as well). ``sms_hold_until``:
+    no SMS is sent before then (``OUTREACH_SMS_HOLD_S``).
     """
     if not new_tasks:
         return []
@@ -138,7 +153,7 @@ async def store_tasks(
                     "cause_event_id": t.cause_event_id,
                     # The dispatcher claims only SMS whose next attempt is due, so
                     # starting there keeps it from sending before not_before.
-                    "next_attempt_at": t.not_before if t.channel is Channel.SMS else None,
+                    "next_attempt_at": _first_attempt(t, sms_hold_until),
                     "suspension_at": _suspension_at(t),
                     "created_by": created_by,
                     "client_key": client_key,

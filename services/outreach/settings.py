@@ -28,6 +28,13 @@ class OutreachSettings(PhoneKeySettings, BaseServiceSettings):
     sms_retry_base_s: float = Field(default=2.0, gt=0)
     outreach_dispatch_interval_s: float = Field(default=1.0, gt=0)
     outreach_dispatch_batch: int = Field(default=50, ge=1, le=1000)
+    outreach_sms_hold_s: float = Field(
+        default=3.0,
+        ge=0,
+        le=600,
+        description="A new SMS task waits this long before it may be sent, so a cancellation "
+        "on its way (a payment just behind the notice it clears) overtakes it.",
+    )
     outreach_sending_stale_s: float = Field(
         default=120.0,
         gt=0,

@@ -22,6 +22,15 @@ A calibration may stretch the scores, never turn them round: step 1 is kept
 only if it rises in z for the youngest and the oldest subscriber alike,
 otherwise plain Platt scaling, otherwise none; step 2 is monotone by
 construction.
+
+**Before the first horizon labels mature** (a horizon and more after a fresh
+install) there is nothing to fit either step on, but the churn rate is already
+known: churns seen per subscriber-day of history, ``h``, held for the horizon,
+``1 - exp(-h H)``. Until the calibrator serves, the blend's log-odds are moved
+by one shift so that the mean served score of the recent subscriber-days
+equals that rate (calibration in the large). The order is untouched, and the
+operator's rules, written for no operator in particular, no longer claim a
+baseline churn rate the operator does not have.
 """
 
 from __future__ import annotations
@@ -41,6 +50,12 @@ MIN_SLOPE = 0.05
 """The flattest step 1 may make the log-odds (it must keep their order)."""
 IDENTITY = (1.0, 0.0, 0.0, 0.0)
 """Step 1's parameters (a, b, c, d) that change nothing."""
+LEVEL_MIN_CHURNS = 20
+"""Churns seen before the churn rate moves the scores (fewer say too little)."""
+LEVEL_EVERY = 500
+"""The level's shift is fitted again every this many subscriber-days noted."""
+LEVEL_WINDOW = 5000
+"""Recent subscriber-days' blended scores the shift makes average to the churn rate."""
 
 
 def logit(p: float) -> float:
@@ -62,6 +77,7 @@ class Calibrator:
     """
 
     def __init__(self, min_labels: int = 200, window: int = 20_000, refit_every: int = 500):
+        self._init_level()
         self.min_labels = min_labels
         self.refit_every = refit_every
         self.recent: deque[tuple[float, float, bool]] = deque(maxlen=window)
@@ -77,10 +93,26 @@ class Calibrator:
         self.fitted_at = 0
         self.active = False
 
+    def _init_level(self) -> None:
+        # Calibration in the large before labels mature (module docstring).
+        self.exposure_days = 0.0
+        self.churns = 0
+        self.level_recent: deque[float] = deque(maxlen=LEVEL_WINDOW)
+        self.level_noted = 0
+        self.level_fitted_at = 0
+        self.level_shift = 0.0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Checkpoints from before the level: it starts from nothing.
+        self._init_level()
+        self.__dict__.update(state)
+
     def __call__(self, p: float, history_days: float = math.inf) -> float:
-        """The calibrated probability (``p`` itself until ``active``)."""
+        """The calibrated probability (until ``active``: ``p`` at the churn rate's level)."""
         if not self.active:
-            return p
+            if self.level_shift == 0.0:
+                return p
+            return _sigmoid(logit(p) + self.level_shift)
         low, high = self.youth_range
         young = min(high, max(low, youth(history_days)))
         return self._isotonic(self._platt(logit(p), young))
@@ -91,6 +123,30 @@ class Calibrator:
         self.learnt += 1
         if self.learnt - self.fitted_at >= min(self.refit_every, self.min_labels):
             self._fit()
+
+    def expose(self, days: float, *, churned: bool) -> None:
+        """Count ``days`` of one subscriber's history, and its churn if it churned in them."""
+        self.exposure_days += max(0.0, days)
+        self.churns += int(churned)
+
+    def churn_rate(self, horizon_days: float) -> float | None:
+        """The churn rate over a horizon from the churns seen so far (None: too few)."""
+        if self.churns < LEVEL_MIN_CHURNS or self.exposure_days <= 0.0:
+            return None
+        hazard = self.churns / self.exposure_days
+        return 1.0 - math.exp(-hazard * horizon_days)
+
+    def note(self, p: float, horizon_days: float) -> None:
+        """Note one subscriber-day's blended probability ``p``, for the level's shift."""
+        if self.active:
+            return
+        self.level_recent.append(logit(p))
+        self.level_noted += 1
+        if self.level_noted - self.level_fitted_at >= LEVEL_EVERY:
+            self.level_fitted_at = self.level_noted
+            rate = self.churn_rate(horizon_days)
+            if rate is not None:
+                self.level_shift = _shift_to_mean(np.fromiter(self.level_recent, float), rate)
 
     def _platt(self, z: float, young: float) -> float:
         a, b, c, d = self.theta
@@ -147,7 +203,27 @@ class Calibrator:
             "young_slope": c,
             "young_intercept": d,
             "isotonic_points": len(self.steps_x),
+            "churns_seen": self.churns,
+            "exposure_days": self.exposure_days,
+            "level_shift": self.level_shift,
         }
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+
+def _shift_to_mean(z: Any, rate: float) -> float:
+    """The shift of the log-odds ``z`` that makes their mean probability ``rate`` (bisection)."""
+    low, high = -20.0, 20.0
+    for _ in range(50):
+        middle = (low + high) / 2
+        mean = float(np.mean(1.0 / (1.0 + np.exp(-np.clip(z + middle, -50.0, 50.0)))))
+        if mean < rate:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
 
 
 def _newton(rows: Any, y: Any, identity: Any) -> Any:
