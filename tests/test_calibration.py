@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from services.scoring.calibration import LEVEL_EVERY, LEVEL_MIN_CHURNS, Calibrator
+from services.scoring.calibration import (
+    LEVEL_EVERY,
+    LEVEL_MIN_CHURNS,
+    LEVEL_PRIOR_CHURNS,
+    LEVEL_PRIOR_MONTHLY_RATE,
+    Calibrator,
+)
 from services.scoring.engine import EngineParams, Scorer
 from services.scoring.model import ChurnModel, ModelParams
 from shared.events import Event, parse_event
@@ -34,12 +40,16 @@ def test_the_churn_rate_sets_the_level_before_any_label_matures() -> None:
     calibrator = Calibrator()
     rng = random.Random(3)
     scores = [rng.uniform(0.02, 0.4) for _ in range(LEVEL_EVERY)]
-    # 40 churns in 20,000 subscriber-days: 1 - exp(-0.002 * 30) = 0.058 over 30 days.
-    calibrator.expose(20_000.0, churned=False)
-    for _ in range(40):
+    # 400 churns in 200,000 subscriber-days (0.002 a day), and the assumed rate's
+    # ten churns' worth: 1 - exp(-h * 30) with h the posterior mean.
+    calibrator.expose(200_000.0, churned=False)
+    for _ in range(400):
         calibrator.expose(0.0, churned=True)
+    prior_hazard = -math.log(1 - LEVEL_PRIOR_MONTHLY_RATE) / 30
+    hazard = (400 + LEVEL_PRIOR_CHURNS) / (200_000 + LEVEL_PRIOR_CHURNS / prior_hazard)
     rate = calibrator.churn_rate(HORIZON_DAYS)
-    assert rate == pytest.approx(1 - math.exp(-0.002 * 30))
+    assert rate == pytest.approx(1 - math.exp(-hazard * 30))
+    assert rate == pytest.approx(1 - math.exp(-0.002 * 30), rel=0.05)  # the data dominate
     noted(calibrator, scores)
     served = [calibrator(p) for p in scores]
     assert sum(served) / len(served) == pytest.approx(rate, abs=1e-3)
@@ -50,14 +60,18 @@ def test_the_churn_rate_sets_the_level_before_any_label_matures() -> None:
     assert calibrator.summary()["level_shift"] < 0  # the scores' mean (0.21) was too high
 
 
-def test_too_few_churns_leave_the_scores_as_they_are() -> None:
+def test_before_any_churn_the_assumed_rate_holds_and_a_quiet_month_lowers_it() -> None:
     calibrator = Calibrator()
-    calibrator.expose(1000.0, churned=False)
-    for _ in range(LEVEL_MIN_CHURNS - 1):
-        calibrator.expose(1.0, churned=True)
-    assert calibrator.churn_rate(HORIZON_DAYS) is None
+    assumed = 1 - (1 - LEVEL_PRIOR_MONTHLY_RATE)  # 30 days: one month
+    assert calibrator.churn_rate(HORIZON_DAYS) == pytest.approx(assumed, rel=1e-9)
     noted(calibrator, [0.3] * LEVEL_EVERY)
-    assert calibrator(0.3) == 0.3
+    assert calibrator(0.3) == pytest.approx(assumed, rel=1e-3)
+    calibrator.expose(10_000 * 30.0, churned=False)  # 10,000 subscribers, a month, no churn
+    quiet = calibrator.churn_rate(HORIZON_DAYS)
+    assert quiet < assumed / 10
+    for _ in range(10):
+        calibrator.expose(0.0, churned=True)
+    assert calibrator.churn_rate(HORIZON_DAYS) > 1.9 * quiet  # ten churns: twice the evidence
 
 
 def test_once_horizon_labels_calibrate_the_level_is_done_with() -> None:
@@ -107,3 +121,30 @@ def test_the_engine_counts_history_and_churns() -> None:
     # From its first call (40 days ago, the first of a day's calls) to the churn.
     assert calibrator.exposure_days == pytest.approx(35.0, abs=1.0)
     assert calibrator.level_noted == 2  # two days scored before the churn
+
+
+def test_step_labels_calibrate_the_horizon_before_its_own_labels_mature() -> None:
+    calibrator = Calibrator(min_labels=200, refit_every=500)
+    rng = random.Random(11)
+
+    # The blend says p over the horizon; the truth is a tenth of its log-odds'
+    # worth lower, and over the 3-day step of a 30-day horizon.
+    def step_truth(p: float) -> float:
+        horizon = 1 / (1 + math.exp(-(math.log(p / (1 - p)) - 1.0)))
+        return 1 - (1 - horizon) ** (1 / 10)
+
+    scores = [rng.uniform(0.01, 0.6) for _ in range(20_000)]
+    for p in scores:
+        calibrator.learn_step(p, rng.random() < step_truth(p), steps_per_horizon=10)
+    assert calibrator.step_theta is not None
+    for p in (0.05, 0.2, 0.5):
+        expected = 1 / (1 + math.exp(-(math.log(p / (1 - p)) - 1.0)))
+        assert calibrator(p) == pytest.approx(expected, abs=0.03)
+    # It serves before the level: the step's labels say more than the churn rate.
+    calibrator.expose(1000.0, churned=False)
+    for _ in range(LEVEL_MIN_CHURNS):
+        calibrator.expose(0.0, churned=True)
+    noted(calibrator, [0.5] * LEVEL_EVERY)
+    assert calibrator(0.5) == pytest.approx(1 / (1 + math.exp(1.0)), abs=0.03)
+    # A checkpoint keeps it.
+    assert pickle.loads(pickle.dumps(calibrator))(0.2) == calibrator(0.2)  # noqa: S301

@@ -24,13 +24,25 @@ otherwise plain Platt scaling, otherwise none; step 2 is monotone by
 construction.
 
 **Before the first horizon labels mature** (a horizon and more after a fresh
-install) there is nothing to fit either step on, but the churn rate is already
-known: churns seen per subscriber-day of history, ``h``, held for the horizon,
-``1 - exp(-h H)``. Until the calibrator serves, the blend's log-odds are moved
-by one shift so that the mean served score of the recent subscriber-days
-equals that rate (calibration in the large). The order is untouched, and the
-operator's rules, written for no operator in particular, no longer claim a
-baseline churn rate the operator does not have.
+install) there is nothing to fit either step on, but two things are known
+sooner, and the served score uses the better one:
+
+- **the label step's labels** ("churned within ``S`` days of the snapshot",
+  3 days by default), which resolve within days: plain Platt scaling of the
+  step's probability on the blend's log-odds, ``q = sigmoid(a z + b)``, held
+  for the horizon as a constant hazard, ``1 - (1 - q) ** (H / S)``, once
+  ``min_labels`` of them with ``LEVEL_MIN_CHURNS`` churns are in;
+- before that, **the churn rate**: churns seen per subscriber-day of history,
+  ``h``, held for the horizon, ``1 - exp(-h H)``; the blend's log-odds are
+  moved by one shift so that the mean served score of the recent
+  subscriber-days equals that rate (calibration in the large). Until churns
+  are seen the rate leans on a typical operator's, ``LEVEL_PRIOR_MONTHLY_RATE``
+  (2 % a month), worth ``LEVEL_PRIOR_CHURNS`` churns of evidence (a Gamma
+  prior on the hazard): a month without a churn among thousands of
+  subscribers then says the rate is low, and the first churns move it at once.
+
+Both keep the order; the operator's rules, written for no operator in
+particular, no longer claim a baseline churn rate the operator does not have.
 """
 
 from __future__ import annotations
@@ -51,7 +63,11 @@ MIN_SLOPE = 0.05
 IDENTITY = (1.0, 0.0, 0.0, 0.0)
 """Step 1's parameters (a, b, c, d) that change nothing."""
 LEVEL_MIN_CHURNS = 20
-"""Churns seen before the churn rate moves the scores (fewer say too little)."""
+"""Churns among the step labels before they calibrate the score (fewer say too little)."""
+LEVEL_PRIOR_MONTHLY_RATE = 0.02
+"""The churn rate assumed before any churn is seen: a typical operator's, 2 % a month."""
+LEVEL_PRIOR_CHURNS = 10.0
+"""How many churns' worth of evidence that assumption is."""
 LEVEL_EVERY = 500
 """The level's shift is fitted again every this many subscriber-days noted."""
 LEVEL_WINDOW = 5000
@@ -77,10 +93,10 @@ class Calibrator:
     """
 
     def __init__(self, min_labels: int = 200, window: int = 20_000, refit_every: int = 500):
-        self._init_level()
         self.min_labels = min_labels
         self.refit_every = refit_every
         self.recent: deque[tuple[float, float, bool]] = deque(maxlen=window)
+        self._init_level()
         self.theta: tuple[float, ...] = IDENTITY
         # Step 2: the isotonic fit as points (step-1 probability, churn rate), rising.
         self.steps_x: list[float] = []
@@ -101,15 +117,27 @@ class Calibrator:
         self.level_noted = 0
         self.level_fitted_at = 0
         self.level_shift = 0.0
+        # Platt scaling on the label step's labels: (a, b), and the horizon / step.
+        self.step_recent: deque[tuple[float, bool]] = deque(maxlen=self.recent.maxlen)
+        self.step_learnt = 0
+        self.step_fitted_at = 0
+        self.step_theta: tuple[float, float] | None = None
+        self.steps_per_horizon = 1.0
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Checkpoints from before the level: it starts from nothing.
-        self._init_level()
         self.__dict__.update(state)
+        fresh = Calibrator(self.min_labels, self.recent.maxlen or 20_000, self.refit_every)
+        for name, value in vars(fresh).items():
+            self.__dict__.setdefault(name, value)
 
     def __call__(self, p: float, history_days: float = math.inf) -> float:
-        """The calibrated probability (until ``active``: ``p`` at the churn rate's level)."""
+        """The calibrated probability (until ``active``: from the step's labels or the level)."""
         if not self.active:
+            if self.step_theta is not None:
+                a, b = self.step_theta
+                step = _sigmoid(a * logit(p) + b)
+                return float(1.0 - (1.0 - step) ** self.steps_per_horizon)
             if self.level_shift == 0.0:
                 return p
             return _sigmoid(logit(p) + self.level_shift)
@@ -129,11 +157,37 @@ class Calibrator:
         self.exposure_days += max(0.0, days)
         self.churns += int(churned)
 
-    def churn_rate(self, horizon_days: float) -> float | None:
-        """The churn rate over a horizon from the churns seen so far (None: too few)."""
-        if self.churns < LEVEL_MIN_CHURNS or self.exposure_days <= 0.0:
-            return None
-        hazard = self.churns / self.exposure_days
+    def learn_step(self, p: float, churned: bool, *, steps_per_horizon: float) -> None:
+        """Take one label step's label for the uncalibrated horizon probability ``p``."""
+        if self.active:
+            return  # the horizon's own labels calibrate now
+        self.step_recent.append((logit(p), churned))
+        self.step_learnt += 1
+        self.steps_per_horizon = steps_per_horizon
+        if self.step_learnt - self.step_fitted_at < min(self.refit_every, self.min_labels):
+            return
+        self.step_fitted_at = self.step_learnt
+        positives = sum(1 for _, y in self.step_recent if y)
+        if len(self.step_recent) < self.min_labels or positives < LEVEL_MIN_CHURNS:
+            return
+        if positives == len(self.step_recent):
+            return
+        z = np.array([row[0] for row in self.step_recent])
+        y = np.array([float(row[1]) for row in self.step_recent])
+        fitted = _newton(np.column_stack([z, np.ones_like(z)]), y, np.array(IDENTITY[:2]))
+        if fitted[0] >= MIN_SLOPE:  # it may stretch the scores, never turn them round
+            self.step_theta = (float(fitted[0]), float(fitted[1]))
+
+    def churn_rate(self, horizon_days: float) -> float:
+        """The churn rate over a horizon: the churns seen so far, and the assumed rate.
+
+        The posterior mean of the daily hazard under a Gamma prior worth
+        ``LEVEL_PRIOR_CHURNS`` churns at ``LEVEL_PRIOR_MONTHLY_RATE``, held for
+        ``horizon_days``.
+        """
+        prior_hazard = -math.log(1.0 - LEVEL_PRIOR_MONTHLY_RATE) / 30.0
+        prior_days = LEVEL_PRIOR_CHURNS / prior_hazard
+        hazard = (self.churns + LEVEL_PRIOR_CHURNS) / (self.exposure_days + prior_days)
         return 1.0 - math.exp(-hazard * horizon_days)
 
     def note(self, p: float, horizon_days: float) -> None:
@@ -145,8 +199,7 @@ class Calibrator:
         if self.level_noted - self.level_fitted_at >= LEVEL_EVERY:
             self.level_fitted_at = self.level_noted
             rate = self.churn_rate(horizon_days)
-            if rate is not None:
-                self.level_shift = _shift_to_mean(np.fromiter(self.level_recent, float), rate)
+            self.level_shift = _shift_to_mean(np.fromiter(self.level_recent, float), rate)
 
     def _platt(self, z: float, young: float) -> float:
         a, b, c, d = self.theta
@@ -206,6 +259,9 @@ class Calibrator:
             "churns_seen": self.churns,
             "exposure_days": self.exposure_days,
             "level_shift": self.level_shift,
+            "step_labels_learnt": self.step_learnt,
+            "step_slope": self.step_theta[0] if self.step_theta else None,
+            "step_intercept": self.step_theta[1] if self.step_theta else None,
         }
 
 

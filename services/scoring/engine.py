@@ -209,9 +209,16 @@ class Scorer:
         return dropped
 
     def learn(self, examples: list[tuple[Snapshot, bool]]) -> None:
-        """Snapshots whose step resolved: the model learns them as non-churns (for now)."""
-        for snapshot, _ in examples:
+        """Snapshots whose step resolved: the model learns them as non-churns (for now).
+
+        Their step labels also calibrate the served score until the horizon's own
+        labels mature (``Calibrator.learn_step``).
+        """
+        steps = self.params.horizon_s / self.params.step_s
+        for snapshot, label in examples:
             self.model.observe(snapshot.x)
+            if snapshot.raw is not None:
+                self.model.calibrator.learn_step(snapshot.raw, label, steps_per_horizon=steps)
 
     def settle(self, examples: list[tuple[Snapshot, bool]]) -> None:
         """Snapshots whose horizon label is known: quality, calibration, churns learnt.
