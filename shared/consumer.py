@@ -156,6 +156,11 @@ Parser = Callable[[ConsumerRecord[bytes, bytes]], T]
 Handler = Callable[[AsyncConnection, Sequence[Inbound[T]], Outbox], Awaitable[None]]
 
 
+def describe(exc: ValidationError) -> str:
+    """A validation error as one line, ``loc: message; ...``: a dead letter's reason."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+
+
 class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
     """Tells the handler which partitions it lost, so it drops their cached state."""
 
@@ -506,9 +511,7 @@ class ConsumerLoop(Generic[T]):
 
     def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: Exception) -> DeadLetter:
         if isinstance(exc, ValidationError):
-            reason = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            )
+            reason = describe(exc)
             # pydantic reports unparseable JSON as a validation error; tell them apart.
             not_json = any(e["type"] == "json_invalid" for e in exc.errors())
             reason_class = "decode" if not_json else "validation"

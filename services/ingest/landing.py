@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ingest import metrics
 from services.ingest.service import duplicate_key_in, event_records
-from shared.consumer import Inbound, Outbox
+from shared.consumer import Inbound, Outbox, describe
 from shared.events import Event, parse_event
 from shared.topics import Topics
 
@@ -57,14 +57,6 @@ class LandingRejected(ValueError):
     def __init__(self, reason_class: str, message: str) -> None:
         super().__init__(message)
         self.reason_class = reason_class
-
-
-def describe(exc: ValidationError) -> str:
-    """A validation error as one line: ``loc: message; ...`` (as HTTP ingest lists them)."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-        for e in exc.errors(include_url=False, include_input=False)
-    )
 
 
 class LandingParser:
