@@ -24,15 +24,25 @@ otherwise plain Platt scaling, otherwise none; step 2 is monotone by
 construction.
 
 **Before the first horizon labels mature** (a horizon and more after a fresh
-install) the label step's labels ("churned within ``S`` days of the snapshot",
-3 days by default) are already resolving: once ``min_labels`` of them with
-``STEP_MIN_CHURNS`` churns are in, plain Platt scaling of the step's
-probability on the blend's log-odds, ``q = sigmoid(a z + b)``, held for the
-horizon as a constant hazard, ``1 - (1 - q) ** (H / S)``, calibrates the
-served score until the horizon's own labels take over. It keeps the order.
-(A shift of the log-odds to the churn rate seen so far, also tried, made the
-served scores of the first weeks incomparable with later ones:
-docs/evaluation.md.)
+install) there is nothing to fit either step on, but two things are known
+sooner, and the served score uses the better one:
+
+- **the label step's labels** ("churned within ``S`` days of the snapshot",
+  3 days by default), which resolve within days: plain Platt scaling of the
+  step's probability on the blend's log-odds, ``q = sigmoid(a z + b)``, held
+  for the horizon as a constant hazard, ``1 - (1 - q) ** (H / S)``, once
+  ``min_labels`` of them with ``LEVEL_MIN_CHURNS`` churns are in;
+- before that, **the churn rate**: churns seen per subscriber-day of history,
+  ``h``, held for the horizon, ``1 - exp(-h H)``; the blend's log-odds are
+  moved by one shift so that the mean served score of the recent
+  subscriber-days equals that rate (calibration in the large). Until churns
+  are seen the rate leans on a typical operator's, ``LEVEL_PRIOR_MONTHLY_RATE``
+  (2 % a month), worth ``LEVEL_PRIOR_CHURNS`` churns of evidence (a Gamma
+  prior on the hazard): a month without a churn among thousands of
+  subscribers then says the rate is low, and the first churns move it at once.
+
+Both keep the order; the operator's rules, written for no operator in
+particular, no longer claim a baseline churn rate the operator does not have.
 """
 
 from __future__ import annotations
@@ -52,8 +62,16 @@ MIN_SLOPE = 0.05
 """The flattest step 1 may make the log-odds (it must keep their order)."""
 IDENTITY = (1.0, 0.0, 0.0, 0.0)
 """Step 1's parameters (a, b, c, d) that change nothing."""
-STEP_MIN_CHURNS = 20
-"""Churns among the step's labels before they calibrate the score (fewer say too little)."""
+LEVEL_MIN_CHURNS = 20
+"""Churns among the step labels before they calibrate the score (fewer say too little)."""
+LEVEL_PRIOR_MONTHLY_RATE = 0.02
+"""The churn rate assumed before any churn is seen: a typical operator's, 2 % a month."""
+LEVEL_PRIOR_CHURNS = 10.0
+"""How many churns' worth of evidence that assumption is."""
+LEVEL_EVERY = 500
+"""The level's shift is fitted again every this many subscriber-days noted."""
+LEVEL_WINDOW = 5000
+"""Recent subscriber-days' blended scores the shift makes average to the churn rate."""
 
 
 def logit(p: float) -> float:
@@ -78,6 +96,7 @@ class Calibrator:
         self.min_labels = min_labels
         self.refit_every = refit_every
         self.recent: deque[tuple[float, float, bool]] = deque(maxlen=window)
+        self._init_level()
         self.theta: tuple[float, ...] = IDENTITY
         # Step 2: the isotonic fit as points (step-1 probability, churn rate), rising.
         self.steps_x: list[float] = []
@@ -89,9 +108,15 @@ class Calibrator:
         self.learnt = 0
         self.fitted_at = 0
         self.active = False
-        self._init_step()
 
-    def _init_step(self) -> None:
+    def _init_level(self) -> None:
+        # Calibration in the large before labels mature (module docstring).
+        self.exposure_days = 0.0
+        self.churns = 0
+        self.level_recent: deque[float] = deque(maxlen=LEVEL_WINDOW)
+        self.level_noted = 0
+        self.level_fitted_at = 0
+        self.level_shift = 0.0
         # Platt scaling on the label step's labels: (a, b), and the horizon / step.
         self.step_recent: deque[tuple[float, bool]] = deque(maxlen=self.recent.maxlen)
         self.step_learnt = 0
@@ -100,19 +125,22 @@ class Calibrator:
         self.steps_per_horizon = 1.0
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # Checkpoints from before the step's calibration: it starts from nothing.
+        # Checkpoints from before the level: it starts from nothing.
         self.__dict__.update(state)
-        if "step_recent" not in state:
-            self._init_step()
+        fresh = Calibrator(self.min_labels, self.recent.maxlen or 20_000, self.refit_every)
+        for name, value in vars(fresh).items():
+            self.__dict__.setdefault(name, value)
 
     def __call__(self, p: float, history_days: float = math.inf) -> float:
-        """The calibrated probability (until ``active``: from the step's labels, if any)."""
+        """The calibrated probability (until ``active``: from the step's labels or the level)."""
         if not self.active:
-            if self.step_theta is None:
+            if self.step_theta is not None:
+                a, b = self.step_theta
+                step = _sigmoid(a * logit(p) + b)
+                return float(1.0 - (1.0 - step) ** self.steps_per_horizon)
+            if self.level_shift == 0.0:
                 return p
-            a, b = self.step_theta
-            step = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, a * logit(p) + b))))
-            return float(1.0 - (1.0 - step) ** self.steps_per_horizon)
+            return _sigmoid(logit(p) + self.level_shift)
         low, high = self.youth_range
         young = min(high, max(low, youth(history_days)))
         return self._isotonic(self._platt(logit(p), young))
@@ -123,6 +151,11 @@ class Calibrator:
         self.learnt += 1
         if self.learnt - self.fitted_at >= min(self.refit_every, self.min_labels):
             self._fit()
+
+    def expose(self, days: float, *, churned: bool) -> None:
+        """Count ``days`` of one subscriber's history, and its churn if it churned in them."""
+        self.exposure_days += max(0.0, days)
+        self.churns += int(churned)
 
     def learn_step(self, p: float, churned: bool, *, steps_per_horizon: float) -> None:
         """Take one label step's label for the uncalibrated horizon probability ``p``."""
@@ -135,7 +168,7 @@ class Calibrator:
             return
         self.step_fitted_at = self.step_learnt
         positives = sum(1 for _, y in self.step_recent if y)
-        if len(self.step_recent) < self.min_labels or positives < STEP_MIN_CHURNS:
+        if len(self.step_recent) < self.min_labels or positives < LEVEL_MIN_CHURNS:
             return
         if positives == len(self.step_recent):
             return
@@ -144,6 +177,29 @@ class Calibrator:
         fitted = _newton(np.column_stack([z, np.ones_like(z)]), y, np.array(IDENTITY[:2]))
         if fitted[0] >= MIN_SLOPE:  # it may stretch the scores, never turn them round
             self.step_theta = (float(fitted[0]), float(fitted[1]))
+
+    def churn_rate(self, horizon_days: float) -> float:
+        """The churn rate over a horizon: the churns seen so far, and the assumed rate.
+
+        The posterior mean of the daily hazard under a Gamma prior worth
+        ``LEVEL_PRIOR_CHURNS`` churns at ``LEVEL_PRIOR_MONTHLY_RATE``, held for
+        ``horizon_days``.
+        """
+        prior_hazard = -math.log(1.0 - LEVEL_PRIOR_MONTHLY_RATE) / 30.0
+        prior_days = LEVEL_PRIOR_CHURNS / prior_hazard
+        hazard = (self.churns + LEVEL_PRIOR_CHURNS) / (self.exposure_days + prior_days)
+        return 1.0 - math.exp(-hazard * horizon_days)
+
+    def note(self, p: float, horizon_days: float) -> None:
+        """Note one subscriber-day's blended probability ``p``, for the level's shift."""
+        if self.active:
+            return
+        self.level_recent.append(logit(p))
+        self.level_noted += 1
+        if self.level_noted - self.level_fitted_at >= LEVEL_EVERY:
+            self.level_fitted_at = self.level_noted
+            rate = self.churn_rate(horizon_days)
+            self.level_shift = _shift_to_mean(np.fromiter(self.level_recent, float), rate)
 
     def _platt(self, z: float, young: float) -> float:
         a, b, c, d = self.theta
@@ -200,10 +256,30 @@ class Calibrator:
             "young_slope": c,
             "young_intercept": d,
             "isotonic_points": len(self.steps_x),
+            "churns_seen": self.churns,
+            "exposure_days": self.exposure_days,
+            "level_shift": self.level_shift,
             "step_labels_learnt": self.step_learnt,
             "step_slope": self.step_theta[0] if self.step_theta else None,
             "step_intercept": self.step_theta[1] if self.step_theta else None,
         }
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+
+def _shift_to_mean(z: Any, rate: float) -> float:
+    """The shift of the log-odds ``z`` that makes their mean probability ``rate`` (bisection)."""
+    low, high = -20.0, 20.0
+    for _ in range(50):
+        middle = (low + high) / 2
+        mean = float(np.mean(1.0 / (1.0 + np.exp(-np.clip(z + middle, -50.0, 50.0)))))
+        if mean < rate:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
 
 
 def _newton(rows: Any, y: Any, identity: Any) -> Any:

@@ -114,6 +114,7 @@ class Scorer:
         state = state if state is not None else new_state()
         state.setdefault("pending", [])
         watermark_before = state["watermark"]
+        churned_before = is_churned(state)
         late = 0
         for event in sorted(events, key=lambda e: e.occurred_at):
             t = event.occurred_at.timestamp()
@@ -127,6 +128,11 @@ class Scorer:
             notice = pending_stop_notice(state)
             if notice is not None and watermark >= notice[0] + p.involuntary_churn_s:
                 mark_churned(state, "involuntary", notice[0])
+
+        calibrator = self.model.calibrator
+        if not churned_before:
+            since = float(watermark_before if watermark_before is not None else state["first_seen"])
+            calibrator.expose((watermark - since) / DAY, churned=is_churned(state))
 
         # ``pending``: snapshots waiting for their horizon label; ``stepping``: the
         # (newest) ones still waiting for their step label too.
@@ -153,7 +159,9 @@ class Scorer:
         prior, model_p = self.model.components(x)
         raw = self.model.mix(prior, model_p)
         history_s = watermark - float(state["first_seen"])
-        score = self.model.calibrator(raw, history_s / DAY)
+        if watermark_before is None or watermark_before // DAY != watermark // DAY:
+            calibrator.note(raw, p.horizon_s / DAY)  # once a subscriber-day: the level's mean
+        score = calibrator(raw, history_s / DAY)
         mature = history_s >= p.min_history_s
         # No snapshot at or before an intervention already recorded (late events):
         # its label would be the outreach's doing, not the subscriber's (censor()).

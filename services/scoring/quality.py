@@ -14,6 +14,10 @@ from typing import Any
 
 from river import drift, metrics, utils
 
+MIN_CLASS_IN_WINDOW = 50
+"""Labels of each class the component window needs before its AUCs decide anything
+(a quarter of the warm-up when that is smaller)."""
+
 
 class Quality:
     """Rolling ROC AUC, log loss, precision among the top-k riskiest, and a drift flag."""
@@ -44,6 +48,9 @@ class Quality:
         self.drifts = 0
         self.drift_detected = False
         self.resolved = 0
+        # The prior's lead as last measured on a window holding both classes enough.
+        self.min_class = _min_class(warmup)
+        self.decided_lead: float | None = None
 
     def update(
         self,
@@ -72,14 +79,27 @@ class Quality:
     def prior_lead(self) -> float | None:
         """How far the prior's rolling ROC AUC is ahead of the model's (None: too early).
 
-        None until ``warmup`` labels were scored by both, and while the window holds
-        one class only (labels resolve in bursts: churns at once, non-churns a horizon
-        later), when an AUC means nothing.
+        Measured only on a window with at least ``MIN_CLASS_IN_WINDOW`` labels of
+        each class (``min_class``), after ``warmup`` labels were scored by both. Labels resolve in
+        bursts (churns at once, non-churns a horizon later; at the end of a replay
+        every pending non-churn at once), and a window of two thousand non-churns
+        and a handful of churns would hand the score to whichever component
+        ranked those few best. Until a window is decisive again, the last
+        decisive lead stands.
         """
-        if self.component_labels < self.warmup or len(set(self.component_recent)) < 2:
+        if self.component_labels < self.warmup:
             return None
-        prior, model = self.auc_prior.get(), self.auc_model.get()
-        return float(prior - model)
+        positives = sum(self.component_recent)
+        negatives = len(self.component_recent) - positives
+        if min(positives, negatives) >= self.min_class:
+            self.decided_lead = float(self.auc_prior.get() - self.auc_model.get())
+        return self.decided_lead
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Checkpoints from before the decisive window: nothing decided yet.
+        state.setdefault("decided_lead", None)
+        state.setdefault("min_class", _min_class(state["warmup"]))
+        self.__dict__.update(state)
 
     def precision_at_top(self) -> float | None:
         """Share of churners among the top ``top_fraction`` riskiest recent predictions."""
@@ -106,3 +126,7 @@ class Quality:
             "drift_detected": self.drift_detected,
             "drifts": self.drifts,
         }
+
+
+def _min_class(warmup: int) -> int:
+    return max(1, min(MIN_CLASS_IN_WINDOW, warmup // 4))
