@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv and install churnwatch with its dev tools
 
 SIM_SUBSCRIBERS ?= 2000
-SIM_DAYS        ?= 60
+SIM_DAYS        ?= 90
 SIM_RATE        ?= 10000
 # s3: the embedded broker keeps what it acknowledged across restarts; memory: faster, lost on stop.
 BROKER_STORAGE  ?= s3

@@ -35,7 +35,7 @@ def up(
             min=1,
         ),
     ] = None,
-    simulate_days: Annotated[int, typer.Option(help="Days to simulate.", min=31)] = 60,
+    simulate_days: Annotated[int, typer.Option(help="Days to simulate.", min=31)] = 90,
     simulate_churn_from_day: Annotated[
         int,
         typer.Option(

@@ -357,3 +357,29 @@ def test_in_memory_run_learns_from_a_history() -> None:
     states = run_in_memory(s, parsed_events, batch_size=100)
     assert len(states) == 20
     assert s.model.positives_seen > 0 and s.model.labels_seen > s.model.positives_seen
+
+
+def test_non_churns_are_learnt_from_their_horizon_once_its_labels_mature() -> None:
+    """Step non-churns only until the first horizon label matures; then the horizon's."""
+    scorer = Scorer(EngineParams(label_step_s=3 * DAY), ChurnModel(ModelParams()))
+    model = scorer.model
+    x = vector(new_state())
+
+    def snapshot(at: float) -> Snapshot:
+        return Snapshot(at, x, 0.1, 0.1, 0.1, 0.1, 40 * DAY)
+
+    first = snapshot(0.0)
+    scorer.learn([(first, False)])  # its step passed: learnt as a non-churn
+    scorer.settle([(first, False)])  # its horizon label: waits to mature, not learnt again
+    assert (model.labels_seen, model.learns_horizon_labels) == (1, False)
+
+    scorer.advance(31 * DAY + 1)  # the first horizon label matures
+    assert model.learns_horizon_labels and model.horizon_labels_since == 31 * DAY + 1
+
+    second, third = snapshot(20 * DAY), snapshot(21 * DAY)
+    scorer.learn([(second, False), (third, False)])  # steps passed: nothing learnt now
+    assert model.labels_seen == 1
+    scorer.settle([(second, False), (third, True)])
+    assert (model.labels_seen, model.positives_seen) == (2, 1)
+    restored = ChurnModel.loads(ModelParams(), model.dumps())
+    assert restored.horizon_labels_since == model.horizon_labels_since

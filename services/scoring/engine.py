@@ -6,12 +6,12 @@ and the benchmark's bare limit all run this same code.
 Labels with a horizon H (River's delayed-label evaluation, done online): at
 most one feature snapshot per ``snapshot_interval`` is kept pending per
 subscriber, with the score given at that moment. Each snapshot is labelled
-twice. Over the label step S (``label_step_s``, at most H): a churn within S
-after it makes it a positive example for the model, a snapshot older than S
-plus the allowed lateness, with no churn, a negative one (``Step.resolved``);
-these come within days of a fresh install. Over the horizon H the same way
-(``Step.settled``): those calibrate the served score and measure it. With
-S = H (the default here) both are the same labels. Snapshot features live
+twice. Over the label step S (``label_step_s``, at most H; ``Step.resolved``):
+until horizon labels mature the model learns each such snapshot as a
+non-churn (delayed feedback), and the step labels calibrate the score. Over
+the horizon H (``Step.settled``): a churn is learnt as a churn, a non-churn
+once horizon labels mature, and both measure and calibrate the served score.
+With S = H (the default here) both are the same labels. Snapshot features live
 outside the per-subscriber state (the caller stores them); the state keeps only
 their times, so it stays small. An intervention (a retention call that kept the
 subscriber, from the outcomes topic) censors the snapshots taken before it:
@@ -209,27 +209,35 @@ class Scorer:
         return dropped
 
     def learn(self, examples: list[tuple[Snapshot, bool]]) -> None:
-        """Snapshots whose step resolved: the model learns them as non-churns (for now).
+        """Snapshots whose step resolved: non-churns for the model, for now.
 
-        Their step labels also calibrate the served score until the horizon's own
+        Only until horizon labels mature (``ChurnModel.learns_horizon_labels``). Their
+        step labels also calibrate the served score until the horizon's own
         labels mature (``Calibrator.learn_step``).
         """
         steps = self.params.horizon_s / self.params.step_s
+        early = not self.model.learns_horizon_labels
         for snapshot, label in examples:
-            self.model.observe(snapshot.x)
+            if early:
+                self.model.observe(snapshot.x)
             if snapshot.raw is not None:
                 self.model.calibrator.learn_step(snapshot.raw, label, steps_per_horizon=steps)
 
     def settle(self, examples: list[tuple[Snapshot, bool]]) -> None:
         """Snapshots whose horizon label is known: quality, calibration, churns learnt.
 
-        A churn within the horizon is learnt again as a churn (``confirm``); every
-        label goes to the horizon's quality and the calibration.
+        A churn within the horizon is learnt (again) as a churn (``confirm``); once
+        horizon labels mature, a non-churn is learnt here too, and no longer when
+        its step passes (``learn``); every label goes to the horizon's quality and
+        the calibration.
         """
         lag = self.params.horizon_s + self.params.lateness_s
+        late = self.model.learns_horizon_labels
         for snapshot, churned in examples:
             if churned:
                 self.model.confirm(snapshot.x)
+            elif late:
+                self.model.observe(snapshot.x)
             settled = Settled(
                 churned,
                 snapshot.predicted,

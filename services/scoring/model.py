@@ -265,6 +265,9 @@ class ChurnModel:
     waiting: list[tuple[float, int, Settled]] = field(default_factory=list)
     clock: float = -math.inf
     _sequence: int = 0
+    # When the first horizon label matured (model clock): from then on non-churns
+    # are learnt from their horizon labels, not three days after their snapshot.
+    horizon_labels_since: float | None = None
     # (labels_seen, quality.resolved) -> weight: the weight changes only when a label
     # is learned, and computing it costs two rolling ROC AUCs (profiled: 9% of scoring).
     _weight_at: tuple[int, int, float] | None = field(default=None, repr=False, compare=False)
@@ -515,9 +518,25 @@ class ChurnModel:
             self.clock = now
             self._release()
 
+    @property
+    def learns_horizon_labels(self) -> bool:
+        """Whether non-churns are learnt from their horizon labels (``settle``) by now.
+
+        Until the first horizon label matures, a fresh install has no other
+        non-churn to learn from than the step's: every snapshot whose step has
+        passed is learnt as a non-churn (``observe``) and again as a churn if
+        its subscriber churns (``confirm``). That is unbiased on average but
+        pushes a churner-to-be's warning signs down every day of their warning
+        weeks until the churn; once horizon labels mature, a non-churn is learnt
+        when it is known to be one (docs/scoring.md, "Labels").
+        """
+        return self.horizon_labels_since is not None
+
     def _release(self) -> None:
         while self.waiting and self.waiting[0][0] <= self.clock:
             settled = heapq.heappop(self.waiting)[2]
+            if self.horizon_labels_since is None:
+                self.horizon_labels_since = self.clock
             self.judge(settled.churned, settled.predicted, settled.components)
             if settled.raw is not None:
                 self.calibrator.learn(settled.raw, settled.churned, settled.history_days)
@@ -535,6 +554,7 @@ class ChurnModel:
                 "waiting": self.waiting,
                 "clock": self.clock,
                 "sequence": self._sequence,
+                "horizon_labels_since": self.horizon_labels_since,
             }
         )
 
@@ -557,6 +577,7 @@ class ChurnModel:
             waiting=data.get("waiting", []),
             clock=data.get("clock", -math.inf),
             _sequence=data.get("sequence", 0),
+            horizon_labels_since=data.get("horizon_labels_since"),
         )
 
 

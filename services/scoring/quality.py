@@ -14,6 +14,8 @@ from typing import Any
 
 from river import drift, metrics, utils
 
+COMPONENT_WINDOWS = 5
+"""The prior-against-model comparison looks this many quality windows back."""
 MIN_CLASS_IN_WINDOW = 50
 """Labels of each class the component window needs before its AUCs decide anything
 (a quarter of the warm-up when that is smaller)."""
@@ -39,11 +41,15 @@ class Quality:
         self.detector: Any = drift.ADWIN(delta=delta)
         # Since warm-up (the first `warmup` labels excluded), and per component.
         self.auc_after_warmup: Any = metrics.ROCAUC()
-        self.auc_prior: Any = metrics.RollingROCAUC(window_size=window)
-        self.auc_model: Any = metrics.RollingROCAUC(window_size=window)
+        # The champion/challenger comparison over a longer window than the figures:
+        # at a few percent churn, two thousand labels hold a few dozen churns, and
+        # the difference of two AUCs on them moves by as much as the trust band.
+        component_window = COMPONENT_WINDOWS * window
+        self.auc_prior: Any = metrics.RollingROCAUC(window_size=component_window)
+        self.auc_model: Any = metrics.RollingROCAUC(window_size=component_window)
         self.component_labels = 0
         # Labels behind the rolling component AUCs: both classes must be in the window.
-        self.component_recent: deque[bool] = deque(maxlen=window)
+        self.component_recent: deque[bool] = deque(maxlen=component_window)
         self.classes_after_warmup: set[bool] = set()
         self.drifts = 0
         self.drift_detected = False
@@ -79,6 +85,7 @@ class Quality:
     def prior_lead(self) -> float | None:
         """How far the prior's rolling ROC AUC is ahead of the model's (None: too early).
 
+        Over the last ``COMPONENT_WINDOWS`` quality windows of labels.
         Measured only on a window with at least ``MIN_CLASS_IN_WINDOW`` labels of
         each class (``min_class``), after ``warmup`` labels were scored by both. Labels resolve in
         bursts (churns at once, non-churns a horizon later; at the end of a replay
