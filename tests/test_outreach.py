@@ -501,8 +501,9 @@ async def test_sms_waits_for_not_before(dispatcher: Dispatcher, gateway: tuple[s
     assert row["status"] == "scheduled" and row["attempts"] == 0
     assert row["next_attempt_at"] == not_before
     assert not [m for m in gateway[1] if m.to == "+15550003104"]
-    # Once not_before has come, it goes.
-    assert await dispatcher.dispatch_once(now=not_before + timedelta(seconds=1)) == 1
+    # Once not_before has come, it goes. (Other tests' tasks due within that hour go
+    # too: the database is shared and the order random, so count this task's effects.)
+    assert await dispatcher.dispatch_once(now=not_before + timedelta(seconds=1)) >= 1
     assert (await _status(dispatcher, t.task_id))["status"] == "sent"
     assert [m.to for m in gateway[1]].count("+15550003104") == 1
 
