@@ -55,7 +55,6 @@ class Quality:
         self.drift_detected = False
         self.resolved = 0
         # The prior's lead as last measured on a window holding both classes enough.
-        self.min_class = _min_class(warmup)
         self.decided_lead: float | None = None
 
     def update(
@@ -85,27 +84,26 @@ class Quality:
     def prior_lead(self) -> float | None:
         """How far the prior's rolling ROC AUC is ahead of the model's (None: too early).
 
-        Over the last ``COMPONENT_WINDOWS`` quality windows of labels.
-        Measured only on a window with at least ``MIN_CLASS_IN_WINDOW`` labels of
-        each class (``min_class``), after ``warmup`` labels were scored by both. Labels resolve in
-        bursts (churns at once, non-churns a horizon later; at the end of a replay
-        every pending non-churn at once), and a window of two thousand non-churns
-        and a handful of churns would hand the score to whichever component
-        ranked those few best. Until a window is decisive again, the last
-        decisive lead stands.
+        Over the last ``COMPONENT_WINDOWS`` quality windows of labels, measured
+        only on a window with at least ``MIN_CLASS_IN_WINDOW`` labels of each class
+        (a quarter of ``warmup`` when that is fewer), after ``warmup`` labels were
+        scored by both. Labels resolve in bursts (churns at once, non-churns a
+        horizon later; at the end of a replay every pending non-churn at once),
+        and a window of thousands of non-churns and a handful of churns would hand
+        the score to whichever component ranked those few best. Until a window is
+        decisive again, the last decisive lead stands.
         """
         if self.component_labels < self.warmup:
             return None
         positives = sum(self.component_recent)
         negatives = len(self.component_recent) - positives
-        if min(positives, negatives) >= self.min_class:
+        if min(positives, negatives) >= max(1, min(MIN_CLASS_IN_WINDOW, self.warmup // 4)):
             self.decided_lead = float(self.auc_prior.get() - self.auc_model.get())
         return self.decided_lead
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Checkpoints from before the decisive window: nothing decided yet.
         state.setdefault("decided_lead", None)
-        state.setdefault("min_class", _min_class(state["warmup"]))
         self.__dict__.update(state)
 
     def precision_at_top(self) -> float | None:
@@ -133,7 +131,3 @@ class Quality:
             "drift_detected": self.drift_detected,
             "drifts": self.drifts,
         }
-
-
-def _min_class(warmup: int) -> int:
-    return max(1, min(MIN_CLASS_IN_WINDOW, warmup // 4))
