@@ -22,6 +22,7 @@ from services.outreach.sms import Dispatcher, SmsClient
 from services.outreach.templates import check_templates
 from services.outreach.views import router
 from shared.auth import auth_responses, install_auth, require_scope
+from shared.clock import make_clock
 from shared.crypto import use_phone_keyring
 from shared.errors import install_error_handlers
 from shared.health import health_router
@@ -103,6 +104,8 @@ def create_app(settings: OutreachSettings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.runtime = runtime
+    # Wall clock in production; a replay's stream time with OUTREACH_CLOCK=stream.
+    app.state.clock = make_clock(settings.outreach_clock)
     app.state.purger = purger
     install_error_handlers(app)
     install_metrics(app, "outreach")

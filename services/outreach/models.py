@@ -81,6 +81,9 @@ tasks = Table(
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # A VIP reminder not done by OUTREACH_ESCALATION_MARGIN_S before the suspension
+    # is escalated (escalation.py): to the team lead's page, and an SMS if configured.
+    Column("escalated_at", DateTime(timezone=True), nullable=True),
     Index("ix_tasks_subscriber_created", "subscriber_id", "created_at"),
     Index("ix_tasks_status_channel", "status", "channel"),
     Index("ix_tasks_created", "created_at", "task_id"),
@@ -131,4 +134,54 @@ outbox = Table(
     Index("ix_outbox_published_at", "published_at", postgresql_using="brin"),
     comment="Transactional outbox: messages (task outcomes) written with the state change "
     "they report, published to Kafka by a relay.",
+)
+
+
+# --- the workbench: people who sign in to the browser pages (workbench/) ---------------
+
+people = Table(
+    "people",
+    metadata,
+    # The sign-in name.
+    Column("person_id", String(64), primary_key=True),
+    Column("display_name", String(128), nullable=False),
+    # 'manager', 'team_lead' or 'admin'.
+    Column("role", String(16), nullable=False),
+    # The account manager id this person works as (tasks.account_manager_id, queue 'am:<id>').
+    Column("manager_id", String(64), nullable=True, unique=True),
+    # A manager's team lead (a person with the team_lead role).
+    Column("team_lead_id", String(64), ForeignKey("outreach.people.person_id"), nullable=True),
+    # Argon2id (argon2-cffi), with its parameters and salt in the string.
+    Column("password_hash", Text, nullable=False),
+    Column("failed_sign_ins", Integer, nullable=False, server_default="0"),
+    Column("locked_until", DateTime(timezone=True), nullable=True),
+    Column("disabled", Boolean, nullable=False, server_default=false()),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    comment="People who sign in to the workbench (not API keys), with their role and team.",
+)
+
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    # SHA-256 of the cookie's random token: a database read does not give a session away.
+    Column("token_hash", String(64), primary_key=True),
+    Column("person_id", String(64), ForeignKey("outreach.people.person_id"), nullable=False),
+    # Every form carries it; a POST without the session's token is refused.
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+    comment="Signed-in browser sessions of the workbench.",
+)
+
+phone_reveals = Table(
+    "phone_reveals",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("person_id", String(64), nullable=False),
+    Column("subscriber_id", String(64), nullable=False, index=True),
+    Column("task_id", Uuid, nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    comment="Audit: every time a person revealed a subscriber's phone number to call it.",
 )

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, model_validator
 
+from shared.clock import ClockKind
 from shared.crypto import PhoneKeySettings
 from shared.settings import BaseServiceSettings
 
@@ -88,6 +89,60 @@ class OutreachSettings(PhoneKeySettings, BaseServiceSettings):
     )
     outreach_kpi_interval_s: float = Field(
         default=60.0, gt=0, description="How often the KPI gauges are recomputed."
+    )
+
+    outreach_clock: ClockKind = Field(
+        default="wall",
+        description="'stream' only for replays and simulations (churnwatch up --simulate): "
+        "outreach's time is then the newest task time it has consumed, so a reminder's "
+        "deadline is judged against the replayed day (shared/clock.py).",
+    )
+
+    # --- the workbench (services/outreach/workbench) ---
+    workbench_session_idle_s: float = Field(
+        default=8 * 3600.0, gt=0, description="A session unused this long is signed out."
+    )
+    workbench_session_max_s: float = Field(
+        default=12 * 3600.0, gt=0, description="A session is signed out this long after sign-in."
+    )
+    workbench_lockout_failures: int = Field(
+        default=5, ge=1, le=100, description="Failed sign-ins in a row that lock an account."
+    )
+    workbench_lockout_s: float = Field(
+        default=900.0, gt=0, description="How long a locked account stays locked."
+    )
+    workbench_secure_cookies: bool | None = Field(
+        default=None,
+        description="Secure session cookies: None sets them when the request came over TLS "
+        "(directly or per X-Forwarded-Proto from the ingress).",
+    )
+    workbench_daily_calls: int = Field(
+        default=10, ge=1, le=200, description="The calls-a-day norm of an account manager."
+    )
+    # --- escalation of VIP reminders (escalation.py) ---
+    outreach_escalation_margin_s: float = Field(
+        default=4 * 3600.0,
+        gt=0,
+        description="A VIP's pre-suspension reminder not done this long before the suspension "
+        "is escalated to the team lead's page.",
+    )
+    outreach_escalation_sms_fallback: bool = Field(
+        default=False,
+        description="On escalation, also send the reminder SMS if none was delivered.",
+    )
+    outreach_escalation_interval_s: float = Field(
+        default=30.0, gt=0, description="How often reminders are checked for escalation."
+    )
+    # --- the subscriber card's other sources (directory.py): scoring's and alerting's APIs ---
+    outreach_scoring_url: str | None = Field(
+        default=None, description="Scoring's base URL: risk now, its reasons and trend."
+    )
+    outreach_alerting_url: str | None = Field(
+        default=None,
+        description="Alerting's base URL: recent bills, payments, stop-notices, complaints.",
+    )
+    outreach_services_api_key: SecretStr | None = Field(
+        default=None, description="The API key outreach sends to scoring and alerting."
     )
 
     @model_validator(mode="after")
