@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run test lint typecheck check schemas clean bench drills
+.PHONY: help install run test lint typecheck check schemas clean bench drills screenshots
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -51,3 +51,6 @@ drills: $(STAMP) ## Fault drills on the embedded stack, each counted end to end 
 
 bench: $(STAMP) ## Benchmarks (ingest, scoring, latency, footprint, growth; BENCH_ARGS=--quick); writes bench/results.{json,md}
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+screenshots: $(STAMP) ## Regenerate docs/workbench/*.png (the workbench in Chromium, from its browser tests)
+	WORKBENCH_SCREENSHOTS=docs/workbench CHURNWATCH_REQUIRE_BROWSER=1 $(BIN)/pytest -q tests/test_workbench_browser.py

@@ -1,7 +1,7 @@
 """``python -m bench [--quick] [--only NAME ...]``: run benchmarks, write bench/results.{json,md}.
 
-Sections: ingest, scoring-limit, scoring, scale-out, e2e, footprint, growth (all
-by default). Each figure is the median of ``--repeat`` repetitions and stands
+Sections: ingest, scoring-limit, scoring, scale-out, e2e, footprint, growth,
+workbench (all by default). Each figure is the median of ``--repeat`` repetitions and stands
 beside the limit it is measured against in the same run, because absolute
 times on a shared machine drift. See bench/README.md and docs/performance.md.
 """
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import e2e, ingest, scoring
+from bench import e2e, ingest, scoring, workbench
 from bench.common import (
     ROOT,
     Stack,
@@ -35,7 +35,16 @@ from churnwatch.embedded import stop_processes
 from churnwatch.synth import generate
 from shared.events import parse_event
 
-SECTIONS = ("ingest", "scoring-limit", "scoring", "scale-out", "e2e", "footprint", "growth")
+SECTIONS = (
+    "ingest",
+    "scoring-limit",
+    "scoring",
+    "scale-out",
+    "e2e",
+    "footprint",
+    "growth",
+    "workbench",
+)
 NEEDS_STACK = set(SECTIONS) - {"scoring-limit"}
 
 
@@ -52,6 +61,9 @@ class Plan:
     growth_sizes: tuple[int, ...]
     growth_events: int
     templates: tuple[int, int]  # subscribers, days of the template history
+    workbench_open_tasks: int = 10_000
+    workbench_managers: int = 20
+    workbench_requests: int = 100  # per page and repetition
 
 
 FULL = Plan(
@@ -75,6 +87,8 @@ QUICK = Plan(
     growth_sizes=(10_000, 100_000, 1_000_000),
     growth_events=10_000,
     templates=(200, 35),
+    workbench_open_tasks=10_000,
+    workbench_requests=20,
 )
 GROWTH_KEYS = {10_000: "scoring_eps_10k", 100_000: "scoring_eps_100k", 1_000_000: "scoring_eps_1m"}
 
@@ -238,6 +252,18 @@ class Bench:
                 self.add(GROWTH_KEYS.get(size, f"scoring_eps_{size}"), result.eps)
         self.extra["growth_events"] = self.plan.growth_events
 
+    def workbench(self) -> None:
+        """The workbench's pages' server time with 10,000 open tasks (bench/workbench.py)."""
+        for _ in range(self.repeat):
+            result = workbench.workbench_run(
+                self.need_stack(),
+                open_tasks=self.plan.workbench_open_tasks,
+                managers=self.plan.workbench_managers,
+                requests=self.plan.workbench_requests,
+            )
+            for key, value in result.items():
+                self.add(key, value)
+
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmarks and write the results; return them."""
@@ -278,6 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "e2e": bench.e2e,
             "footprint": bench.footprint,
             "growth": bench.growth,
+            "workbench": bench.workbench,
         }
         for name in chosen:
             if name == "scoring-limit" and "scoring" in chosen:
@@ -287,7 +314,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             steps[name]()
             print(f"   ({time.monotonic() - section_begin:.0f} s)", flush=True)
     results: dict[str, Any] = {k: round(median(v), 6) for k, v in bench.runs.items()}
-    for key in ("e2e_tasks", "e2e_sms", "e2e_sms_missing", "e2e_failed_requests"):
+    for key in (
+        "e2e_tasks",
+        "e2e_sms",
+        "e2e_sms_missing",
+        "e2e_failed_requests",
+        "workbench_open_tasks",
+    ):
         if key in results:
             results[key] = int(results[key])
     if "scoring_eps" in results and "scoring_limit_eps" in results:

@@ -112,6 +112,24 @@ ROWS = [
         target=">= 0.7 of 10k",
         check=lambda v, r: r >= 0.7,
     ),
+    Row("workbench_open_tasks", "workbench: open tasks in outreach's database", "tasks"),
+    Row("workbench_floor_p50_ms", "workbench: floor, GET /healthz on the same process, p50", "ms"),
+    *(
+        Row(
+            f"workbench_{page}_{p}_ms",
+            f"workbench: {label}, {p}",
+            "ms",
+            beside="workbench_floor_p50_ms",
+            target="<= 200 ms",
+            check=lambda v, r: v <= 200,
+        )
+        for page, label in (
+            ("my_day", "My day (a manager)"),
+            ("card", "subscriber card"),
+            ("team", "team lead page (20 managers)"),
+        )
+        for p in ("p50", "p95")
+    ),
 ]
 
 
@@ -120,6 +138,8 @@ def _fmt(value: float, unit: str) -> str:
         return "n/a"
     if unit == "s":
         return f"{value:.3f}"
+    if unit == "ms":
+        return f"{value:,.1f}"
     return f"{value:,.0f}"
 
 

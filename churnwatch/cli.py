@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -21,7 +22,7 @@ app = typer.Typer(
 console = Console(stderr=True, soft_wrap=True)
 
 if TYPE_CHECKING:
-    from churnwatch.stack import Child
+    from churnwatch.stack import Child, Stack
 
 
 @app.command()
@@ -83,12 +84,20 @@ def up(
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
 
+    environ = dict(os.environ)
+    if simulate:
+        from churnwatch.simulator import SIMULATION_ENV
+
+        # Outreach on the stream's time, so the simulated months' deadlines are real
+        # to it (shared/clock.py); the user's own settings win.
+        environ = SIMULATION_ENV | environ
     stack = Stack(
         data_dir,
         broker_storage=broker_storage,
         broker_port=broker_port,
         ready_timeout_s=ready_timeout,
         say=console.print,
+        environ=environ,
     )
     try:
         stack.start()
@@ -103,9 +112,7 @@ def up(
         if sample:
             _feed_sample(stack.services)
         if simulate:
-            _feed_simulation(
-                stack.services, simulate, simulate_days, simulate_rate, simulate_churn_from_day
-            )
+            _feed_simulation(stack, simulate, simulate_days, simulate_rate, simulate_churn_from_day)
         console.print(
             "[bold]churnwatch is up.[/] A child that dies is restarted. Press Ctrl-C to stop."
         )
@@ -162,7 +169,7 @@ def _feed_sample(children: list[Child]) -> None:
 
 
 def _feed_simulation(
-    children: list[Child], subscribers: int, days: int, rate: float, churn_from_day: int
+    stack: Stack, subscribers: int, days: int, rate: float, churn_from_day: int
 ) -> None:
     from churnwatch.simulator import (
         Simulation,
@@ -173,7 +180,7 @@ def _feed_simulation(
         wait_for_pipeline,
     )
 
-    urls = {c.name: c.url for c in children}
+    urls = {c.name: c.url for c in stack.services}
     sim = Simulation(
         SimulationConfig(subscribers=subscribers, days=days, churn_from_day=churn_from_day),
         end=default_streaming_end(),
@@ -182,19 +189,37 @@ def _feed_simulation(
         f"simulate    {subscribers:,} subscribers x {days} days "
         f"({sim.start:%Y-%m-%d} to {sim.end:%Y-%m-%d}), up to {rate:,.0f} events/s"
     )
-    stats = stream_with_progress(
-        sim, urls["ingest"], console, rate=rate, outreach_url=urls["outreach"]
-    )
+    from churnwatch.agents import CallAgents
+    from churnwatch.demo_people import ensure_demo_accounts
+    from churnwatch.keys import api_headers
+
+    # Sign-ins for the workbench: a team lead and the simulated managers' own.
+    demo = ensure_demo_accounts(stack.env["DATABASE_URL"], sim.manager_ids, stack.data_dir)
+
+    # Simulated account managers work the call queues while the days stream.
+    agents = CallAgents(sim, urls["outreach"], headers=api_headers())
+    agents.start()
+    try:
+        stats = stream_with_progress(
+            sim, urls["ingest"], console, rate=rate, outreach_url=urls["outreach"]
+        )
+    except BaseException:
+        agents.stop()
+        raise
     console.print(
         f"simulate    posted {stats.events:,} events in {stats.seconds:.1f} s "
         f"({stats.rate:,.0f}/s), {stats.rejected} rejected; waiting for the pipeline..."
     )
     waited = time.monotonic()
-    if wait_for_pipeline(sim, urls):
+    try:
+        caught_up = wait_for_pipeline(sim, urls)
+    finally:
+        agents.stop()
+    if caught_up:
         console.print(f"simulate    the services caught up {time.monotonic() - waited:.1f} s later")
     else:
         console.print("[yellow]the pipeline has not caught up yet: figures so far[/]")
-    for table in summary(sim, stats, urls):
+    for table in summary(sim, stats, urls, agents=agents.stats):
         console.print(table)
     console.print("Look further:")
     for name in ("ingest", "scoring", "alerting", "outreach"):
@@ -204,6 +229,11 @@ def _feed_simulation(
     auth = '-H "Authorization: Bearer $CHURNWATCH_API_KEY"'  # the key printed at start
     console.print(f"  retention curl {auth} '{urls['outreach']}/v1/tasks?kind=retention'")
     console.print(f"  KPIs      curl {auth} {urls['outreach']}/v1/kpis")
+    console.print(
+        f"[bold]Workbench[/] {urls['outreach']}/ui/  sign in as [bold]{demo.lead}[/] (team lead) "
+        f"or {demo.managers[0]}...{demo.managers[-1]} (account managers), password "
+        f"[bold]{demo.password}[/] (saved in {stack.data_dir / 'workbench-demo-password'})"
+    )
 
 
 @app.command()
@@ -339,11 +369,13 @@ def _register_keys() -> None:
     # Imported here, like the other commands' heavy imports, to keep `--help` fast.
     from churnwatch.dlq import dlq_app
     from churnwatch.keys import keys_app
+    from churnwatch.people import people_app
     from churnwatch.phonekeys import phone_keys_app
 
     app.add_typer(keys_app, name="keys")
     app.add_typer(dlq_app, name="dlq")
     app.add_typer(phone_keys_app, name="phone-keys")
+    app.add_typer(people_app, name="people")
 
 
 _register_keys()

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from random import Random
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 from rich.console import Console
@@ -40,6 +40,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from churnwatch import synth
+
+if TYPE_CHECKING:
+    from churnwatch.agents import AgentStats
 from churnwatch.gateway import GatewaySettings, gateway_headers
 from churnwatch.keys import api_headers
 from services.scoring.model import PRIOR_VERSION
@@ -66,6 +69,21 @@ SOURCE = "simulator"
 
 RECOVERY_DAYS = 14  # a subscriber saved by outreach returns to normal over two weeks
 REACHED_STATUSES = ("delivered", "completed")  # retention tasks that reached the subscriber
+
+
+SIMULATION_ENV: dict[str, str] = {
+    # Outreach acts on the stream's time: a reminder due before a suspension on
+    # simulated day 40 is due while day 40 streams, not weeks before the wall clock.
+    "OUTREACH_CLOCK": "stream",
+    # Timeouts for crashed work (a claim never finished, an SMS stuck in sending,
+    # a receipt that never came) count stream time too; a simulated day passes
+    # in seconds, so they are set to weeks to catch only what is really stuck.
+    "OUTREACH_ASSIGNMENT_TIMEOUT_S": str(14 * 86_400),
+    "OUTREACH_SENDING_STALE_S": str(14 * 86_400),
+    "SMS_RECONCILE_AFTER_S": str(14 * 86_400),
+    "SMS_FINAL_STATE_DEADLINE_S": str(28 * 86_400),
+}
+"""Settings ``churnwatch up --simulate`` gives the services (the user's environment wins)."""
 
 
 @dataclass(frozen=True)
@@ -219,14 +237,9 @@ class Simulation:
         saved: list[str] = []
         d = self._day
         for sid in subscriber_ids:
-            i = self._index.get(sid)
-            if i is None or sid in self._saved:
+            if sid in self._saved or not self.churning(sid) or not self.persuaded(sid):
                 continue
-            sub = self._plan.subs[i]
-            if sub.churn_day is None or sub.silent or sub.churn_day < d:
-                continue
-            if Random(f"{self.config.seed}|{sid}|saved").random() >= self.config.outreach_effect:
-                continue
+            sub = self._plan.subs[self._index[sid]]
             # Freeze the signs where they are today, then fade them: a false-alarm
             # triangle peaking today with today's level as its height.
             k = synth._intensity(sub, d)
@@ -240,6 +253,24 @@ class Simulation:
             sub.downgrades = sub.arrears = False
             saved.append(sid)
         return saved
+
+    def churning(self, subscriber_id: str) -> bool:
+        """True for a churner whose churn is still ahead and who shows warning signs."""
+        i = self._index.get(subscriber_id)
+        if i is None:
+            return False
+        sub = self._plan.subs[i]
+        return sub.churn_day is not None and not sub.silent and sub.churn_day >= self._day
+
+    def persuaded(self, subscriber_id: str) -> bool:
+        """Whether a retention contact keeps this subscriber (the draw :meth:`reach` makes)."""
+        draw = Random(f"{self.config.seed}|{subscriber_id}|saved").random()
+        return draw < self.config.outreach_effect
+
+    @property
+    def manager_ids(self) -> list[str]:
+        """The account managers' ids (the VIP profiles' ``account_manager_id``)."""
+        return [f"AM-{n:03d}" for n in range(1, synth.manager_count(self.config.subscribers) + 1)]
 
     def truth(self) -> list[Truth]:
         """Ground truth for every subscriber, as it stands (feedback so far included)."""
@@ -568,8 +599,17 @@ def _months(start: datetime, end: datetime) -> list[str]:
     return months
 
 
-def summary(sim: Simulation, stats: StreamStats | None, urls: dict[str, str]) -> list[Table]:
-    """The tables ``make run`` prints, from the services' APIs and the ground truth."""
+def summary(
+    sim: Simulation,
+    stats: StreamStats | None,
+    urls: dict[str, str],
+    *,
+    agents: AgentStats | None = None,
+) -> list[Table]:
+    """The tables ``make run`` prints, from the services' APIs and the ground truth.
+
+    ``agents``: what the simulated account managers did (``churnwatch.agents``).
+    """
     truth = {t.subscriber_id: t for t in sim.truth()}
     tables: list[Table] = []
 
@@ -643,6 +683,10 @@ def summary(sim: Simulation, stats: StreamStats | None, urls: dict[str, str]) ->
         "  of them given a retention task",
         f"{sum(1 for t in churners if t.warned and t.subscriber_id in retention):,}",
     )
+    if agents is not None:
+        outcomes.add_row("calls worked by the simulated managers", f"{agents.claimed:,}")
+        for outcome, n in agents.outcomes.most_common():
+            outcomes.add_row(f"  {outcome}", f"{n:,}")
     if stats is not None:
         outcomes.add_row("saved by outreach (feedback)", f"{len(stats.saved):,}")
         outcomes.add_row("streamed", f"{stats.events:,} events in {stats.seconds:.1f} s")

@@ -302,6 +302,13 @@ class Stack:
         outreach_url = f"http://127.0.0.1:{OutreachSettings().outreach_port}"
         self.env.setdefault("SMS_GATEWAY_RECEIPT_URL", f"{outreach_url}/v1/sms/receipts")
         self.env.setdefault("SMS_GATEWAY_INBOUND_URL", f"{outreach_url}/v1/sms/inbound")
+        # The workbench's subscriber card reads risk from scoring and recent activity from
+        # alerting (services/outreach/directory.py), with the session's key.
+        scoring_url = f"http://127.0.0.1:{ScoringSettings().scoring_port}"
+        alerting_url = f"http://127.0.0.1:{AlertingSettings().alerting_port}"
+        self.env.setdefault("OUTREACH_SCORING_URL", scoring_url)
+        self.env.setdefault("OUTREACH_ALERTING_URL", alerting_url)
+        self.env.setdefault("OUTREACH_SERVICES_API_KEY", self.api_key)
         gateway = GatewaySettings()
         specs = [
             ("sms-gateway", gateway.sms_gateway_port, "/healthz", "churnwatch"),

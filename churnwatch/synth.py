@@ -180,6 +180,11 @@ def _validate(
     return start.astimezone(UTC)
 
 
+def manager_count(subscribers: int) -> int:
+    """Account managers of a population: one per 200 subscribers (ids ``AM-001``...)."""
+    return max(1, subscribers // 200)
+
+
 def _make_plan(
     *,
     subscribers: int,
@@ -202,7 +207,7 @@ def _make_plan(
         raise ValueError("ramp_power must be in (0, 4]")
     rng = Random(seed)
     width = max(6, len(str(subscribers)))
-    managers = max(1, subscribers // 200)
+    managers = manager_count(subscribers)
     # Distinct numbers: i -> (i * stride + offset) mod 10^7 is a bijection (stride is coprime).
     stride, phone_offset = 7_919_333, rng.randrange(10_000_000)
     subs: list[_Sub] = []

@@ -151,10 +151,13 @@ class CallOutcome(StrEnum):
     """What an account manager's call achieved."""
 
     RETAINED = "retained"
-    OFFER_ACCEPTED = "offer_accepted"
+    OFFER_ACCEPTED = "offer_accepted"  # which offer: in the audit reason
     NOT_INTERESTED = "not_interested"
-    UNREACHABLE = "unreachable"
+    UNREACHABLE = "unreachable"  # not reached: the only outcome that is no contact
     CALLBACK = "callback"
+    REACHED = "reached"  # spoke to the subscriber (a reminder given), nothing more
+    COMPLAINT_RAISED = "complaint_raised"  # the subscriber complained on the call
+    DO_NOT_CONTACT = "do_not_contact"  # asked not to be contacted: put on the list too
 
 
 class TaskOutcome(ContractModel):

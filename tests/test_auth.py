@@ -101,6 +101,10 @@ def _protected(app: FastAPI) -> list[Route]:
     for context in iter_route_contexts(app.routes):
         if context.path in OPEN or context.path is None:
             continue
+        if context.path.startswith("/ui"):
+            # The workbench's pages: people sign in with a session, not an API key
+            # (tests/test_workbench.py checks every page refuses the signed-out).
+            continue
         dependant = getattr(context, "dependant", None)
         scope = route_scope(dependant.dependencies) if dependant is not None else None
         for method in sorted(context.methods or ()):

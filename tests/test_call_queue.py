@@ -247,6 +247,46 @@ async def test_an_outcome_needs_a_claimed_call_by_the_same_agent(harness: Harnes
     assert ok.status_code == 200 and ok.json()["outcome"] == "unreachable"
 
 
+async def test_do_not_contact_puts_the_subscriber_on_the_list_with_the_outcome(
+    harness: Harness,
+) -> None:
+    queue = fresh_queue()
+    target = call(queue)
+    await harness.store(target)
+    await harness.claim(queue, "AM-07")
+    done = await harness.api.post(
+        f"/v1/tasks/{target.task_id}/outcome",
+        json={"agent_id": "AM-07", "outcome": "do_not_contact"},
+    )
+    assert done.status_code == 200 and done.json()["outcome"] == "do_not_contact"
+    contact = await harness.api.get(f"/v1/contacts/{target.subscriber_id}")
+    assert contact.status_code == 200
+    assert (contact.json()["opted_out"], contact.json()["source"]) == (True, "call")
+    [published] = await harness.outcomes(target.task_id)
+    assert published["outcome"] == "do_not_contact"
+
+
+async def test_an_accepted_offer_is_named_in_the_audit_and_only_with_that_outcome(
+    harness: Harness,
+) -> None:
+    queue = fresh_queue()
+    target = call(queue)
+    await harness.store(target)
+    await harness.claim(queue, "AM-07")
+    url = f"/v1/tasks/{target.task_id}/outcome"
+    wrong = await harness.api.post(
+        url, json={"agent_id": "AM-07", "outcome": "retained", "offer": "DATA-10GB"}
+    )
+    assert wrong.status_code == 422
+    assert (await harness.task(target.task_id))["status"] == "assigned"  # unchanged
+    done = await harness.api.post(
+        url, json={"agent_id": "AM-07", "outcome": "offer_accepted", "offer": "DATA-10GB"}
+    )
+    assert done.status_code == 200
+    last = (await harness.task(target.task_id))["transitions"][-1]
+    assert last["reason"] == "outcome offer_accepted (offer DATA-10GB)"
+
+
 async def test_an_sms_task_is_not_worked_in_the_call_queue(harness: Harness) -> None:
     # Not due for a month: the SMS tests' dispatcher passes must not pick it up.
     later = datetime.now(UTC) + timedelta(days=30)

@@ -448,6 +448,10 @@ def test_up_simulate_prints_the_summary(tmp_path: Path, stack: Stack) -> None:
             assert title in text, text
         assert "0 rejected" in text and "/docs" in text and "/metrics" in text, text
         assert "not caught up" not in text, text
+        # The simulated managers worked the queues, and the workbench is offered.
+        assert "calls worked by the simulated managers" in text, text
+        assert "/ui/" in text and "sign in as lead" in text, text
+        assert (tmp_path / "data" / "workbench-demo-password").is_file()
         os.killpg(process.pid, signal.SIGINT)
         assert process.wait(90) == 0
     finally:

@@ -13,7 +13,7 @@ from services.alerting.engine import Engine
 from services.alerting.models import processed_messages
 from services.alerting.rules import DEFAULT_RULES_FILE, load_rules
 from services.alerting.settings import AlertingSettings
-from services.alerting.views import router
+from services.alerting.views import activity_router, router
 from shared.auth import auth_responses, install_auth
 from shared.crypto import use_phone_keyring
 from shared.errors import install_error_handlers
@@ -82,4 +82,5 @@ def create_app(settings: AlertingSettings) -> FastAPI:
     install_auth(app, settings, runtime.engine)
     app.include_router(health_router(runtime.checks()))
     app.include_router(router, responses=auth_responses())
+    app.include_router(activity_router, responses=auth_responses())
     return app

@@ -32,6 +32,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from services.alerting.activity import Activity, remember_event
 from services.alerting.rules import (
     ArrearsTrigger,
     BillShockTrigger,
@@ -99,6 +100,8 @@ class Facts:
     bills_seen: int = 0
     # (occurred_at, amount) of the latest payments, oldest first.
     payments: list[tuple[datetime, Decimal]] = field(default_factory=list)
+    # Recent bills, payments, stop-notices, complaints for the subscriber card (activity.py).
+    activity: Activity = field(default_factory=dict)
     dirty: bool = False
 
     def remember_payment(self, at: datetime, amount: Decimal) -> None:
@@ -292,6 +295,8 @@ class Engine:
     ) -> None:
         """Apply one event or score to a subscriber's view."""
         ctx = Ctx(view, effects, silences, now)
+        if (activity := remember_event(view.facts.activity, message)) is not None:
+            view.facts.activity, view.facts.dirty = activity, True
         if isinstance(message, RiskScore):
             self._on_score(message, ctx)
         elif isinstance(message, StopNoticeEvent):

@@ -64,9 +64,16 @@ subscriber_facts = Table(
         nullable=True,
         comment="[[occurred_at, amount], ...] of the latest payments, oldest first.",
     ),
+    # services/alerting/activity.py: {kind: [item, ...]}, the newest 10 of each, oldest first.
+    Column(
+        "activity",
+        JSONB,
+        nullable=True,
+        comment="Recent bills, payments, stop-notices and complaints, for the subscriber card.",
+    ),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     comment="What the rules remember besides the profile: churned or not, the usual bill, "
-    "the latest payments.",
+    "the latest payments, recent activity.",
 )
 
 rule_state = Table(

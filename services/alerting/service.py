@@ -131,6 +131,7 @@ async def load_views(
             payments=[
                 (datetime.fromisoformat(at), Decimal(amount)) for at, amount in r.payments or ()
             ],
+            activity=r.activity or {},
         )
     open_alerts: dict[uuid.UUID, Alert] = {}
     for r in await conn.execute(
@@ -178,6 +179,7 @@ async def save_views(
             "bill_mean": v.facts.bill_mean,
             "bills_seen": v.facts.bills_seen,
             "payments": [[at.isoformat(), str(amount)] for at, amount in v.facts.payments],
+            "activity": v.facts.activity,
             "updated_at": now,
         }
         for v in views
@@ -190,7 +192,14 @@ async def save_views(
                 index_elements=["subscriber_id"],
                 set_={
                     c: stmt.excluded[c]
-                    for c in ("churned_at", "bill_mean", "bills_seen", "payments", "updated_at")
+                    for c in (
+                        "churned_at",
+                        "bill_mean",
+                        "bills_seen",
+                        "payments",
+                        "activity",
+                        "updated_at",
+                    )
                 },
             ),
             fact_rows,

@@ -1,4 +1,4 @@
-"""Alerting HTTP routes: silences and the rules in force."""
+"""Alerting HTTP routes: silences and the rules in force; a subscriber's recent activity."""
 
 from __future__ import annotations
 
@@ -9,12 +9,32 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from services.alerting import service
+from services.alerting.activity import ActivityOut, activity_out, load_activity
 from services.alerting.schemas import RulesOut, SilenceIn, SilenceOut, SilencePage, SilenceState
 from shared.auth import require_scope
 from shared.errors import BadRequest, NotFound
 
 # Silences and the rules in force are operators' business: the admin scope (shared.auth).
 router = APIRouter(prefix="/v1", dependencies=[require_scope("admin")])
+
+# A subscriber's recent activity is read by outreach's workbench like tasks are.
+activity_router = APIRouter(
+    prefix="/v1", tags=["activity"], dependencies=[require_scope("tasks:read")]
+)
+
+
+@activity_router.get("/subscribers/{subscriber_id}/activity", response_model=ActivityOut)
+async def get_activity(subscriber_id: str, request: Request) -> ActivityOut:
+    """The subscriber's recent bills, payments, stop-notices and complaints, newest first.
+
+    The newest 10 of each kind alerting has handled; 404 if alerting knows
+    nothing of the subscriber.
+    """
+    async with request.app.state.runtime.engine.connect() as conn:
+        known, activity = await load_activity(conn, subscriber_id=subscriber_id)
+    if not known:
+        raise NotFound("alerting knows nothing of this subscriber")
+    return activity_out(subscriber_id, activity)
 
 
 def _out(row: dict[str, Any], now: datetime) -> SilenceOut:

@@ -11,18 +11,21 @@ from fastapi import FastAPI
 
 from services.outreach.consumer import OutreachHandler, parse_record
 from services.outreach.contacts import router as contacts_router
+from services.outreach.directory import SubscriberDirectory
+from services.outreach.escalation import Escalator
 from services.outreach.feedback import KpiRefresher, Relay
 from services.outreach.feedback import router as feedback_router
 from services.outreach.models import outbox
 from services.outreach.queue import QueueKeeper
 from services.outreach.reconcile import Reconciler
-from services.outreach.service import encrypt_plain_phones
+from services.outreach.service import encrypt_plain_phones, newest_task_time
 from services.outreach.settings import OutreachSettings
 from services.outreach.sms import Dispatcher, SmsClient
 from services.outreach.templates import check_templates
 from services.outreach.views import router
+from services.outreach.workbench import install_workbench
 from shared.auth import auth_responses, install_auth, require_scope
-from shared.clock import make_clock
+from shared.clock import StreamClock, make_clock
 from shared.crypto import use_phone_keyring
 from shared.errors import install_error_handlers
 from shared.health import health_router
@@ -53,44 +56,66 @@ def create_app(settings: OutreachSettings) -> FastAPI:
             async with runtime.engine.begin() as conn:
                 if not await encrypt_plain_phones(conn):
                     break
+        clock = app.state.clock
+        if isinstance(clock, StreamClock):
+            # A restarted replay goes on from the newest task it had stored.
+            async with runtime.engine.connect() as conn:
+                newest = await newest_task_time(conn)
+            if newest is not None:
+                clock.observe(newest)
         async with httpx.AsyncClient(
             base_url=settings.sms_gateway_url, timeout=settings.sms_timeout_s
         ) as http:
             sms = SmsClient(
                 http, settings.sms_gateway_token.get_secret_value(), settings.sms_sender_id
             )
-            dispatcher = Dispatcher(settings, runtime.engine, sms)
+            dispatcher = Dispatcher(settings, runtime.engine, sms, clock=clock)
             app.state.dispatcher = dispatcher
             # Asks the provider about SMS whose receipt never came (sms.py, reconcile.py).
-            reconciler = Reconciler(settings, runtime.engine, sms)
+            reconciler = Reconciler(settings, runtime.engine, sms, clock=clock)
             app.state.reconciler = reconciler
             await runtime.start(
                 topics=[runtime.topics.tasks],
                 group_id=settings.outreach_consumer_group,
                 parser=parse_record,
-                handler=OutreachHandler(dispatcher.wakeup, sms_hold_s=settings.outreach_sms_hold_s),
+                handler=OutreachHandler(
+                    dispatcher.wakeup, sms_hold_s=settings.outreach_sms_hold_s, clock=clock
+                ),
             )
             relay = Relay(settings, runtime.engine, runtime.topics, lambda: runtime.producer)
-            keeper = QueueKeeper(settings, runtime.engine)
-            kpis = KpiRefresher(settings, runtime.engine)
+            keeper = QueueKeeper(settings, runtime.engine, clock=clock)
+            kpis = KpiRefresher(settings, runtime.engine, clock=clock)
             app.state.relay, app.state.keeper, app.state.kpis = relay, keeper, kpis
+            # VIP reminders not done in time (escalation.py), on the app's clock.
+            escalator = Escalator(
+                settings, runtime.engine, app.state.clock, wake_sms=dispatcher.wakeup.set
+            )
+            app.state.escalator = escalator
             # Background loops beside the consumer: SMS sending and reconciling, the outbox relay
             # (task outcomes to Kafka), the call queue's timeouts, the KPI gauges.
-            loops: list[Dispatcher | Reconciler | Relay | QueueKeeper | KpiRefresher | Purger] = [
+            loops: list[
+                Dispatcher | Reconciler | Relay | QueueKeeper | KpiRefresher | Escalator | Purger
+            ] = [
                 dispatcher,
                 reconciler,
                 relay,
                 keeper,
                 kpis,
+                escalator,
                 purger,
             ]
             tasks = [
                 asyncio.create_task(loop.run(), name=f"outreach-{type(loop).__name__}")
                 for loop in loops
             ]
+            # The subscriber card's other sources (directory.py); None when not configured.
+            directory = SubscriberDirectory.from_settings(settings)
+            app.state.directory = directory
             try:
                 yield
             finally:
+                if directory is not None:
+                    await directory.aclose()
                 for loop in loops:
                     loop.stop()
                 await asyncio.gather(*tasks)
@@ -107,6 +132,7 @@ def create_app(settings: OutreachSettings) -> FastAPI:
     # Wall clock in production; a replay's stream time with OUTREACH_CLOCK=stream.
     app.state.clock = make_clock(settings.outreach_clock)
     app.state.purger = purger
+    app.state.directory = None  # set in the lifespan (directory.py)
     install_error_handlers(app)
     install_metrics(app, "outreach")
     install_auth(app, settings, runtime.engine)
@@ -118,4 +144,6 @@ def create_app(settings: OutreachSettings) -> FastAPI:
     app.include_router(
         feedback_router, dependencies=[require_scope("tasks:read")], responses=auth_responses()
     )
+    # The account managers' workbench: people sign in with passwords, not API keys.
+    install_workbench(app)
     return app

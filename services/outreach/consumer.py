@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from aiokafka import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.outreach import metrics, service
+from shared.clock import StreamClock, WallClock
 from shared.consumer import Inbound, Outbox
 from shared.crypto import open_phone
 from shared.events import TASK_MESSAGE_ADAPTER, Channel, OutreachTask, TaskUpdate
@@ -39,10 +40,20 @@ def parse_record(record: ConsumerRecord[bytes, bytes]) -> TaskMessage:
 class OutreachHandler:
     """Stores every new task and applies task updates; the dispatcher then sends SMS."""
 
-    def __init__(self, wakeup: asyncio.Event, *, sms_hold_s: float = 0.0) -> None:
-        """``sms_hold_s``: how long a new SMS task waits before it may be sent."""
+    def __init__(
+        self,
+        wakeup: asyncio.Event,
+        *,
+        sms_hold_s: float = 0.0,
+        clock: WallClock | StreamClock | None = None,
+    ) -> None:
+        """``sms_hold_s``: how long a new SMS task waits before it may be sent.
+
+        ``clock``: a ``StreamClock`` is moved on to each consumed task's time.
+        """
         self.wakeup = wakeup
         self.sms_hold = timedelta(seconds=sms_hold_s)
+        self.clock = clock or WallClock()
 
     async def __call__(
         self, conn: AsyncConnection, batch: Sequence[Inbound[TaskMessage]], outbox: Outbox
@@ -52,9 +63,14 @@ class OutreachHandler:
         Tasks go first: an update is keyed by subscriber like its task, so it
         comes after the task on the topic, possibly in the same batch.
         """
-        now = datetime.now(UTC)
         new_tasks = [item.value for item in batch if isinstance(item.value, OutreachTask)]
         updates = [item.value for item in batch if isinstance(item.value, TaskUpdate)]
+        if isinstance(self.clock, StreamClock):
+            for task in new_tasks:
+                self.clock.observe(task.created_at)
+            for update in updates:
+                self.clock.observe(update.at)
+        now = self.clock.now()
         stored = await service.store_tasks(
             conn, new_tasks=new_tasks, now=now, sms_hold_until=now + self.sms_hold
         )

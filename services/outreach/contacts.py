@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, Header, Path, Request, Response
@@ -21,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from services.outreach import metrics, policy, service
+from services.outreach.deps import get_clock
 from services.outreach.schemas import (
     ContactOut,
     InboundIn,
@@ -130,7 +130,7 @@ async def receipt(request: Request, x_signature: SignatureHeader = None) -> Rece
     a task already final, answers 200 with ``changed: false``.
     """
     body = await _signed(request, x_signature, ReceiptIn, "receipt")
-    now = datetime.now(UTC)
+    now = get_clock(request).now()
     at = min(body.at, now) if body.at is not None else now  # never in the future
     async with request.app.state.runtime.engine.begin() as conn:
         result, task = await service.apply_receipt(
@@ -171,7 +171,7 @@ async def inbound(request: Request, x_signature: SignatureHeader = None) -> Inbo
     body = await _signed(request, x_signature, InboundIn, "inbound")
     if not policy.is_opt_out_reply(body.text):
         return InboundOut(action="ignored", subscribers=0)
-    now = datetime.now(UTC)
+    now = get_clock(request).now()
     new = cancelled = 0
     async with request.app.state.runtime.engine.begin() as conn:
         subscribers = await service.subscribers_with_phone(conn, phone=body.sender)
@@ -257,7 +257,7 @@ async def put_opt_out(
             subscriber_id=subscriber_id,
             source="api",
             reason=body.reason if body else None,
-            now=datetime.now(UTC),
+            now=get_clock(request).now(),
         )
     _count_opt_out("api", int(created), cancelled)
     response.status_code = 201 if created else 200

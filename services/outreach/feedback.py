@@ -28,7 +28,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -36,14 +36,17 @@ from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, Query, Request
 from prometheus_client import Gauge
 from pydantic import AfterValidator, BaseModel, Field
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
 from services.outreach import metrics
+from services.outreach.deps import get_clock
 from services.outreach.models import outbox, tasks
 from services.outreach.schemas import CallStatus, SmsStatus
 from services.outreach.service import OUTCOMES_TOPIC
 from services.outreach.settings import OutreachSettings
+from shared.clock import Clock, WallClock
 from shared.consumer import Outbox
 from shared.events import CallOutcome, Channel, TaskKind, Tier, UpdateCause
 from shared.topics import Topics
@@ -204,6 +207,43 @@ Counts = dict[str, tuple[int, int]]
 """Per tier: ``(numerator, denominator)``."""
 
 
+def reminded_before_suspension(t: ReadOnlyColumnCollection[str, Any]) -> ColumnElement[bool]:
+    """A reminder task that reached the subscriber before the suspension.
+
+    An SMS delivered, or a call completed with an outcome other than
+    ``unreachable``, before ``suspension_at``. ``t``: the tasks table's columns
+    or an alias's. The KPI, the escalation and the team page all use it.
+    """
+    return or_(
+        and_(t.channel == Channel.SMS.value, t.delivered_at < t.suspension_at),
+        and_(
+            t.channel == Channel.CALL.value,
+            t.status == CallStatus.COMPLETED.value,
+            t.outcome.is_distinct_from(CallOutcome.UNREACHABLE.value),
+            t.finished_at < t.suspension_at,
+        ),
+    )
+
+
+def offer_reached(t: ReadOnlyColumnCollection[str, Any]) -> ColumnElement[bool]:
+    """A win-back task that reached the subscriber.
+
+    An SMS sent or delivered, or a call completed with an outcome other than
+    ``unreachable``. ``t``: the tasks table's columns or an alias's.
+    """
+    return or_(
+        and_(
+            t.channel == Channel.SMS.value,
+            t.status.in_((SmsStatus.SENT.value, SmsStatus.DELIVERED.value)),
+        ),
+        and_(
+            t.channel == Channel.CALL.value,
+            t.status == CallStatus.COMPLETED.value,
+            t.outcome.is_distinct_from(CallOutcome.UNREACHABLE.value),
+        ),
+    )
+
+
 async def reminder_counts(
     conn: AsyncConnection, *, start: datetime, end: datetime, now: datetime
 ) -> Counts:
@@ -219,15 +259,7 @@ async def reminder_counts(
     before it with an outcome other than ``unreachable``.
     """
     t = tasks.c
-    reached_before = or_(
-        and_(t.channel == Channel.SMS.value, t.delivered_at < t.suspension_at),
-        and_(
-            t.channel == Channel.CALL.value,
-            t.status == CallStatus.COMPLETED.value,
-            t.outcome.is_distinct_from(CallOutcome.UNREACHABLE.value),
-            t.finished_at < t.suspension_at,
-        ),
-    )
+    reached_before = reminded_before_suspension(t)
     notices = (
         select(
             # One stop-notice's tasks were made together, from one profile: one tier.
@@ -271,17 +303,7 @@ async def win_back_counts(conn: AsyncConnection, *, start: datetime, end: dateti
     reactivation before the offer went out is not the offer's doing.
     """
     t = tasks.c
-    reached = or_(
-        and_(
-            t.channel == Channel.SMS.value,
-            t.status.in_((SmsStatus.SENT.value, SmsStatus.DELIVERED.value)),
-        ),
-        and_(
-            t.channel == Channel.CALL.value,
-            t.status == CallStatus.COMPLETED.value,
-            t.outcome.is_distinct_from(CallOutcome.UNREACHABLE.value),
-        ),
-    )
+    reached = offer_reached(t)
     offers = (
         select(
             func.min(t.tier).label("tier"),
@@ -395,7 +417,7 @@ PeriodQuery = Annotated[
 async def get_kpis(request: Request, period: PeriodQuery = None) -> KpiReport:
     """The reminder-before-suspension and win-back KPIs for a month, overall and by tier."""
     settings: OutreachSettings = request.app.state.settings
-    now = datetime.now(UTC)
+    now = get_clock(request).now()
     async with request.app.state.runtime.engine.connect() as conn:
         return await compute_kpis(
             conn,
@@ -429,7 +451,11 @@ def _set_or_remove(gauge: Gauge, tier: str, value: float | None) -> None:
 class KpiRefresher:
     """Recomputes the KPI gauges for the current month every ``OUTREACH_KPI_INTERVAL_S``."""
 
-    def __init__(self, settings: OutreachSettings, engine: AsyncEngine) -> None:
+    def __init__(
+        self, settings: OutreachSettings, engine: AsyncEngine, *, clock: Clock | None = None
+    ) -> None:
+        """``clock``: the current month, and which suspensions have happened."""
+        self.clock: Clock = clock or WallClock()
         self.settings = settings
         self.engine = engine
         self._stop = asyncio.Event()
@@ -446,7 +472,7 @@ class KpiRefresher:
 
     async def refresh_once(self, *, now: datetime | None = None) -> KpiReport:
         """Compute this month's KPIs, set the gauges, and return them."""
-        now = now or datetime.now(UTC)
+        now = now or self.clock.now()
         async with self.engine.connect() as conn:
             report = await compute_kpis(
                 conn,

@@ -58,7 +58,7 @@ SMS_UNFINISHED_OLDEST = Gauge(
 )
 OPT_OUTS = Counter(
     "churnwatch_outreach_opt_outs_total",
-    "Opt-outs recorded, by source (api, sms_reply)",
+    "Opt-outs recorded, by source (api, sms_reply, call)",
     ["source"],
 )
 
@@ -77,6 +77,12 @@ RETENTION_OUTCOMES = Counter(
 CALL_QUEUE_AGE = Gauge(
     "churnwatch_outreach_call_queue_oldest_seconds",
     "Age of the oldest due call waiting in the queue",
+)
+ESCALATIONS = Counter(
+    "churnwatch_outreach_escalations_total",
+    "VIP pre-suspension reminders escalated: not done OUTREACH_ESCALATION_MARGIN_S before "
+    "the suspension (escalation.py), by tier",
+    ["tier"],
 )
 
 # --- feedback (feedback.py)

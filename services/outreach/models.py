@@ -112,7 +112,8 @@ opt_outs = Table(
     "opt_outs",
     metadata,
     Column("subscriber_id", String(64), primary_key=True),
-    # 'api' (PUT /v1/contacts/{id}/opt-out) or 'sms_reply' (a T/TD reply).
+    # 'api' (PUT /v1/contacts/{id}/opt-out), 'sms_reply' (a T/TD reply) or 'call'
+    # (do_not_contact recorded as a call's outcome).
     Column("source", String(16), nullable=False),
     Column("reason", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),

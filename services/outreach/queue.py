@@ -23,7 +23,7 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
@@ -33,6 +33,7 @@ from services.outreach import metrics, service
 from services.outreach.models import tasks
 from services.outreach.schemas import CallStatus
 from services.outreach.settings import OutreachSettings
+from shared.clock import Clock, WallClock
 from shared.errors import Conflict, NotFound, UnprocessableEntity
 from shared.events import CallOutcome, Channel
 
@@ -46,6 +47,9 @@ WORKING = (CallStatus.ASSIGNED, CallStatus.IN_PROGRESS)
 
 MAX_CALLBACK_AHEAD = timedelta(days=90)
 """The furthest ahead a callback may be booked."""
+
+OPT_OUT_SOURCE = "call"
+"""``opt_outs.source`` of a subscriber who asked on a call not to be contacted."""
 
 
 def in_queue(queue: str, *, general_queue: str | None) -> ColumnElement[bool]:
@@ -226,6 +230,7 @@ async def record_outcome(
     callback_at: datetime | None,
     note: str | None,
     now: datetime,
+    offer: str | None = None,
 ) -> dict[str, Any]:
     """Record a claimed call's outcome; return the task.
 
@@ -233,11 +238,15 @@ async def record_outcome(
     any other outcome completes it. Only the agent who claimed the call, and
     only while it is ``assigned`` or ``in_progress`` (else 409). Both are
     audited and published (a completion by ``transition``, as a final state;
-    a callback here).
+    a callback here). ``do_not_contact`` also puts the subscriber on the
+    do-not-contact list, in the same transaction; ``offer`` (which offer was
+    accepted) is kept in the audit reason.
     """
     task = await _locked_call(conn, task_id)
     _refuse(task, agent_id, WORKING, "record an outcome of")
     suffix = f": {note}" if note else ""
+    if offer is not None:
+        suffix = f" (offer {offer}){suffix}"
     if outcome is CallOutcome.CALLBACK:
         assert callback_at is not None  # OutcomeRequest checks it
         if callback_at <= now or callback_at > now + MAX_CALLBACK_AHEAD:
@@ -284,6 +293,16 @@ async def record_outcome(
         )
         metrics.CALLS.labels("completed", outcome.value).inc()
         metrics.RETENTION_OUTCOMES.labels(task["tier"], outcome.value).inc()
+        if outcome is CallOutcome.DO_NOT_CONTACT:
+            created, _, cancelled = await service.opt_out(
+                conn,
+                subscriber_id=task["subscriber_id"],
+                source=OPT_OUT_SOURCE,
+                reason=f"asked on a call ({agent_id})",
+                now=now,
+            )
+            metrics.OPT_OUTS.labels(OPT_OUT_SOURCE).inc(int(created))
+            metrics.SMS_SUPPRESSED.labels("opted_out").inc(cancelled)
     return await _reread(conn, task_id)
 
 
@@ -374,7 +393,11 @@ class KeeperPass:
 class QueueKeeper:
     """Returns timed-out claims to their queue and expires overdue calls, periodically."""
 
-    def __init__(self, settings: OutreachSettings, engine: AsyncEngine) -> None:
+    def __init__(
+        self, settings: OutreachSettings, engine: AsyncEngine, *, clock: Clock | None = None
+    ) -> None:
+        """``clock``: what is overdue (default: the wall clock)."""
+        self.clock: Clock = clock or WallClock()
         self.settings = settings
         self.engine = engine
         self._stop = asyncio.Event()
@@ -395,7 +418,7 @@ class QueueKeeper:
         ``now`` (default: the clock) decides what timed out and what is overdue:
         tests pass a later time to act as if it had come.
         """
-        now = now or datetime.now(UTC)
+        now = now or self.clock.now()
         self.passes += 1
         async with self.engine.begin() as conn:
             requeued = await requeue_timed_out(

@@ -38,7 +38,7 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -47,6 +47,7 @@ from services.outreach import metrics, service
 from services.outreach.schemas import SmsStatus
 from services.outreach.settings import OutreachSettings
 from services.outreach.sms import ProviderError, ProviderStatus, SmsClient
+from shared.clock import Clock, WallClock
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,16 @@ class Answer:
 class Reconciler:
     """Asks the provider about SMS without a final state, periodically, until stopped."""
 
-    def __init__(self, settings: OutreachSettings, engine: AsyncEngine, sms: SmsClient) -> None:
+    def __init__(
+        self,
+        settings: OutreachSettings,
+        engine: AsyncEngine,
+        sms: SmsClient,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        """``clock``: what is due and past its deadline (default: the wall clock)."""
+        self.clock: Clock = clock or WallClock()
         self.settings = settings
         self.engine = engine
         self.sms = sms
@@ -121,7 +131,7 @@ class Reconciler:
         ``now`` (default: the clock) decides what is due and what is past its
         deadline: tests pass a later time to act as if it had come.
         """
-        now = now or datetime.now(UTC)
+        now = now or self.clock.now()
         self.passes += 1
         async with self.engine.begin() as conn:
             due = await service.lock_unfinished_sms(
@@ -235,7 +245,7 @@ class Reconciler:
         else:
             why = f"the provider still says {found.state}"
         reason = f"no final state within {self.deadline.total_seconds():g} s: {why}"
-        now = datetime.now(UTC)
+        now = self.clock.now()
         if not await service.transition(
             conn,
             task_id=task_id,

@@ -251,6 +251,13 @@ class OutcomeRequest(_Body):
         "task's due_at, at most 90 days ahead).",
     )
     note: Text | None = Field(default=None, description="Kept in the audit trail.")
+    offer: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="For offer_accepted: which offer (kept in the audit trail and published).",
+    )
 
     @model_validator(mode="after")
     def _callback_time(self) -> Self:
@@ -258,6 +265,8 @@ class OutcomeRequest(_Body):
             raise ValueError("a callback needs callback_at")
         if self.outcome is not CallOutcome.CALLBACK and self.callback_at is not None:
             raise ValueError("callback_at is only for the callback outcome")
+        if self.offer is not None and self.outcome is not CallOutcome.OFFER_ACCEPTED:
+            raise ValueError("offer is only for the offer_accepted outcome")
         return self
 
 
@@ -333,6 +342,6 @@ class ContactOut(BaseModel):
 
     subscriber_id: str
     opted_out: bool = Field(description="On the do-not-contact list: no marketing SMS.")
-    source: str | None = Field(description="api or sms_reply; null if not opted out.")
+    source: str | None = Field(description="api, sms_reply or call; null if not opted out.")
     reason: str | None
     opted_out_at: datetime | None

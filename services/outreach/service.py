@@ -1180,6 +1180,12 @@ async def cancel_task(
     return dict(after._mapping)
 
 
+async def newest_task_time(conn: AsyncConnection) -> datetime | None:
+    """The newest task's ``created_at`` (where a replay's stream clock goes on from)."""
+    newest: datetime | None = await conn.scalar(select(func.max(tasks.c.created_at)))
+    return newest
+
+
 async def count_queued_calls(conn: AsyncConnection) -> int:
     """How many call tasks wait in the queue."""
     return int(

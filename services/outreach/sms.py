@@ -36,6 +36,7 @@ from services.outreach import metrics, policy, service
 from services.outreach.schemas import SmsStatus
 from services.outreach.settings import OutreachSettings
 from services.outreach.templates import check_templates, render
+from shared.clock import Clock, WallClock
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,16 @@ _BACKOFF_STATE = Retrying()  # only a holder for RetryCallState; never runs anyt
 class Dispatcher:
     """Claims due SMS tasks, applies the contact policy, sends them, until stopped."""
 
-    def __init__(self, settings: OutreachSettings, engine: AsyncEngine, sms: SmsClient) -> None:
+    def __init__(
+        self,
+        settings: OutreachSettings,
+        engine: AsyncEngine,
+        sms: SmsClient,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        """``clock``: what is due, and the times recorded (default: the wall clock)."""
+        self.clock: Clock = clock or WallClock()
         # Templates are checked here, when the service starts, not when the first
         # SMS with a typo is due at night.
         check_templates()
@@ -287,7 +297,7 @@ class Dispatcher:
         ``now`` (default: the clock) decides what is due and what the contact
         policy allows: tests pass another time to act as if it had come.
         """
-        now = now or datetime.now(UTC)
+        now = now or self.clock.now()
         self.passes += 1
         claimed, due = await self._claim(now)
         semaphore = asyncio.Semaphore(self.concurrency)
@@ -414,7 +424,7 @@ class Dispatcher:
             message_id = await self.sms.send(
                 to=task["phone"], text=text, idempotency_key=str(task_id)
             )
-            sent_at = datetime.now(UTC)
+            sent_at = self.clock.now()
             outcome = {
                 "to_status": SmsStatus.SENT,
                 "reason": "provider accepted",
@@ -435,7 +445,7 @@ class Dispatcher:
                     "reason": f"{exc}; attempt {attempts} of {self.settings.sms_max_attempts}, "
                     f"next in {delay:.1f}s",
                     "last_error": str(exc),
-                    "next_attempt_at": datetime.now(UTC) + timedelta(seconds=delay),
+                    "next_attempt_at": self.clock.now() + timedelta(seconds=delay),
                 }
                 metrics.SMS.labels(kind, "retry").inc()
             else:
@@ -455,7 +465,7 @@ class Dispatcher:
                 to_status=to_status,
                 actor=service.DISPATCHER,
                 reason=reason,
-                now=datetime.now(UTC),
+                now=self.clock.now(),
                 **outcome,
             )
         if not recorded:

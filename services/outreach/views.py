@@ -7,7 +7,7 @@ documents them in the OpenAPI document at ``/openapi.json``.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.outreach import metrics, service
+from services.outreach.deps import get_clock
 from services.outreach.queue import claim_call, queued_calls, record_outcome, start_call
 from services.outreach.schemas import (
     AgentRequest,
@@ -174,7 +175,7 @@ async def create_task(
     """Make a task by hand (an SMS to send or a call to queue); 201 when new, 200 on a replay."""
     async with _engine(request).begin() as conn:
         row, created = await service.create_manual_task(
-            conn, body=body, client_key=idempotency_key, now=datetime.now(UTC)
+            conn, body=body, client_key=idempotency_key, now=get_clock(request).now()
         )
     if created:
         metrics.TASKS_STORED.labels(row["kind"], row["channel"]).inc()
@@ -217,7 +218,11 @@ async def cancel_task(task_id: TaskId, body: CancelRequest, request: Request) ->
     """Cancel a task, recording who and why; 409 if it is final or cannot be stopped."""
     async with _engine(request).begin() as conn:
         row = await service.cancel_task(
-            conn, task_id=task_id, actor=body.actor, reason=body.reason, now=datetime.now(UTC)
+            conn,
+            task_id=task_id,
+            actor=body.actor,
+            reason=body.reason,
+            now=get_clock(request).now(),
         )
     if row["channel"] == Channel.CALL.value:
         metrics.CALLS.labels("cancelled", "").inc()
@@ -260,7 +265,7 @@ async def claim(
             conn,
             queue=queue,
             agent_id=body.agent_id,
-            now=datetime.now(UTC),
+            now=get_clock(request).now(),
             general_queue=_settings(request).outreach_general_queue,
         )
     if row is None:
@@ -283,7 +288,9 @@ async def claim(
 async def start(task_id: TaskId, body: AgentRequest, request: Request) -> TaskOut:
     """``assigned → in_progress``, by the agent who claimed the call."""
     async with _engine(request).begin() as conn:
-        row = await start_call(conn, task_id=task_id, agent_id=body.agent_id, now=datetime.now(UTC))
+        row = await start_call(
+            conn, task_id=task_id, agent_id=body.agent_id, now=get_clock(request).now()
+        )
     return TaskOut.model_validate(_task_out(row))
 
 
@@ -305,7 +312,8 @@ async def outcome(task_id: TaskId, body: OutcomeRequest, request: Request) -> Ta
             outcome=body.outcome,
             callback_at=body.callback_at,
             note=body.note,
-            now=datetime.now(UTC),
+            offer=body.offer,
+            now=get_clock(request).now(),
         )
     return TaskOut.model_validate(_task_out(row))
 
@@ -335,7 +343,7 @@ async def call_queue(
             conn,
             account_manager_id=account_manager_id,
             queue=queue,
-            now=datetime.now(UTC),
+            now=get_clock(request).now(),
             limit=limit,
             general_queue=_settings(request).outreach_general_queue,
         )

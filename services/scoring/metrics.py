@@ -46,7 +46,8 @@ CHECKPOINTS = Counter("churnwatch_scoring_checkpoints_total", "Model checkpoints
 OUTCOMES = Counter(
     "churnwatch_scoring_outcomes_total",
     "Task outcomes read from the outcomes topic, by outcome (retained, offer_accepted, "
-    "not_interested, unreachable, callback, won_back, none, other) and result "
+    "not_interested, unreachable, callback, reached, complaint_raised, do_not_contact, "
+    "won_back, none, other) and result "
     "(censored: an intervention; recorded; duplicate)",
     ["outcome", "result"],
 )

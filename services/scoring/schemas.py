@@ -10,6 +10,16 @@ from pydantic import BaseModel, Field
 
 from shared.events import ScoreReason
 
+TREND_POINTS = 30
+"""Most daily snapshots ``GET /v1/subscribers/{id}/risk`` returns in ``trend``."""
+
+
+class TrendPoint(BaseModel):
+    """One point of a subscriber's risk over time."""
+
+    at: datetime = Field(description="Event time of the score.")
+    score: float = Field(ge=0, le=1)
+
 
 class RiskOut(BaseModel):
     """A subscriber's latest churn risk, why, and from which inputs."""
@@ -24,6 +34,11 @@ class RiskOut(BaseModel):
     cause_event_id: uuid.UUID
     event_time: datetime
     scored_at: datetime
+    trend: list[TrendPoint] = Field(
+        default_factory=list,
+        description="Recent scores, oldest first: the daily snapshots still held (newest "
+        f"{TREND_POINTS} at most) and the current score last.",
+    )
 
 
 class CheckpointOut(BaseModel):

@@ -114,6 +114,24 @@ async def take_snapshots(
     }
 
 
+async def recent_scores(
+    conn: AsyncConnection, *, subscriber_id: str, limit: int
+) -> list[tuple[float, float]]:
+    """The subscriber's newest ``limit`` snapshots as ``(taken_at, predicted)``, oldest first.
+
+    Snapshots are taken daily (``SCORING_SNAPSHOT_INTERVAL_HOURS``) and deleted
+    once labelled, so these are the last weeks' scores; ``taken_at`` is epoch
+    seconds of event time.
+    """
+    rows = await conn.execute(
+        select(snapshots.c.taken_at, snapshots.c.predicted)
+        .where(snapshots.c.subscriber_id == subscriber_id)
+        .order_by(snapshots.c.taken_at.desc())
+        .limit(limit)
+    )
+    return [(float(r.taken_at), float(r.predicted)) for r in rows][::-1]
+
+
 async def get_state(conn: AsyncConnection, *, subscriber_id: str) -> dict[str, Any] | None:
     """One subscriber's feature state (with its latest score), or None."""
     return await conn.scalar(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter, Request
 
 from services.scoring import service
 from services.scoring.features import vector
-from services.scoring.schemas import CheckpointOut, ModelOut, RiskOut
+from services.scoring.schemas import TREND_POINTS, CheckpointOut, ModelOut, RiskOut, TrendPoint
 from shared.auth import require_scope
 from shared.errors import NotFound
 from shared.events import ScoreReason
@@ -17,12 +19,21 @@ router = APIRouter(prefix="/v1", tags=["risk"], dependencies=[require_scope("sco
 
 @router.get("/subscribers/{subscriber_id}/risk", response_model=RiskOut)
 async def get_risk(subscriber_id: str, request: Request) -> RiskOut:
-    """The subscriber's latest churn risk: score, band, reasons, model version, inputs."""
+    """The subscriber's latest churn risk: score, band, reasons, model version, inputs, trend."""
     async with request.app.state.runtime.engine.connect() as conn:
         state = await service.get_state(conn, subscriber_id=subscriber_id)
-    if state is None or "scored" not in state:
-        raise NotFound("no score for this subscriber")
+        if state is None or "scored" not in state:
+            raise NotFound("no score for this subscriber")
+        daily = await service.recent_scores(conn, subscriber_id=subscriber_id, limit=TREND_POINTS)
     scored = state["scored"]
+    # The current score ends the trend (a snapshot of the same moment gives way to it).
+    current = TrendPoint(at=scored["event_time"], score=scored["score"])
+    trend = [
+        point
+        for point in (TrendPoint(at=datetime.fromtimestamp(at, UTC), score=p) for at, p in daily)
+        if point.at < current.at
+    ]
+    trend.append(current)
     # Inputs are recomputed from the stored state (the state that gave the score);
     # reasons come from the model in use now.
     x = vector(state)
@@ -34,6 +45,7 @@ async def get_risk(subscriber_id: str, request: Request) -> RiskOut:
         subscriber_id=subscriber_id,
         features=x,
         reasons=reasons,
+        trend=trend,
         **{
             k: scored[k]
             for k in (
