@@ -10,7 +10,7 @@ the replayed day. It never goes backwards.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
 ClockKind = Literal["wall", "stream"]
@@ -33,6 +33,10 @@ class WallClock:
         return datetime.now(UTC)
 
 
+MAX_AHEAD = timedelta(hours=1)
+"""A stream time further ahead of the wall clock than this is a bad timestamp, not time."""
+
+
 class StreamClock:
     """The newest event time observed; before any, the ``start`` it was given (or the epoch)."""
 
@@ -40,8 +44,14 @@ class StreamClock:
         self._now = start or datetime(1970, 1, 1, tzinfo=UTC)
 
     def observe(self, at: datetime) -> None:
-        """An event of time ``at`` was consumed: time moves to it if it is newer."""
-        if at > self._now:
+        """An event of time ``at`` was consumed: time moves to it if it is newer.
+
+        A replayed past is never ahead of the wall clock (ingest refuses events
+        more than an hour ahead), so a time further ahead than ``MAX_AHEAD`` is a
+        bad timestamp and is ignored: one task stamped in 2031 must not make
+        every deadline until then pass.
+        """
+        if self._now < at <= datetime.now(UTC) + MAX_AHEAD:
             self._now = at
 
     def now(self) -> datetime:

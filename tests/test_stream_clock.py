@@ -115,3 +115,22 @@ async def test_the_stream_clock_never_goes_back() -> None:
     assert clock.now() == t0
     clock.observe(t0 + timedelta(hours=1))
     assert clock.now() == t0 + timedelta(hours=1)
+    # A task stamped years ahead is a bad timestamp: time does not jump to it.
+    clock.observe(datetime.now(UTC) + timedelta(days=365 * 5))
+    assert clock.now() == t0 + timedelta(hours=1)
+
+
+async def test_a_restarted_replay_goes_on_from_its_newest_task_not_a_future_one(
+    replay: OutreachApi,
+) -> None:
+    from services.outreach.service import newest_task_time
+
+    now = datetime.now(UTC)
+    recent = reminder_call(f"am:AM-{uuid.uuid4().hex[:10]}", now, subscriber_id=sid())
+    future = reminder_call(
+        f"am:AM-{uuid.uuid4().hex[:10]}", now + timedelta(days=2000), subscriber_id=sid()
+    )
+    await replay.store(recent, future)
+    async with replay.engine.connect() as conn:
+        newest = await newest_task_time(conn, not_after=now + timedelta(hours=1))
+    assert newest is not None and now <= newest <= now + timedelta(hours=1)

@@ -616,6 +616,13 @@ async def test_oversize_and_non_form_bodies_are_refused(bench: Bench) -> None:
             data={"csrf_token": csrf, "outcome": "reached", "note": "x" * MAX_FORM_BYTES},
         )
         assert big.status_code == 413 and "too large" in big.text
+        # Over the service's own 1 MiB limit too: still the page, not the API's JSON.
+        huge = await client.post(
+            f"/ui/tasks/{task.task_id}/outcome",
+            data={"csrf_token": csrf, "outcome": "reached", "note": "x" * (2 * 1024 * 1024)},
+        )
+        assert huge.status_code == 413 and "text/html" in huge.headers["content-type"]
+        assert "too large" in huge.text
         as_json = await client.post(
             f"/ui/tasks/{task.task_id}/outcome", json={"csrf_token": csrf, "outcome": "reached"}
         )

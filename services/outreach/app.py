@@ -25,7 +25,7 @@ from services.outreach.templates import check_templates
 from services.outreach.views import router
 from services.outreach.workbench import install_workbench
 from shared.auth import auth_responses, install_auth, require_scope
-from shared.clock import StreamClock, make_clock
+from shared.clock import MAX_AHEAD, StreamClock, WallClock, make_clock
 from shared.crypto import use_phone_keyring
 from shared.errors import install_error_handlers
 from shared.health import health_router
@@ -60,7 +60,7 @@ def create_app(settings: OutreachSettings) -> FastAPI:
         if isinstance(clock, StreamClock):
             # A restarted replay goes on from the newest task it had stored.
             async with runtime.engine.connect() as conn:
-                newest = await newest_task_time(conn)
+                newest = await newest_task_time(conn, not_after=WallClock().now() + MAX_AHEAD)
             if newest is not None:
                 clock.observe(newest)
         async with httpx.AsyncClient(

@@ -1180,9 +1180,11 @@ async def cancel_task(
     return dict(after._mapping)
 
 
-async def newest_task_time(conn: AsyncConnection) -> datetime | None:
-    """The newest task's ``created_at`` (where a replay's stream clock goes on from)."""
-    newest: datetime | None = await conn.scalar(select(func.max(tasks.c.created_at)))
+async def newest_task_time(conn: AsyncConnection, *, not_after: datetime) -> datetime | None:
+    """The newest task's ``created_at`` up to ``not_after`` (a replay's clock goes on from it)."""
+    newest: datetime | None = await conn.scalar(
+        select(func.max(tasks.c.created_at)).where(tasks.c.created_at <= not_after)
+    )
     return newest
 
 

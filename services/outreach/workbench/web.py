@@ -20,7 +20,10 @@ from urllib.parse import parse_qs, quote
 from fastapi import FastAPI, Request
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.datastructures import Headers
 from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from services.outreach.settings import OutreachSettings
 from services.outreach.workbench import i18n
@@ -314,8 +317,31 @@ def error_page(request: Request, exc: PageError) -> HTMLResponse:
     )
 
 
+class FormSizeLimit:
+    """Answers a workbench POST declared over ``MAX_FORM_BYTES`` with the HTML 413 page.
+
+    Outside the service's own body limit (``shared.errors.BodyLimitMiddleware``,
+    1 MiB, which answers API clients with the JSON error body): a person who
+    pastes a whole document into a note gets a page in their language, not JSON.
+    Bodies without a declared length are counted by ``read_form``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI call."""
+        if scope["type"] == "http" and scope["path"].startswith("/ui/"):
+            declared = Headers(scope=scope).get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+                page = error_page(Request(scope), PageError(413, "error_413"))
+                await page(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def install_handlers(app: FastAPI) -> None:
-    """Error pages and the sign-in redirect for the workbench's exceptions."""
+    """Error pages, the sign-in redirect, and the form size limit of the workbench."""
 
     async def _page_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, PageError)
@@ -327,6 +353,7 @@ def install_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(PageError, _page_error)
     app.add_exception_handler(NeedSignIn, _sign_in)
+    app.add_middleware(FormSizeLimit)
 
 
 def first(values: Mapping[str, str], key: str) -> str:
