@@ -7,6 +7,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
 from services.scoring.batch import run_in_memory
@@ -383,3 +384,35 @@ def test_non_churns_are_learnt_from_their_horizon_once_its_labels_mature() -> No
     assert (model.labels_seen, model.positives_seen) == (2, 1)
     restored = ChurnModel.loads(ModelParams(), model.dumps())
     assert restored.horizon_labels_since == model.horizon_labels_since
+
+
+def test_a_cached_state_costs_its_json_size_not_a_serializer_buffer() -> None:
+    """The state cache holds each state as JSON bytes of the state's own size.
+
+    orjson hands back its whole write buffer (about 8 KB) as the bytes object;
+    kept as is, that buffer was most of scoring's memory per tracked subscriber
+    (5.8 KB, docs/performance.md).
+    """
+    import tracemalloc
+
+    from services.scoring.consumer import ScoringHandler
+    from services.scoring.settings import ScoringSettings
+    from shared.topics import Topics
+
+    settings = ScoringSettings(scoring_state_cache_size=10_000)
+    handler = ScoringHandler(settings, Topics(settings.kafka_topic_prefix))
+    state = new_state()
+    for e in calls("S-cache", n=20, competitor=True, days_ago=3):
+        apply_event(state, parse_event(e, check_clock=False))
+    size = len(orjson.dumps(state))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for n in range(2_000):
+            handler._remember(f"S-{n:06d}", 0, state, 1)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    per_state = sum(s.size_diff for s in after.compare_to(before, "filename")) / 2_000
+    # The JSON, the cache entry and its key: well under the serializer's 8 KB buffer.
+    assert per_state < size + 600, (per_state, size)
