@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from services.outreach.workbench import Role, ensure_person
-from shared.db import create_engine
-from shared.settings import BaseServiceSettings
+from shared.db import in_transaction
 
 LEAD = "lead"
 """The demo team lead's sign-in name."""
@@ -47,36 +48,31 @@ def _password(path: Path) -> str:
     return password
 
 
-async def _ensure(database_url: str, manager_ids: list[str], password: str) -> None:
-    engine = create_engine(BaseServiceSettings(database_url=database_url))
+async def _ensure(conn: AsyncConnection, manager_ids: list[str], password: str) -> None:
     now = datetime.now(UTC)
-    try:
-        async with engine.begin() as conn:
-            await ensure_person(
-                conn,
-                person_id=LEAD,
-                password=password,
-                role=Role.TEAM_LEAD,
-                now=now,
-                display_name="Team lead (demo)",
-            )
-            for manager_id in manager_ids:
-                await ensure_person(
-                    conn,
-                    person_id=person_for(manager_id),
-                    password=password,
-                    role=Role.MANAGER,
-                    now=now,
-                    display_name=f"Account manager {manager_id} (demo)",
-                    manager_id=manager_id,
-                    team_lead_id=LEAD,
-                )
-    finally:
-        await engine.dispose()
+    await ensure_person(
+        conn,
+        person_id=LEAD,
+        password=password,
+        role=Role.TEAM_LEAD,
+        now=now,
+        display_name="Team lead (demo)",
+    )
+    for manager_id in manager_ids:
+        await ensure_person(
+            conn,
+            person_id=person_for(manager_id),
+            password=password,
+            role=Role.MANAGER,
+            now=now,
+            display_name=f"Account manager {manager_id} (demo)",
+            manager_id=manager_id,
+            team_lead_id=LEAD,
+        )
 
 
 def ensure_demo_accounts(database_url: str, manager_ids: list[str], data_dir: Path) -> DemoAccounts:
     """Create the demo accounts that do not exist yet; return how to sign in."""
     password = _password(data_dir / "workbench-demo-password")
-    asyncio.run(_ensure(database_url, manager_ids, password))
+    asyncio.run(in_transaction(database_url, lambda conn: _ensure(conn, manager_ids, password)))
     return DemoAccounts(LEAD, [person_for(m) for m in manager_ids], password)

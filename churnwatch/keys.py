@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from shared.auth import SCOPES, ApiKey, create_key, get_key, key_matches, list_keys, revoke_key
-from shared.db import create_engine
+from shared.db import in_transaction
 from shared.settings import BaseServiceSettings
 
 console = Console()
@@ -37,39 +37,26 @@ DEV_KEY_NAME = "dev (churnwatch up)"
 
 
 async def _create(database_url: str, name: str, scopes: list[str]) -> tuple[ApiKey, str]:
-    engine = create_engine(BaseServiceSettings(database_url=database_url))
-    try:
-        async with engine.begin() as conn:
-            return await create_key(conn, name=name, scopes=scopes, now=datetime.now(UTC))
-    finally:
-        await engine.dispose()
+    return await in_transaction(
+        database_url,
+        lambda conn: create_key(conn, name=name, scopes=scopes, now=datetime.now(UTC)),
+    )
 
 
 async def _list(database_url: str, include_revoked: bool) -> list[ApiKey]:
-    engine = create_engine(BaseServiceSettings(database_url=database_url))
-    try:
-        async with engine.connect() as conn:
-            return await list_keys(conn, include_revoked=include_revoked)
-    finally:
-        await engine.dispose()
+    return await in_transaction(
+        database_url, lambda conn: list_keys(conn, include_revoked=include_revoked)
+    )
 
 
 async def _revoke(database_url: str, key_id: str) -> bool:
-    engine = create_engine(BaseServiceSettings(database_url=database_url))
-    try:
-        async with engine.begin() as conn:
-            return await revoke_key(conn, key_id=key_id, now=datetime.now(UTC))
-    finally:
-        await engine.dispose()
+    return await in_transaction(
+        database_url, lambda conn: revoke_key(conn, key_id=key_id, now=datetime.now(UTC))
+    )
 
 
 async def _valid(database_url: str, token: str) -> bool:
-    engine = create_engine(BaseServiceSettings(database_url=database_url))
-    try:
-        async with engine.connect() as conn:
-            key = await get_key(conn, key_id=token[3:15])
-    finally:
-        await engine.dispose()
+    key = await in_transaction(database_url, lambda conn: get_key(conn, key_id=token[3:15]))
     return key is not None and key_matches(key, token) and key.scopes == frozenset(SCOPES)
 
 

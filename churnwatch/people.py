@@ -10,34 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.outreach.workbench.accounts import Person, Role, create_person, list_people, unlock
-from shared.db import create_engine
+from shared.db import in_transaction
 from shared.settings import BaseServiceSettings
 
 console = Console()
 
 people_app = typer.Typer(help="People who sign in to the workbench (/ui).", no_args_is_help=True)
-
-T = TypeVar("T")
-
-
-async def _in_transaction(
-    database_url: str, work: Callable[[AsyncConnection], Coroutine[Any, Any, T]]
-) -> T:
-    engine = create_engine(BaseServiceSettings(database_url=database_url))
-    try:
-        async with engine.begin() as conn:
-            return await work(conn)
-    finally:
-        await engine.dispose()
 
 
 def _database_url() -> str:
@@ -90,7 +76,7 @@ def create(
         )
 
     try:
-        person = asyncio.run(_in_transaction(_database_url(), work))
+        person = asyncio.run(in_transaction(_database_url(), work))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     console.print(f"created {person.person_id} ({person.role.value})")
@@ -100,7 +86,7 @@ def create(
 def list_() -> None:
     """List the people (tab-separated, with a header line); never the password hashes."""
     print("person_id\tname\trole\tmanager_id\tteam_lead\tlocked_until\tdisabled")
-    for p in asyncio.run(_in_transaction(_database_url(), list_people)):
+    for p in asyncio.run(in_transaction(_database_url(), list_people)):
         fields = (
             p.person_id,
             p.display_name,
@@ -121,7 +107,7 @@ def unlock_(person_id: Annotated[str, typer.Argument(help="The sign-in name.")])
     async def work(conn: AsyncConnection) -> bool:
         return await unlock(conn, person_id=person_id, now=now)
 
-    if not asyncio.run(_in_transaction(_database_url(), work)):
+    if not asyncio.run(in_transaction(_database_url(), work)):
         console.print(f"no person {person_id!r}")
         raise typer.Exit(1)
     console.print(f"unlocked {person_id}")

@@ -59,6 +59,6 @@ class StreamClock:
         return self._now
 
 
-def make_clock(kind: ClockKind, *, start: datetime | None = None) -> WallClock | StreamClock:
+def make_clock(kind: ClockKind) -> WallClock | StreamClock:
     """The clock a setting names."""
-    return StreamClock(start) if kind == "stream" else WallClock()
+    return StreamClock() if kind == "stream" else WallClock()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ssl
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -70,6 +70,19 @@ def create_engine(settings: BaseServiceSettings) -> AsyncEngine:
         json_serializer=lambda obj: orjson.dumps(obj).decode(),
         json_deserializer=orjson.loads,
     )
+
+
+async def in_transaction(database_url: str, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run ``work`` in one transaction on a short-lived engine (the command-line tools).
+
+    The engine is disposed of afterwards, so a command leaves no connection open.
+    """
+    engine = create_engine(BaseServiceSettings(database_url=database_url))
+    try:
+        async with engine.begin() as conn:
+            return await work(conn)
+    finally:
+        await engine.dispose()
 
 
 async def ping(engine: AsyncEngine) -> bool:

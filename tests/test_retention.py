@@ -18,8 +18,9 @@ from services.alerting.app import create_app as alerting_app
 from services.alerting.models import processed_messages
 from services.alerting.settings import AlertingSettings
 from services.outreach.app import create_app as outreach_app
-from services.outreach.models import outbox
+from services.outreach.models import outbox, web_sessions
 from services.outreach.settings import OutreachSettings
+from services.outreach.workbench import create_person
 from services.scoring.app import create_app as scoring_app
 from services.scoring.models import processed_events
 from services.scoring.settings import ScoringSettings
@@ -83,6 +84,37 @@ async def test_outreach_purges_only_published_outbox_rows(env: dict[str, Any]) -
     assert ids["published_old"] not in left
     assert {ids["published_recent"], ids["unpublished_old"]} <= left
     assert PURGED.labels("outreach.outbox")._value.get() >= before + 1
+
+
+async def test_outreach_purges_long_expired_workbench_sessions(env: dict[str, Any]) -> None:
+    app = outreach_app(OutreachSettings(**env))
+    engine = app.state.runtime.engine
+    person = f"p-{uuid.uuid4().hex[:10]}"
+    tokens = {"expired_old": OLD, "expired_recent": RECENT, "live": NOW + timedelta(hours=8)}
+    async with engine.begin() as conn:
+        await create_person(conn, person_id=person, password="a-long-pass", role="admin", now=NOW)
+        for token, expires_at in tokens.items():
+            await conn.execute(
+                web_sessions.insert().values(
+                    token_hash=f"{person}-{token}",
+                    person_id=person,
+                    csrf_token="x",
+                    created_at=OLD,
+                    last_seen_at=OLD,
+                    expires_at=expires_at,
+                )
+            )
+    await app.state.purger.run_once()
+    async with engine.connect() as conn:
+        left = set(
+            (
+                await conn.execute(
+                    select(web_sessions.c.token_hash).where(web_sessions.c.person_id == person)
+                )
+            ).scalars()
+        )
+    await engine.dispose()
+    assert left == {f"{person}-expired_recent", f"{person}-live"}
 
 
 async def test_purge_works_through_a_backlog_in_batches(env: dict[str, Any]) -> None:

@@ -664,14 +664,22 @@ async def test_card_shows_history_script_and_reveals_the_phone_audited(bench: Be
 
 
 async def test_card_uses_the_directory_when_there_is_one(bench: Bench) -> None:
-    from services.outreach.directory import ActivityView, ReasonView, RiskView
+    from services.outreach.directory import (
+        ActivityView,
+        ReasonView,
+        RiskView,
+        SubscriberDirectory,
+    )
 
     manager = await bench.person()
     task = bench.retention(manager)
     await bench.store(task)
     now = bench.clock.now()
 
-    class Directory:
+    class Directory(SubscriberDirectory):
+        def __init__(self) -> None:
+            super().__init__(scoring=None, alerting=None)
+
         async def risk(self, subscriber_id: str) -> RiskView | None:
             return RiskView(
                 score=0.82,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,7 +24,8 @@ import pytest
 import pytest_asyncio
 import uvicorn
 
-from services.outreach.directory import ActivityView, ReasonView, RiskView
+from churnwatch.embedded import free_port
+from services.outreach.directory import ActivityView, ReasonView, RiskView, SubscriberDirectory
 from services.outreach.settings import OutreachSettings
 from services.outreach.workbench.accounts import Person, Role
 from tests.conftest import Stack, fresh_env
@@ -62,18 +62,11 @@ if SHOTS:
     Path(SHOTS).mkdir(parents=True, exist_ok=True)
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class FakeDirectory:
+class FakeDirectory(SubscriberDirectory):
     """Scoring's and alerting's answers for the card (risk trend, recent activity)."""
 
     def __init__(self, bench: Bench) -> None:
+        super().__init__(scoring=None, alerting=None)
         self.bench = bench
 
     async def risk(self, subscriber_id: str) -> RiskView | None:

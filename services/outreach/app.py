@@ -15,7 +15,7 @@ from services.outreach.directory import SubscriberDirectory
 from services.outreach.escalation import Escalator
 from services.outreach.feedback import KpiRefresher, Relay
 from services.outreach.feedback import router as feedback_router
-from services.outreach.models import outbox
+from services.outreach.models import outbox, web_sessions
 from services.outreach.queue import QueueKeeper
 from services.outreach.reconcile import Reconciler
 from services.outreach.service import encrypt_plain_phones, newest_task_time
@@ -42,9 +42,10 @@ def create_app(settings: OutreachSettings) -> FastAPI:
     use_phone_keyring(settings.phone_keyring())
     runtime = ServiceRuntime(settings, "outreach")
     # Published outbox rows only: an unpublished one is a message still to hand on.
+    # Workbench sessions long expired (a live one is dropped when next presented).
     purger = Purger(
         runtime.engine,
-        [PurgeRule(outbox, "published_at")],
+        [PurgeRule(outbox, "published_at"), PurgeRule(web_sessions, "expires_at")],
         days=settings.retention_days,
         interval_s=settings.retention_interval_s,
     )
@@ -86,10 +87,8 @@ def create_app(settings: OutreachSettings) -> FastAPI:
             keeper = QueueKeeper(settings, runtime.engine, clock=clock)
             kpis = KpiRefresher(settings, runtime.engine, clock=clock)
             app.state.relay, app.state.keeper, app.state.kpis = relay, keeper, kpis
-            # VIP reminders not done in time (escalation.py), on the app's clock.
-            escalator = Escalator(
-                settings, runtime.engine, app.state.clock, wake_sms=dispatcher.wakeup.set
-            )
+            # VIP reminders not done in time (escalation.py).
+            escalator = Escalator(settings, runtime.engine, clock, wake_sms=dispatcher.wakeup.set)
             app.state.escalator = escalator
             # Background loops beside the consumer: SMS sending and reconciling, the outbox relay
             # (task outcomes to Kafka), the call queue's timeouts, the KPI gauges.

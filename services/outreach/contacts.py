@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from services.outreach import metrics, policy, service
-from services.outreach.deps import get_clock
+from services.outreach.deps import get_clock, get_engine, get_settings
 from services.outreach.schemas import (
     ContactOut,
     InboundIn,
@@ -29,7 +29,6 @@ from services.outreach.schemas import (
     ReceiptIn,
     ReceiptOut,
 )
-from services.outreach.settings import OutreachSettings
 from shared.auth import auth_responses, require_scope
 from shared.errors import Conflict, ErrorBody, NotFound, PayloadTooLarge, Unauthorized
 
@@ -86,7 +85,7 @@ async def _signed(request: Request, signature: str | None, model: type[M], what:
         raw += chunk
         if len(raw) > MAX_WEBHOOK_BYTES:
             raise PayloadTooLarge(f"{what} body over {MAX_WEBHOOK_BYTES} bytes")
-    settings: OutreachSettings = request.app.state.settings
+    settings = get_settings(request)
     try:
         policy.verify(
             signature,
@@ -132,7 +131,7 @@ async def receipt(request: Request, x_signature: SignatureHeader = None) -> Rece
     body = await _signed(request, x_signature, ReceiptIn, "receipt")
     now = get_clock(request).now()
     at = min(body.at, now) if body.at is not None else now  # never in the future
-    async with request.app.state.runtime.engine.begin() as conn:
+    async with get_engine(request).begin() as conn:
         result, task = await service.apply_receipt(
             conn,
             message_id=body.message_id,
@@ -173,7 +172,7 @@ async def inbound(request: Request, x_signature: SignatureHeader = None) -> Inbo
         return InboundOut(action="ignored", subscribers=0)
     now = get_clock(request).now()
     new = cancelled = 0
-    async with request.app.state.runtime.engine.begin() as conn:
+    async with get_engine(request).begin() as conn:
         subscribers = await service.subscribers_with_phone(conn, phone=body.sender)
         for subscriber_id in subscribers:
             created, _, stopped = await service.opt_out(
@@ -185,19 +184,12 @@ async def inbound(request: Request, x_signature: SignatureHeader = None) -> Inbo
             )
             new += created
             cancelled += stopped
-    _count_opt_out("sms_reply", new, cancelled)
+    metrics.count_opt_out("sms_reply", new, cancelled)
     if not subscribers:
         # The number is not logged (PII); the provider's message id is enough to trace it.
         log.info("opt-out reply from an unknown number", extra={"message_id": body.message_id})
         return InboundOut(action="unknown_sender", subscribers=0)
     return InboundOut(action="opted_out", subscribers=len(subscribers))
-
-
-def _count_opt_out(source: str, new: int, cancelled: int) -> None:
-    if new:
-        metrics.OPT_OUTS.labels(source).inc(new)
-    if cancelled:
-        metrics.SMS_SUPPRESSED.labels("opted_out").inc(cancelled)
 
 
 def _contact(subscriber_id: str, entry: dict[str, Any] | None) -> ContactOut:
@@ -223,7 +215,7 @@ async def get_contact(subscriber_id: SubscriberPath, request: Request) -> Contac
     Any well-formed id answers 200: a subscriber outreach never heard of is
     simply not opted out.
     """
-    async with request.app.state.runtime.engine.connect() as conn:
+    async with get_engine(request).connect() as conn:
         entry = await service.get_opt_out(conn, subscriber_id=subscriber_id)
     return _contact(subscriber_id, entry)
 
@@ -251,7 +243,7 @@ async def put_opt_out(
     Their marketing SMS still waiting to be sent are cancelled; service
     messages (reminders, care) still go.
     """
-    async with request.app.state.runtime.engine.begin() as conn:
+    async with get_engine(request).begin() as conn:
         created, entry, cancelled = await service.opt_out(
             conn,
             subscriber_id=subscriber_id,
@@ -259,7 +251,7 @@ async def put_opt_out(
             reason=body.reason if body else None,
             now=get_clock(request).now(),
         )
-    _count_opt_out("api", int(created), cancelled)
+    metrics.count_opt_out("api", int(created), cancelled)
     response.status_code = 201 if created else 200
     return _contact(subscriber_id, entry)
 
@@ -276,6 +268,6 @@ async def delete_opt_out(subscriber_id: SubscriberPath, request: Request) -> Res
 
     SMS cancelled because of the opt-out stay cancelled.
     """
-    async with request.app.state.runtime.engine.begin() as conn:
+    async with get_engine(request).begin() as conn:
         await service.remove_opt_out(conn, subscriber_id=subscriber_id)
     return Response(status_code=204)

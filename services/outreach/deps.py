@@ -1,16 +1,15 @@
-"""Typed dependencies of outreach's routes (``Annotated`` aliases, one place).
+"""What outreach's routes take from the app: one function each, in one place.
 
-A route names what it needs (``engine: EngineDep``, ``clock: ClockDep``) instead of
-reaching into ``request.app.state``.
+Routes call them with the request (``get_engine(request)``) rather than reaching
+into ``request.app.state`` themselves.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import Depends, Request
+from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.outreach.directory import SubscriberDirectory
 from services.outreach.settings import OutreachSettings
 from shared.clock import Clock
 
@@ -33,6 +32,7 @@ def get_clock(request: Request) -> Clock:
     return clock
 
 
-EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
-SettingsDep = Annotated[OutreachSettings, Depends(get_settings)]
-ClockDep = Annotated[Clock, Depends(get_clock)]
+def get_directory(request: Request) -> SubscriberDirectory | None:
+    """The subscriber card's sources (None when neither scoring's nor alerting's URL is set)."""
+    directory: SubscriberDirectory | None = getattr(request.app.state, "directory", None)
+    return directory

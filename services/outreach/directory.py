@@ -13,7 +13,7 @@ the other services:
 with short timeouts. The card is useful without them: any error, a 404 or a
 service not configured gives None, logged (never with the subscriber's id or
 phone) rather than raised. ``app.state.directory`` holds one for the app's
-life (None when neither URL is set); routes take it with ``DirectoryDep``.
+life (None when neither URL is set); routes take it with ``deps.get_directory``.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ import asyncio
 import logging
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Self
+from typing import Any, Self
 from urllib.parse import quote
 
 import httpx
-from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.outreach.settings import OutreachSettings
@@ -240,12 +239,3 @@ class SubscriberDirectory:
 def _unexpected(service: str) -> None:
     """Log a body that is not what the service's API promises (no values: they are personal)."""
     log.warning("subscriber card: %s sent an unexpected body", service, extra={"service": service})
-
-
-def get_directory(request: Request) -> SubscriberDirectory | None:
-    """The app's directory (None when neither scoring's nor alerting's URL is set)."""
-    directory: SubscriberDirectory | None = getattr(request.app.state, "directory", None)
-    return directory
-
-
-DirectoryDep = Annotated[SubscriberDirectory | None, Depends(get_directory)]

@@ -36,12 +36,12 @@ from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, Query, Request
 from prometheus_client import Gauge
 from pydantic import AfterValidator, BaseModel, Field
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
 from services.outreach import metrics
-from services.outreach.deps import get_clock
+from services.outreach.deps import get_clock, get_engine, get_settings
 from services.outreach.models import outbox, tasks
 from services.outreach.schemas import CallStatus, SmsStatus
 from services.outreach.service import OUTCOMES_TOPIC
@@ -244,6 +244,39 @@ def offer_reached(t: ReadOnlyColumnCollection[str, Any]) -> ColumnElement[bool]:
     )
 
 
+def reminder_notices(*, start: datetime, end: datetime) -> Select[Any]:
+    """VIP stop-notices whose suspension falls in ``[start, end)``, one row per notice.
+
+    A notice is its ``pre_suspension_reminder`` tasks (subscriber, cause event):
+    ``subscriber_id``, ``manager``, ``tier`` (one notice's tasks were made
+    together, from one profile), ``suspension_at``, ``escalated_at``,
+    ``reminded`` (one of its tasks reached the subscriber before the
+    suspension) and ``not_suspended`` (one was ended by a payment or a churn).
+    Callers narrow it with ``.where`` on the tasks' columns.
+    """
+    t = tasks.c
+    return (
+        select(
+            t.subscriber_id,
+            func.min(t.account_manager_id).label("manager"),
+            func.min(t.tier).label("tier"),
+            func.min(t.suspension_at).label("suspension_at"),
+            func.max(t.escalated_at).label("escalated_at"),
+            func.coalesce(func.bool_or(reminded_before_suspension(t)), False).label("reminded"),
+            func.coalesce(func.bool_or(t.end_cause.in_(NOT_SUSPENDED_CAUSES)), False).label(
+                "not_suspended"
+            ),
+        )
+        .where(
+            t.kind == TaskKind.PRE_SUSPENSION_REMINDER.value,
+            t.tier.in_(VIP_TIERS),
+            t.suspension_at >= start,
+            t.suspension_at < end,
+        )
+        .group_by(t.subscriber_id, t.cause_event_id)
+    )
+
+
 async def reminder_counts(
     conn: AsyncConnection, *, start: datetime, end: datetime, now: datetime
 ) -> Counts:
@@ -258,27 +291,7 @@ async def reminder_counts(
     tasks is an SMS delivered before the suspension, or a call completed
     before it with an outcome other than ``unreachable``.
     """
-    t = tasks.c
-    reached_before = reminded_before_suspension(t)
-    notices = (
-        select(
-            # One stop-notice's tasks were made together, from one profile: one tier.
-            func.min(t.tier).label("tier"),
-            func.coalesce(func.bool_or(reached_before), False).label("reminded"),
-            func.coalesce(func.bool_or(t.end_cause.in_(NOT_SUSPENDED_CAUSES)), False).label(
-                "not_suspended"
-            ),
-        )
-        .where(
-            t.kind == TaskKind.PRE_SUSPENSION_REMINDER.value,
-            t.tier.in_(VIP_TIERS),
-            t.suspension_at >= start,
-            t.suspension_at < end,
-            t.suspension_at <= now,
-        )
-        .group_by(t.subscriber_id, t.cause_event_id)
-        .subquery()
-    )
+    notices = reminder_notices(start=start, end=end).where(tasks.c.suspension_at <= now).subquery()
     rows = await conn.execute(
         select(
             notices.c.tier,
@@ -289,6 +302,27 @@ async def reminder_counts(
         .group_by(notices.c.tier)
     )
     return {tier: (int(num), int(den)) for tier, num, den in rows}
+
+
+def win_back_offers(*, start: datetime, end: datetime) -> Select[Any]:
+    """Win-back offers made in ``[start, end)``, one row per offer.
+
+    An offer is one churn's win-back tasks (subscriber, cause event):
+    ``manager``, ``tier``, ``reached`` (one of its tasks reached the subscriber)
+    and ``won`` (one has the outcome ``won_back``). Callers narrow it with
+    ``.where`` on the tasks' columns.
+    """
+    t = tasks.c
+    return (
+        select(
+            func.min(t.account_manager_id).label("manager"),
+            func.min(t.tier).label("tier"),
+            func.coalesce(func.bool_or(offer_reached(t)), False).label("reached"),
+            func.coalesce(func.bool_or(t.outcome == WON_BACK), False).label("won"),
+        )
+        .where(t.kind == TaskKind.WIN_BACK.value, t.created_at >= start, t.created_at < end)
+        .group_by(t.subscriber_id, t.cause_event_id)
+    )
 
 
 async def win_back_counts(conn: AsyncConnection, *, start: datetime, end: datetime) -> Counts:
@@ -302,18 +336,7 @@ async def win_back_counts(conn: AsyncConnection, *, start: datetime, end: dateti
     An offer that never reached the subscriber counts in neither: a
     reactivation before the offer went out is not the offer's doing.
     """
-    t = tasks.c
-    reached = offer_reached(t)
-    offers = (
-        select(
-            func.min(t.tier).label("tier"),
-            func.coalesce(func.bool_or(reached), False).label("reached"),
-            func.coalesce(func.bool_or(t.outcome == WON_BACK), False).label("won"),
-        )
-        .where(t.kind == TaskKind.WIN_BACK.value, t.created_at >= start, t.created_at < end)
-        .group_by(t.subscriber_id, t.cause_event_id)
-        .subquery()
-    )
+    offers = win_back_offers(start=start, end=end).subquery()
     rows = await conn.execute(
         select(offers.c.tier, func.count().filter(offers.c.won), func.count())
         .where(offers.c.reached)
@@ -416,9 +439,9 @@ PeriodQuery = Annotated[
 @router.get("/kpis", response_model=KpiReport)
 async def get_kpis(request: Request, period: PeriodQuery = None) -> KpiReport:
     """The reminder-before-suspension and win-back KPIs for a month, overall and by tier."""
-    settings: OutreachSettings = request.app.state.settings
+    settings = get_settings(request)
     now = get_clock(request).now()
-    async with request.app.state.runtime.engine.connect() as conn:
+    async with get_engine(request).connect() as conn:
         return await compute_kpis(
             conn,
             period=period or current_period(settings.zone, now=now),

@@ -62,6 +62,15 @@ OPT_OUTS = Counter(
     ["source"],
 )
 
+
+def count_opt_out(source: str, new: int, cancelled: int) -> None:
+    """Count ``new`` opt-outs from ``source`` and the marketing SMS they ``cancelled``."""
+    if new:
+        OPT_OUTS.labels(source).inc(new)
+    if cancelled:
+        SMS_SUPPRESSED.labels("opted_out").inc(cancelled)
+
+
 # --- call queue (queue.py)
 CALLS = Counter(
     "churnwatch_outreach_calls_total",

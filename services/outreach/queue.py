@@ -133,10 +133,32 @@ async def claim_call(
         .cte("candidate")
         .prefix_with("MATERIALIZED")
     )
+    return await assign_call(
+        conn,
+        where=tasks.c.task_id == candidate.c.task_id,
+        agent_id=agent_id,
+        now=now,
+        reason=f"claimed from queue {queue}",
+    )
+
+
+async def assign_call(
+    conn: AsyncConnection,
+    *,
+    where: ColumnElement[bool],
+    agent_id: str,
+    now: datetime,
+    reason: str,
+) -> dict[str, Any] | None:
+    """``queued → assigned`` to ``agent_id`` for the one call ``where`` selects; the task.
+
+    One conditional update, audited (``reason``) and counted; None when ``where``
+    matched nothing (someone claimed it first, or it is not due).
+    """
     row = (
         await conn.execute(
             update(tasks)
-            .where(tasks.c.task_id == candidate.c.task_id)
+            .where(where)
             .values(
                 status=CallStatus.ASSIGNED, assigned_to=agent_id, assigned_at=now, updated_at=now
             )
@@ -148,15 +170,7 @@ async def claim_call(
     claimed = dict(row._mapping)
     await service.record_transitions(
         conn,
-        rows=[
-            (
-                claimed["task_id"],
-                CallStatus.QUEUED,
-                CallStatus.ASSIGNED,
-                agent_id,
-                f"claimed from queue {queue}",
-            )
-        ],
+        rows=[(claimed["task_id"], CallStatus.QUEUED, CallStatus.ASSIGNED, agent_id, reason)],
         now=now,
     )
     metrics.CALLS.labels("claimed", "").inc()
@@ -301,8 +315,7 @@ async def record_outcome(
                 reason=f"asked on a call ({agent_id})",
                 now=now,
             )
-            metrics.OPT_OUTS.labels(OPT_OUT_SOURCE).inc(int(created))
-            metrics.SMS_SUPPRESSED.labels("opted_out").inc(cancelled)
+            metrics.count_opt_out(OPT_OUT_SOURCE, int(created), cancelled)
     return await _reread(conn, task_id)
 
 

@@ -12,10 +12,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.outreach import metrics, service
-from services.outreach.deps import get_clock
+from services.outreach.deps import get_clock, get_engine, get_settings
 from services.outreach.queue import claim_call, queued_calls, record_outcome, start_call
 from services.outreach.schemas import (
     AgentRequest,
@@ -30,7 +29,6 @@ from services.outreach.schemas import (
     TaskPage,
 )
 from services.outreach.scripts import scripts_for
-from services.outreach.settings import OutreachSettings
 from services.outreach.sms import Dispatcher
 from shared.auth import require_scope
 from shared.errors import NotFound, error_responses
@@ -55,16 +53,6 @@ def mask(phone: str | None) -> str | None:
 
 def _task_out(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "phone_masked": mask(row.get("phone"))}
-
-
-def _engine(request: Request) -> AsyncEngine:
-    engine: AsyncEngine = request.app.state.runtime.engine
-    return engine
-
-
-def _settings(request: Request) -> OutreachSettings:
-    settings: OutreachSettings = request.app.state.settings
-    return settings
 
 
 def _check_range(name: str, start: datetime | None, end: datetime | None) -> None:
@@ -123,7 +111,7 @@ async def list_tasks(
     """Tasks, newest first, filtered; pages are chained with ``next_cursor``."""
     _check_range("created", created_from, created_to)
     _check_range("due", due_from, due_to)
-    async with _engine(request).connect() as conn:
+    async with get_engine(request).connect() as conn:
         rows, next_cursor = await service.list_tasks(
             conn,
             subscriber_id=subscriber_id,
@@ -131,7 +119,7 @@ async def list_tasks(
             status=status,
             channel=channel,
             queue=queue,
-            general_queue=_settings(request).outreach_general_queue,
+            general_queue=get_settings(request).outreach_general_queue,
             created_from=created_from,
             created_to=created_to,
             due_from=due_from,
@@ -173,7 +161,7 @@ async def create_task(
     ],
 ) -> TaskOut:
     """Make a task by hand (an SMS to send or a call to queue); 201 when new, 200 on a replay."""
-    async with _engine(request).begin() as conn:
+    async with get_engine(request).begin() as conn:
         row, created = await service.create_manual_task(
             conn, body=body, client_key=idempotency_key, now=get_clock(request).now()
         )
@@ -199,7 +187,7 @@ async def create_task(
 )
 async def get_task(task_id: TaskId, request: Request) -> TaskDetail:
     """One task with its audit trail."""
-    async with _engine(request).connect() as conn:
+    async with get_engine(request).connect() as conn:
         row = await service.get_task(conn, task_id=task_id)
     if row is None:
         raise NotFound(f"no task {task_id}")
@@ -216,7 +204,7 @@ async def get_task(task_id: TaskId, request: Request) -> TaskDetail:
 )
 async def cancel_task(task_id: TaskId, body: CancelRequest, request: Request) -> TaskOut:
     """Cancel a task, recording who and why; 409 if it is final or cannot be stopped."""
-    async with _engine(request).begin() as conn:
+    async with get_engine(request).begin() as conn:
         row = await service.cancel_task(
             conn,
             task_id=task_id,
@@ -260,13 +248,13 @@ async def claim(
 
     Safe under concurrent callers: each gets a different call, or a 204.
     """
-    async with _engine(request).begin() as conn:
+    async with get_engine(request).begin() as conn:
         row = await claim_call(
             conn,
             queue=queue,
             agent_id=body.agent_id,
             now=get_clock(request).now(),
-            general_queue=_settings(request).outreach_general_queue,
+            general_queue=get_settings(request).outreach_general_queue,
         )
     if row is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -287,7 +275,7 @@ async def claim(
 )
 async def start(task_id: TaskId, body: AgentRequest, request: Request) -> TaskOut:
     """``assigned → in_progress``, by the agent who claimed the call."""
-    async with _engine(request).begin() as conn:
+    async with get_engine(request).begin() as conn:
         row = await start_call(
             conn, task_id=task_id, agent_id=body.agent_id, now=get_clock(request).now()
         )
@@ -304,7 +292,7 @@ async def start(task_id: TaskId, body: AgentRequest, request: Request) -> TaskOu
 )
 async def outcome(task_id: TaskId, body: OutcomeRequest, request: Request) -> TaskOut:
     """Complete the call with its outcome, or put it back in its queue for a callback."""
-    async with _engine(request).begin() as conn:
+    async with get_engine(request).begin() as conn:
         row = await record_outcome(
             conn,
             task_id=task_id,
@@ -338,13 +326,13 @@ async def call_queue(
 
     Optionally only one account manager's, or one queue's ('am:<id>', 'general').
     """
-    async with _engine(request).connect() as conn:
+    async with get_engine(request).connect() as conn:
         rows = await queued_calls(
             conn,
             account_manager_id=account_manager_id,
             queue=queue,
             now=get_clock(request).now(),
             limit=limit,
-            general_queue=_settings(request).outreach_general_queue,
+            general_queue=get_settings(request).outreach_general_queue,
         )
     return [TaskOut.model_validate(_task_out(r)) for r in rows]

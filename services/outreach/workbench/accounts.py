@@ -96,7 +96,8 @@ def _verify(stored: str, password: str) -> bool:
         return False
 
 
-def _person(row: Any) -> Person:
+def person_of(row: Any) -> Person:
+    """The ``Person`` of a row holding ``outreach.people``'s columns."""
     return Person(
         person_id=row.person_id,
         display_name=row.display_name,
@@ -192,13 +193,13 @@ async def ensure_person(
 async def get_person(conn: AsyncConnection, *, person_id: str) -> Person | None:
     """The person, or None."""
     row = (await conn.execute(select(people).where(people.c.person_id == person_id))).first()
-    return None if row is None else _person(row)
+    return None if row is None else person_of(row)
 
 
 async def list_people(conn: AsyncConnection) -> list[Person]:
     """Everyone, by sign-in name."""
     rows = await conn.execute(select(people).order_by(people.c.person_id))
-    return [_person(r) for r in rows]
+    return [person_of(r) for r in rows]
 
 
 async def unlock(conn: AsyncConnection, *, person_id: str, now: datetime) -> bool:
@@ -256,5 +257,5 @@ async def sign_in(
         await conn.execute(
             update(people).where(people.c.person_id == person_id).values(**values, updated_at=now)
         )
-    person = _person(row)
+    person = person_of(row)
     return SignIn(SignInResult.OK, person=person)

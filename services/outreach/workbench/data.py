@@ -15,12 +15,11 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, func, select, true, update
+from sqlalchemy import ColumnElement, and_, func, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach import metrics, service
 from services.outreach.models import people, phone_reveals, task_transitions, tasks
-from services.outreach.queue import URGENCY, WORKING, due_calls
+from services.outreach.queue import KEEPER, URGENCY, WORKING, assign_call, due_calls
 from services.outreach.schemas import CallStatus
 from services.outreach.workbench.accounts import Person, Role
 from shared.errors import Conflict, Forbidden, NotFound
@@ -125,7 +124,7 @@ def calls_made_query(start: datetime, end: datetime) -> Any:
             t.channel == Channel.CALL.value,
             tr.from_status.in_(WORKING),
             tr.to_status.in_((CallStatus.COMPLETED, CallStatus.QUEUED)),
-            tr.actor != "queue_keeper",
+            tr.actor != KEEPER,
             tr.at >= start,
             tr.at < end,
         )
@@ -174,17 +173,14 @@ async def claim_task(
     task = await task_for(conn, task_id=task_id, scope=scope)
     if task["channel"] != Channel.CALL.value:
         raise Conflict("only calls can be claimed")
-    row = (
-        await conn.execute(
-            update(tasks)
-            .where(tasks.c.task_id == task_id, due_calls(now))
-            .values(
-                status=CallStatus.ASSIGNED, assigned_to=agent_id, assigned_at=now, updated_at=now
-            )
-            .returning(*tasks.c)
-        )
-    ).first()
-    if row is None:
+    claimed = await assign_call(
+        conn,
+        where=and_(tasks.c.task_id == task_id, due_calls(now)),
+        agent_id=agent_id,
+        now=now,
+        reason="claimed on the workbench",
+    )
+    if claimed is None:
         raise Conflict(
             "this call cannot be claimed now: it is "
             + (
@@ -194,15 +190,7 @@ async def claim_task(
                 else "not due yet or past its due time"
             )
         )
-    await service.record_transitions(
-        conn,
-        rows=[
-            (task_id, CallStatus.QUEUED, CallStatus.ASSIGNED, agent_id, "claimed on the workbench")
-        ],
-        now=now,
-    )
-    metrics.CALLS.labels("claimed", "").inc()
-    return dict(row._mapping)
+    return claimed
 
 
 async def subscriber_tasks(conn: AsyncConnection, *, subscriber_id: str) -> list[dict[str, Any]]:

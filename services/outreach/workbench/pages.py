@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
+from services.outreach.deps import get_clock, get_engine, get_settings
 from services.outreach.queue import record_outcome, start_call
 from services.outreach.workbench import data, i18n
 from services.outreach.workbench.accounts import SignInResult, sign_in
@@ -26,22 +27,19 @@ from services.outreach.workbench.sessions import (
     end_session,
     set_cookie,
     start_session,
-    wall_now,
 )
 from services.outreach.workbench.web import (
     HERE,
     PageError,
-    clock_of,
-    engine_of,
     first,
     language,
     local_path,
     read_form,
     render,
     see_other,
-    settings_of,
     viewer,
 )
+from shared.clock import WallClock
 from shared.errors import ChurnwatchError
 from shared.events import CallOutcome
 
@@ -102,7 +100,7 @@ async def switch_language(request: Request, to: str = "en", next: str = "/ui/") 
         set_cookie(
             response,
             request,
-            settings_of(request),
+            get_settings(request),
             name=i18n.LANG_COOKIE,
             value=to,
             max_age=365 * 86400,
@@ -125,7 +123,7 @@ def _sign_in_page(
         name=name,
     )
     set_cookie(
-        response, request, settings_of(request), name=SIGN_IN_COOKIE, value=token, max_age=3600
+        response, request, get_settings(request), name=SIGN_IN_COOKIE, value=token, max_age=3600
     )
     return response
 
@@ -139,7 +137,7 @@ async def sign_in_form(request: Request, next: str = "/ui/") -> HTMLResponse:
 @router.post("/sign-in")
 async def sign_in_post(request: Request) -> Response:
     """Check the password; on success start a session and go to ``next``."""
-    settings = settings_of(request)
+    settings = get_settings(request)
     form = await read_form(request, None, csrf=request.cookies.get(SIGN_IN_COOKIE))
     name, password = first(form, "person_id"), form.get("password", "")
     next_path = local_path(form.get("next"))
@@ -147,8 +145,8 @@ async def sign_in_post(request: Request) -> Response:
         return _sign_in_page(
             request, next_path=next_path, message="sign_in_failed", status=401, name=name
         )
-    now = wall_now()
-    async with engine_of(request).begin() as conn:
+    now = WallClock().now()  # sessions and lockouts run on the wall clock (sessions.py)
+    async with get_engine(request).begin() as conn:
         result = await sign_in(
             conn,
             person_id=name,
@@ -189,10 +187,10 @@ async def sign_out(request: Request) -> Response:
     """End the session (its row is deleted) and go to the sign-in page."""
     view = await viewer(request)
     await read_form(request, view)
-    async with engine_of(request).begin() as conn:
+    async with get_engine(request).begin() as conn:
         await end_session(conn, token=request.cookies[COOKIE])
     response = see_other("/ui/sign-in")
-    clear_cookie(response, request, settings_of(request), COOKIE)
+    clear_cookie(response, request, get_settings(request), COOKIE)
     return response
 
 
@@ -203,10 +201,10 @@ async def sign_out(request: Request) -> Response:
 async def my_day(request: Request, done: str | None = None) -> HTMLResponse:
     """VIP reminders due, today's calls within the norm, calls in hand, today's warnings."""
     view = await viewer(request)
-    settings = settings_of(request)
-    now = clock_of(request).now()
+    settings = get_settings(request)
+    now = get_clock(request).now()
     day_start, day_end = data.local_day(now, settings.zone)
-    async with engine_of(request).connect() as conn:
+    async with get_engine(request).connect() as conn:
         reminders = await data.reminders_due(conn, scope=view.scope)
         done_today = await data.calls_made(conn, scope=view.scope, start=day_start, end=day_end)
         norm = settings.workbench_daily_calls
@@ -254,13 +252,13 @@ async def claim(task_id: str, request: Request) -> Response:
     form = await read_form(request, view)
     tid = task_id_of(task_id)
     try:
-        async with engine_of(request).begin() as conn:
+        async with get_engine(request).begin() as conn:
             task = await data.claim_task(
                 conn,
                 task_id=tid,
                 agent_id=view.person.agent_id,
                 scope=view.scope,
-                now=clock_of(request).now(),
+                now=get_clock(request).now(),
             )
     except ChurnwatchError as exc:
         raise PageError.of(exc) from None
@@ -275,10 +273,10 @@ async def start(task_id: str, request: Request) -> Response:
     form = await read_form(request, view)
     tid = task_id_of(task_id)
     try:
-        async with engine_of(request).begin() as conn:
+        async with get_engine(request).begin() as conn:
             task = await data.task_for(conn, task_id=tid, scope=view.scope)
             await start_call(
-                conn, task_id=tid, agent_id=view.person.agent_id, now=clock_of(request).now()
+                conn, task_id=tid, agent_id=view.person.agent_id, now=get_clock(request).now()
             )
     except ChurnwatchError as exc:
         raise PageError.of(exc) from None
@@ -294,7 +292,7 @@ def parse_callback(value: str, request: Request) -> datetime:
         raise PageError(422, "error_callback_at") from None
     if naive.tzinfo is not None:
         return naive
-    return naive.replace(tzinfo=settings_of(request).zone)
+    return naive.replace(tzinfo=get_settings(request).zone)
 
 
 @router.post("/tasks/{task_id}/outcome")
@@ -319,7 +317,7 @@ async def outcome(task_id: str, request: Request) -> Response:
     if note is not None and len(note) > MAX_NOTE:
         raise PageError(422, "error_note")
     try:
-        async with engine_of(request).begin() as conn:
+        async with get_engine(request).begin() as conn:
             task = await data.task_for(conn, task_id=tid, scope=view.scope)
             await record_outcome(
                 conn,
@@ -328,7 +326,7 @@ async def outcome(task_id: str, request: Request) -> Response:
                 outcome=CallOutcome(chosen),
                 callback_at=callback_at,
                 note=note,
-                now=clock_of(request).now(),
+                now=get_clock(request).now(),
                 offer=offer,
             )
     except ChurnwatchError as exc:
@@ -342,7 +340,7 @@ async def task_page(task_id: str, request: Request) -> RedirectResponse:
     """A task is shown on its subscriber's card."""
     view = await viewer(request)
     tid = task_id_of(task_id)
-    async with engine_of(request).connect() as conn:
+    async with get_engine(request).connect() as conn:
         try:
             task = await data.task_for(conn, task_id=tid, scope=view.scope)
         except ChurnwatchError as exc:

@@ -11,29 +11,29 @@ masked until the person asks to reveal it to call; every reveal is audited in
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 from fastapi import APIRouter, Request
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import HTMLResponse
 
 from services.outreach import service
+from services.outreach.deps import get_clock, get_directory, get_engine
+from services.outreach.directory import ActivityView, RiskView
 from services.outreach.scripts import scripts_for
 from services.outreach.views import mask
 from services.outreach.workbench import data, i18n
 from services.outreach.workbench.pages import OFFERS, OUTCOMES, task_id_of
-from services.outreach.workbench.sessions import wall_now
 from services.outreach.workbench.web import (
     PageError,
     Viewer,
-    clock_of,
-    engine_of,
     first,
     read_form,
     render,
     trend_chart,
     viewer,
 )
+from shared.clock import WallClock
 
 log = logging.getLogger(__name__)
 
@@ -42,27 +42,31 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 MAX_SUBSCRIBER_ID = 64
 
 
-async def _directory(request: Request, what: str, subscriber_id: str) -> Any:
-    """The directory's answer (``risk`` or ``activity``), None if absent or failing."""
-    directory = getattr(request.app.state, "directory", None)
+async def _from_directory(
+    request: Request, subscriber_id: str
+) -> tuple[RiskView | None, ActivityView | None]:
+    """Risk (scoring) and activity (alerting), asked at once; None for what is unavailable."""
+    directory = get_directory(request)
     if directory is None:
-        return None
+        return None, None
     try:
-        return await getattr(directory, what)(subscriber_id)
+        return await directory.card(subscriber_id)
     except Exception:
-        log.warning("subscriber directory %s failed", what, exc_info=True)
-        return None
+        log.warning("subscriber directory failed", exc_info=True)
+        return None, None
 
 
-def _reason_text(reason: Any, lang: str) -> str:
-    """A directory reason in the page's language (``ReasonView.text``)."""
-    text = getattr(reason, f"text_{lang}", None) or getattr(reason, "text_en", None)
-    return str(text or getattr(reason, "code", ""))
-
-
-def _items(activity: Any, name: str) -> list[Any]:
-    values: Iterable[Any] | None = getattr(activity, name, None)
-    return list(values or [])
+async def _visible_history(
+    conn: AsyncConnection, view: Viewer, subscriber_id: str
+) -> list[dict[str, Any]]:
+    """The subscriber's tasks, newest first: a 404 page if none, a 403 if not the viewer's."""
+    history = await data.subscriber_tasks(conn, subscriber_id=subscriber_id)
+    if not history:
+        raise PageError(404, "error_no_subscriber")
+    managers = {t["account_manager_id"] for t in history if t["account_manager_id"]}
+    if view.scope is not None and not managers & view.scope:
+        raise PageError(403, "error_not_yours")
+    return history
 
 
 async def _card(
@@ -70,26 +74,21 @@ async def _card(
 ) -> HTMLResponse:
     if not subscriber_id or len(subscriber_id) > MAX_SUBSCRIBER_ID:
         raise PageError(404, "error_no_subscriber")
-    now = clock_of(request).now()
-    async with engine_of(request).connect() as conn:
-        history = await data.subscriber_tasks(conn, subscriber_id=subscriber_id)
-        if not history:
-            raise PageError(404, "error_no_subscriber")
+    now = get_clock(request).now()
+    async with get_engine(request).connect() as conn:
+        history = await _visible_history(conn, view, subscriber_id)
         latest = history[0]
         managers = {t["account_manager_id"] for t in history if t["account_manager_id"]}
-        if view.scope is not None and not managers & view.scope:
-            raise PageError(403, "error_not_yours")
         opt_out = await service.get_opt_out(conn, subscriber_id=subscriber_id)
         names = await data.names(conn, managers)
         audit = await data.reveals(conn, subscriber_id=subscriber_id)
-    risk = await _directory(request, "risk", subscriber_id)
-    activity = await _directory(request, "activity", subscriber_id)
+    risk, activity = await _from_directory(request, subscriber_id)
     codes: list[str] = next((t["reason_codes"] for t in history if t["reason_codes"]), [])
     language = view.lang
     scripts = scripts_for(codes, language)
-    trend = [(at, float(score)) for at, score in (getattr(risk, "trend", None) or [])]
+    trend = risk.trend if risk is not None else []
     reasons = (
-        [_reason_text(r, language) for r in getattr(risk, "reasons", [])]
+        [r.text(language) or r.code for r in risk.reasons]
         if risk is not None
         else i18n.reason_titles(latest, language)
     )
@@ -108,16 +107,16 @@ async def _card(
         history=history,
         opt_out=opt_out,
         risk=risk,
-        risk_score=getattr(risk, "score", None) if risk is not None else latest["risk"],
-        risk_band=getattr(risk, "band", None) if risk is not None else None,
+        risk_score=risk.score if risk is not None else latest["risk"],
+        risk_band=risk.band if risk is not None else None,
         reasons=reasons,
         chart=trend_chart(trend),
         trend=trend,
         activity=activity,
-        bills=_items(activity, "bills"),
-        payments=_items(activity, "payments"),
-        stop_notices=_items(activity, "stop_notices"),
-        complaints=_items(activity, "complaints"),
+        bills=activity.bills if activity is not None else [],
+        payments=activity.payments if activity is not None else [],
+        stop_notices=activity.stop_notices if activity is not None else [],
+        complaints=activity.complaints if activity is not None else [],
         script=scripts[0][1] if scripts else None,
         masked=mask(next((t["phone"] for t in history if t["phone"]), None)),
         revealed=revealed,
@@ -144,13 +143,8 @@ async def reveal(subscriber_id: str, request: Request) -> HTMLResponse:
     form = await read_form(request, view)
     task_value = first(form, "task_id")
     task_id = task_id_of(task_value) if task_value else None
-    async with engine_of(request).begin() as conn:
-        history = await data.subscriber_tasks(conn, subscriber_id=subscriber_id)
-        if not history:
-            raise PageError(404, "error_no_subscriber")
-        managers = {t["account_manager_id"] for t in history if t["account_manager_id"]}
-        if view.scope is not None and not managers & view.scope:
-            raise PageError(403, "error_not_yours")
+    async with get_engine(request).begin() as conn:
+        history = await _visible_history(conn, view, subscriber_id)
         if task_id is not None and task_id not in {t["task_id"] for t in history}:
             raise PageError(404, "error_no_task")
         phone = next((t["phone"] for t in history if t["phone"]), None)
@@ -161,6 +155,6 @@ async def reveal(subscriber_id: str, request: Request) -> HTMLResponse:
             person_id=view.person.person_id,
             subscriber_id=subscriber_id,
             task_id=task_id,
-            now=wall_now(),  # an audit records when the person really looked
+            now=WallClock().now(),  # an audit records when the person really looked
         )
     return await _card(request, view, subscriber_id, revealed=phone)

@@ -15,6 +15,7 @@ import re
 from fastapi import APIRouter, Request
 from starlette.responses import HTMLResponse, Response
 
+from services.outreach.deps import get_clock, get_engine, get_settings
 from services.outreach.feedback import current_period, month_bounds
 from services.outreach.workbench import data
 from services.outreach.workbench.accounts import Role
@@ -22,10 +23,7 @@ from services.outreach.workbench.team import TeamReport, team_report
 from services.outreach.workbench.web import (
     PageError,
     Viewer,
-    clock_of,
-    engine_of,
     render,
-    settings_of,
     viewer,
 )
 
@@ -59,14 +57,14 @@ async def _report(request: Request, period: str | None) -> tuple[Viewer, str, Te
     view = await viewer(request)
     if view.person.role is Role.MANAGER:
         raise PageError(403, "error_team_only")
-    settings = settings_of(request)
-    now = clock_of(request).now()
+    settings = get_settings(request)
+    now = get_clock(request).now()
     chosen = period or current_period(settings.zone, now=now)
     if not PERIOD.match(chosen) or chosen == "9999-12":
         raise PageError(422, "error_period")
     start, end = month_bounds(chosen, settings.zone)
     day_start, _ = data.local_day(min(now, end), settings.zone)
-    async with engine_of(request).connect() as conn:
+    async with get_engine(request).connect() as conn:
         report = await team_report(
             conn, scope=view.scope, start=start, end=end, day_start=day_start, now=now
         )
@@ -85,7 +83,7 @@ async def team(request: Request, period: str | None = None) -> HTMLResponse:
         active="team",
         period=chosen,
         report=report,
-        norm=settings_of(request).workbench_daily_calls,
+        norm=get_settings(request).workbench_daily_calls,
     )
 
 
@@ -93,7 +91,7 @@ async def team(request: Request, period: str | None = None) -> HTMLResponse:
 async def team_csv(request: Request, period: str | None = None) -> Response:
     """The team lead's figures as CSV (one row per manager and tier)."""
     _, chosen, report = await _report(request, period)
-    norm = settings_of(request).workbench_daily_calls
+    norm = get_settings(request).workbench_daily_calls
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -26,7 +26,7 @@ from starlette.responses import Response
 
 from services.outreach.models import people, web_sessions
 from services.outreach.settings import OutreachSettings
-from services.outreach.workbench.accounts import Person, Role
+from services.outreach.workbench.accounts import Person, person_of
 
 COOKIE = "cw_session"
 """The session cookie's name."""
@@ -39,11 +39,6 @@ COOKIE_PATH = "/ui"
 
 TOUCH_EVERY = timedelta(seconds=60)
 """``last_seen_at`` is written at most this often per session."""
-
-
-def wall_now() -> datetime:
-    """The wall clock: what sessions and lockouts expire on (see the module)."""
-    return datetime.now(UTC)
 
 
 def token_hash(token: str) -> str:
@@ -109,25 +104,12 @@ async def load_session(
         await conn.execute(
             update(web_sessions).where(web_sessions.c.token_hash == hashed).values(last_seen_at=now)
         )
-    person = Person(
-        person_id=row.person_id,
-        display_name=row.display_name,
-        role=Role(row.role),
-        manager_id=row.manager_id,
-        team_lead_id=row.team_lead_id,
-    )
-    return WebSession(person, row.csrf_token, hashed)
+    return WebSession(person_of(row), row.csrf_token, hashed)
 
 
 async def end_session(conn: AsyncConnection, *, token: str) -> None:
     """Sign out: delete the session's row."""
     await conn.execute(delete(web_sessions).where(web_sessions.c.token_hash == token_hash(token)))
-
-
-async def purge_expired(conn: AsyncConnection, *, now: datetime) -> int:
-    """Delete sessions past their absolute expiry; how many."""
-    result = await conn.execute(delete(web_sessions).where(web_sessions.c.expires_at <= now))
-    return int(result.rowcount or 0)
 
 
 def secure_cookies(request: Request, settings: OutreachSettings) -> bool:

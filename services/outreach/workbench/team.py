@@ -24,16 +24,13 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.outreach.feedback import (
-    NOT_SUSPENDED_CAUSES,
-    VIP_TIERS,
-    WON_BACK,
-    offer_reached,
-    reminded_before_suspension,
+    reminder_notices,
+    win_back_offers,
 )
 from services.outreach.models import tasks
 from services.outreach.schemas import CallStatus
-from services.outreach.workbench.data import REMINDER, Scope, calls_made_query, in_scope, names
-from shared.events import CallOutcome, Channel, TaskKind
+from services.outreach.workbench.data import Scope, calls_made_query, in_scope, names
+from shared.events import CallOutcome, Channel
 
 SAVES = (CallOutcome.RETAINED.value, CallOutcome.OFFER_ACCEPTED.value)
 """Call outcomes that count as a save."""
@@ -86,10 +83,6 @@ class TeamReport:
     days: int = 1
 
 
-def _reminded_before() -> Any:
-    return reminded_before_suspension(tasks.c)
-
-
 async def team_report(
     conn: AsyncConnection,
     *,
@@ -111,25 +104,8 @@ async def team_report(
 
     report = TeamReport()
     notices = await conn.execute(
-        select(
-            t.subscriber_id,
-            func.min(t.account_manager_id).label("manager"),
-            func.min(t.tier).label("tier"),
-            func.min(t.suspension_at).label("suspension_at"),
-            func.max(t.escalated_at).label("escalated_at"),
-            func.coalesce(func.bool_or(_reminded_before()), False).label("reminded"),
-            func.coalesce(func.bool_or(t.end_cause.in_(NOT_SUSPENDED_CAUSES)), False).label(
-                "not_suspended"
-            ),
-        )
-        .where(
-            t.kind == REMINDER,
-            t.tier.in_(VIP_TIERS),
-            t.suspension_at >= start,
-            t.suspension_at < end,
-            in_scope(scope),
-        )
-        .group_by(t.subscriber_id, t.cause_event_id)
+        reminder_notices(start=start, end=end)
+        .where(in_scope(scope))
         .order_by(func.min(t.suspension_at))
     )
     for n in notices:
@@ -173,23 +149,7 @@ async def team_report(
     ):
         row(manager, tier).saves = int(saves)
 
-    reached = offer_reached(t)
-    offers = (
-        select(
-            func.min(t.account_manager_id).label("manager"),
-            func.min(t.tier).label("tier"),
-            func.coalesce(func.bool_or(reached), False).label("reached"),
-            func.coalesce(func.bool_or(t.outcome == WON_BACK), False).label("won"),
-        )
-        .where(
-            t.kind == TaskKind.WIN_BACK.value,
-            t.created_at >= start,
-            t.created_at < end,
-            in_scope(scope),
-        )
-        .group_by(t.subscriber_id, t.cause_event_id)
-        .subquery()
-    )
+    offers = win_back_offers(start=start, end=end).where(in_scope(scope)).subquery()
     for manager, tier, won, reached_n in await conn.execute(
         select(offers.c.manager, offers.c.tier, func.count().filter(offers.c.won), func.count())
         .where(offers.c.reached)

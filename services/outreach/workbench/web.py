@@ -19,13 +19,12 @@ from urllib.parse import parse_qs, quote
 
 from fastapi import FastAPI, Request
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import Headers
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as AsgiScope
 
-from services.outreach.settings import OutreachSettings
+from services.outreach.deps import get_clock, get_engine, get_settings
 from services.outreach.workbench import i18n
 from services.outreach.workbench.accounts import Person
 from services.outreach.workbench.data import Scope, visible_managers
@@ -34,9 +33,8 @@ from services.outreach.workbench.sessions import (
     WebSession,
     load_session,
     same_token,
-    wall_now,
 )
-from shared.clock import Clock
+from shared.clock import WallClock
 from shared.errors import ChurnwatchError
 
 HERE = Path(__file__).resolve().parent
@@ -91,24 +89,6 @@ class Viewer:
         return self.session.person
 
 
-def settings_of(request: Request) -> OutreachSettings:
-    """The app's settings."""
-    settings: OutreachSettings = request.app.state.settings
-    return settings
-
-
-def engine_of(request: Request) -> AsyncEngine:
-    """The app's database engine."""
-    engine: AsyncEngine = request.app.state.runtime.engine
-    return engine
-
-
-def clock_of(request: Request) -> Clock:
-    """The service's clock: what tasks' times are judged against."""
-    clock: Clock = request.app.state.clock
-    return clock
-
-
 def language(request: Request) -> str:
     """The page's language: the ``cw_lang`` cookie, else Accept-Language, else English."""
     chosen = request.cookies.get(i18n.LANG_COOKIE)
@@ -135,12 +115,12 @@ async def viewer(request: Request) -> Viewer:
     token = request.cookies.get(COOKIE)
     session = None
     if token:
-        async with engine_of(request).begin() as conn:
+        async with get_engine(request).begin() as conn:
             session = await load_session(
                 conn,
                 token=token,
-                now=wall_now(),
-                idle_s=settings_of(request).workbench_session_idle_s,
+                now=WallClock().now(),  # sessions expire on the wall clock (sessions.py)
+                idle_s=get_settings(request).workbench_session_idle_s,
             )
             if session is not None:
                 scope = await visible_managers(conn, session.person)
@@ -267,8 +247,8 @@ def render(
 ) -> HTMLResponse:
     """An HTML page in ``lang``."""
     t = i18n.translator(lang)
-    settings = settings_of(request)
-    now = now or clock_of(request).now()
+    settings = get_settings(request)
+    now = now or get_clock(request).now()
     context.setdefault("active", None)
     done = context.pop("done", None)
     context["done"] = done if done and i18n.has(f"done_{done}") else None
