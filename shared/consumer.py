@@ -217,6 +217,7 @@ class ConsumerLoop(Generic[T]):
         self._stopping = asyncio.Event()
         self._healthy = False
         self._last_lag_at = 0.0
+        self._lag_task: asyncio.Task[None] | None = None
         self.batches_handled = 0
         self.topic_check_interval_s = topic_check_interval_s
         # Every churnwatch topic, not only the subscribed ones: a handler that
@@ -242,6 +243,7 @@ class ConsumerLoop(Generic[T]):
             # topic it reads; with co-partitioned topics (events, scores) that keeps
             # everything about one subscriber on one replica.
             partition_assignment_strategy=(RangePartitionAssignor,),
+            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
             **client_options(self.settings),
         )
         consumer.subscribe(self.topics, listener=_Revocations(self.on_revoked))
@@ -341,6 +343,10 @@ class ConsumerLoop(Generic[T]):
             await self._pause(self.restart_backoff_s)
         finally:
             self._healthy = False
+            if self._lag_task is not None:
+                self._lag_task.cancel()
+                await asyncio.gather(self._lag_task, return_exceptions=True)
+                self._lag_task = None
             # No commit on stop: offsets were committed after each stored batch.
             # Bounded: leaving the group of a dead broker would wait for timeouts. Not
             # too tightly: a consumer stopped while it joins its group takes several
@@ -392,7 +398,7 @@ class ConsumerLoop(Generic[T]):
                     await self._rewind(consumer)
                     continue
                 self._healthy = True
-            await self._update_lag(consumer)
+            self._update_lag(consumer)
 
     async def _rewind_past_the_end(self, consumer: AIOKafkaConsumer) -> None:
         """Seek to the beginning of any partition whose end is now before our position.
@@ -529,23 +535,34 @@ class ConsumerLoop(Generic[T]):
             service=self.service,
         )
 
-    async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
-        # Computed here from end offsets and our position: the embedded broker
-        # closes the connection on the admin call list_consumer_group_offsets.
+    def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Every ``lag_interval_s``, refresh the lag gauges in a task of their own.
+
+        Beside the loop, not in it: the end offsets take a round trip to the
+        broker (50-80 ms on the embedded one under load), and a batch waiting
+        behind a metric was part of the pipeline's latency tail.
+        """
         now = time.monotonic()
         if now - self._last_lag_at < self.lag_interval_s:
             return
+        if self._lag_task is not None and not self._lag_task.done():
+            return
         self._last_lag_at = now
+        self._lag_task = asyncio.create_task(self._measure_lag(consumer))
+
+    async def _measure_lag(self, consumer: AIOKafkaConsumer) -> None:
+        # Computed here from end offsets and our position: the embedded broker
+        # closes the connection on the admin call list_consumer_group_offsets.
         assigned: set[TopicPartition] = consumer.assignment()
         if not assigned:
             return
         try:
-            # Bounded: lag is a metric, never a reason to stall the loop on a dead broker.
+            # Bounded: a dead broker must not leave the task hanging.
             ends = await asyncio.wait_for(consumer.end_offsets(list(assigned)), 1.0)
+            positions = {tp: await consumer.position(tp) for tp in assigned}
         except Exception:
-            return
-        for tp in assigned:
-            position = await consumer.position(tp)
+            return  # a broker gone, or a partition revoked meanwhile: next time
+        for tp, position in positions.items():
             metrics.CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(
                 max(0, ends.get(tp, position) - position)
             )

@@ -47,6 +47,19 @@ class BaseServiceSettings(BaseSettings):
     kafka_recreate_lost_topics: bool = True
     kafka_batch_max_records: int = Field(default=500, ge=1, le=100_000)
     kafka_poll_timeout_ms: int = Field(default=200, ge=10, le=60_000)
+    # How long the broker may hold a fetch that finds no new record (Kafka's
+    # fetch.max.wait.ms). aiokafka's default is 500; the embedded broker (Tansu)
+    # holds a fetch that long even when records arrive meanwhile, which was most
+    # of the pipeline's median latency (0.25 s -> 0.05 s, docs/performance.md).
+    # Apache Kafka answers as soon as records arrive; the cost of a shorter wait
+    # there is only more empty fetches from idle consumers.
+    kafka_fetch_max_wait_ms: int = Field(default=50, ge=0, le=60_000)
+    # Python's cyclic garbage collector runs a young collection every this many
+    # allocations (CPython's default is 700). A batch allocates hundreds of
+    # thousands of short-lived objects that reference counting frees anyway, and
+    # at 700 the collections that follow cost scoring 30 % of its time with 1M
+    # stored subscribers (docs/performance.md, issue 20). 0: CPython's default.
+    gc_young_threshold: int = Field(default=50_000, ge=0, le=10_000_000)
 
     database_url: str = DEFAULT_DATABASE_URL
     database_pool_size: int = Field(default=5, ge=1, le=100)

@@ -125,6 +125,31 @@ async def test_migrations_match_the_models(harness: Harness) -> None:
         assert await conn.run_sync(diff) == []
 
 
+async def test_a_batchs_profiles_are_stored_newest_first_in_one_statement(
+    harness: Harness,
+) -> None:
+    """Several profiles of one subscriber in a batch, out of order: the newest stays."""
+    from services.alerting import service
+
+    a, b = sid(), sid()
+    now = datetime.now(UTC)
+    handler = harness.handler()
+    await harness.handle(handler, [parse_event(profile(b, tier="diamond", at=now))])
+    await harness.handle(
+        handler,
+        [
+            parse_event(profile(a, tier="gold", at=now - timedelta(days=1))),
+            parse_event(profile(a, tier="silver", at=now - timedelta(days=3))),
+            parse_event(profile(b, tier="standard", at=now - timedelta(days=2))),  # stale
+            parse_event(profile(a, tier="vip_guest", at=now - timedelta(days=2))),
+        ],
+    )
+    async with harness.db.connect() as conn:
+        stored = await service.load_profiles(conn, subscriber_ids=[a, b])
+    assert stored[a].tier.value == "gold"  # the newest of the batch, not its last
+    assert stored[b].tier.value == "diamond"  # an older profile never replaces a newer
+
+
 async def test_a_redelivered_score_fires_nothing(harness: Harness) -> None:
     subscriber = sid()
     handler = harness.handler()

@@ -307,9 +307,9 @@ async def test_alerting_seals_a_plain_phone_from_an_old_record(env: dict[str, An
     use_phone_keyring(ring)  # as the alerting app does with its settings
     try:
         async with engine.begin() as conn:
-            for e in (old_event, new_event):
-                assert isinstance(e, SubscriberEvent)
-                await alerting_service.upsert_profile(conn, event=e)
+            assert isinstance(old_event, SubscriberEvent)
+            assert isinstance(new_event, SubscriberEvent)
+            await alerting_service.upsert_profiles(conn, events=[old_event, new_event])
         async with engine.connect() as conn:
             profiles = await alerting_service.load_profiles(conn, subscriber_ids=[old, new])
         stored = profiles[old].phone

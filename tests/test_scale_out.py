@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.scoring.codec import decode
 from services.scoring.consumer import ScoringHandler
 from services.scoring.models import features, processed_events
 from services.scoring.settings import ScoringSettings
@@ -204,8 +205,9 @@ async def test_two_replicas_share_partitions_and_hand_over_without_loss(
             # Not split: the survivor's state still has wave 1 (the other replica's work).
             first = min(datetime.fromisoformat(i["occurred_at"]) for i in sent[s])
             last = max(datetime.fromisoformat(i["occurred_at"]) for i in sent[s])
-            assert rows[s].state["first_seen"] == pytest.approx(first.timestamp()), s
-            assert rows[s].state["watermark"] == pytest.approx(last.timestamp()), s
+            state = decode(rows[s].blob)  # the stored state (services/scoring/codec.py)
+            assert state["first_seen"] == pytest.approx(first.timestamp()), s
+            assert state["watermark"] == pytest.approx(last.timestamp()), s
 
         # One owner at a time: a subscriber's batches by different replicas never
         # overlap, it moves at most once (a -> b), and after the stop only b handles.

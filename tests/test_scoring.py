@@ -20,6 +20,7 @@ from sqlalchemy import func, select, update
 from churnwatch.embedded import free_port
 from services.scoring import service
 from services.scoring.app import create_app
+from services.scoring.codec import decode
 from services.scoring.consumer import ScoringHandler
 from services.scoring.models import features, model_checkpoints, snapshots
 from services.scoring.settings import ScoringSettings
@@ -289,6 +290,31 @@ async def _above(probe: Any, threshold: int) -> bool:
 
 async def _equals(probe: Any, expected: int) -> bool:
     return bool(await probe() == expected)
+
+
+async def test_a_row_stored_as_json_before_0011_is_read_and_rewritten_compact(
+    scoring: tuple[ScoringHandler, Any, Any],
+) -> None:
+    """Migration 0011 leaves old rows' JSON in place; the next event rewrites them as bytes."""
+    _, engine, _ = scoring
+    subscriber = sid()
+    await _handle(scoring, calls(subscriber, n=2, competitor=True, days_ago=2))
+    stored = decode((await _row(engine, subscriber))["blob"])
+    async with engine.begin() as conn:  # as a version before 0011 left the row
+        await conn.execute(
+            update(features)
+            .where(features.c.subscriber_id == subscriber)
+            .values(state=stored, blob=None, events_applied=features.c.events_applied + 1)
+        )
+    async with engine.connect() as conn:
+        assert await service.get_state(conn, subscriber_id=subscriber) == stored
+    await _handle(scoring, calls(subscriber, n=1, competitor=True, days_ago=1))
+    row = await _row(engine, subscriber)
+    assert row["state"] is None and row["events_applied"] == 4
+    state = decode(row["blob"])
+    assert state["first_seen"] == stored["first_seen"]  # the history in the JSON was kept
+    name = "competitor_calls_30d"
+    assert state["decayed"][name][0] > stored["decayed"][name][0]
 
 
 async def test_cached_state_is_dropped_on_revocation_and_reloaded_when_stale(

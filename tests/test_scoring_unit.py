@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from services.scoring.batch import run_in_memory
+from services.scoring.codec import encode
 from services.scoring.engine import DAY, EngineParams, Scorer, Snapshot
 from services.scoring.features import FEATURES, apply_event, is_churned, new_state, vector
 from services.scoring.model import PRIOR_VERSION, ChurnModel, ModelParams, build_model
@@ -386,33 +387,57 @@ def test_non_churns_are_learnt_from_their_horizon_once_its_labels_mature() -> No
     assert restored.horizon_labels_since == model.horizon_labels_since
 
 
-def test_a_cached_state_costs_its_json_size_not_a_serializer_buffer() -> None:
-    """The state cache holds each state as JSON bytes of the state's own size.
+def test_a_cached_state_costs_its_encoded_size_and_under_a_kilobyte() -> None:
+    """The state cache holds each state as its compact bytes, with little beside them.
 
-    orjson hands back its whole write buffer (about 8 KB) as the bytes object;
-    kept as is, that buffer was most of scoring's memory per tracked subscriber
-    (5.8 KB, docs/performance.md).
+    Issue 20: scoring's memory per tracked subscriber at most 1 KB. Before, the
+    cache kept orjson's whole 8 KB write buffer per state (5.8 KB a subscriber),
+    then the exact JSON (2 KB); now the codec's bytes in one object per entry.
     """
     import tracemalloc
 
-    from services.scoring.consumer import ScoringHandler
-    from services.scoring.settings import ScoringSettings
-    from shared.topics import Topics
+    from services.scoring.cache import StateCache
 
-    settings = ScoringSettings(scoring_state_cache_size=10_000)
-    handler = ScoringHandler(settings, Topics(settings.kafka_topic_prefix))
     state = new_state()
     for e in calls("S-cache", n=20, competitor=True, days_ago=3):
         apply_event(state, parse_event(e, check_clock=False))
-    size = len(orjson.dumps(state))
+    state["pending"] = [state["watermark"] - d * DAY for d in range(30, 0, -1)]
+    blob = encode(state)
+    assert len(blob) < len(orjson.dumps(state)) / 2
+    cache = StateCache(10_000)
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
         for n in range(2_000):
-            handler._remember(f"S-{n:06d}", 0, state, 1)
+            cache.put(f"S-{n:06d}", 3, 12_345, state)
         after = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
     per_state = sum(s.size_diff for s in after.compare_to(before, "filename")) / 2_000
-    # The JSON, the cache entry and its key: well under the serializer's 8 KB buffer.
-    assert per_state < size + 600, (per_state, size)
+    # The bytes, the entry and its key: under 300 bytes beside the state.
+    assert per_state < len(blob) + 300, (per_state, len(blob))
+    assert per_state < 1024, per_state
+    assert cache.versions(["S-000001", "S-x"]) == {"S-000001": 12_345}
+    assert bytes(cache.put("S-000001", 3, 12_346, state)) == blob  # what the table stores
+    assert cache.state("S-000001") == orjson.loads(orjson.dumps(state))
+    cache.forget({3})
+    assert len(cache) == 0
+
+
+def test_the_state_cache_keeps_the_most_recently_written_states() -> None:
+    from services.scoring.cache import StateCache
+
+    state = new_state() | {"pending": []}
+    cache = StateCache(128)
+    for n in range(1_000):
+        cache.put(f"S-{n}", 0, n, state)
+        cache.put("S-kept", 1, n, state)  # written every time: never the oldest
+        assert len(cache) <= 128
+    assert "S-kept" in cache and "S-999" in cache and "S-0" not in cache
+    assert cache.versions(["S-kept", "S-999"]) == {"S-kept": 999, "S-999": 999}
+    assert len(cache) >= 128 - 128 // 64  # evicted by chunks, never much below the size
+    cache.forget({1})
+    assert "S-kept" not in cache and "S-999" in cache
+    empty = StateCache(0)
+    assert bytes(empty.put("S-x", 0, 1, state)) == encode(state)  # still encodes for the table
+    assert len(empty) == 0

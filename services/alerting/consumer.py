@@ -187,8 +187,7 @@ class AlertingHandler:
             return
         # Profiles first, in event-time order, so the rules in this batch see them.
         new_profiles = [m for m in todo if isinstance(m, SubscriberEvent)]
-        for profile_event in sorted(new_profiles, key=lambda m: m.occurred_at):
-            await service.upsert_profile(conn, event=profile_event)
+        await service.upsert_profiles(conn, events=new_profiles)
         views = await service.load_views(conn, subscriber_ids={m.subscriber_id for m in todo})
         silences = await service.active_silences(conn, now=now)
         effects = Effects()

@@ -35,37 +35,51 @@ from shared.events import Channel, OutreachTask, RiskScore, SubscriberEvent, Tas
 # --- profiles -----------------------------------------------------------------
 
 
-async def upsert_profile(conn: AsyncConnection, *, event: SubscriberEvent) -> None:
-    """Store the profile unless a newer one is already stored.
+async def upsert_profiles(conn: AsyncConnection, *, events: Sequence[SubscriberEvent]) -> None:
+    """Store each subscriber's newest profile of ``events`` unless a newer one is stored.
+
+    One statement for the batch (a profile a subscriber, the newest by event
+    time; of equal times the last): a day's first profiles of a million
+    subscribers were a million round trips when stored one at a time.
 
     The phone is stored sealed, as ingest put it on Kafka, and never opened here.
     A plain number (a record produced before ingest sealed phones, replayed from
     the dead-letter topic or re-read after an offset reset) is sealed with the
     process's keyring first: no plain number rests here or goes on the tasks topic.
     """
-    p = event.payload
-    phone = p.phone
-    if phone is not None and not is_encrypted(phone):
-        phone = phone_keyring().encrypt(phone)
-    values = {
-        "subscriber_id": event.subscriber_id,
-        "tier": p.tier.value,
-        "monthly_value": p.monthly_value,
-        "account_manager_id": p.account_manager_id,
-        "phone": phone,
-        "language": p.language,
-        "name": p.name,
-        "preferred_channel": p.preferred_channel.value,
-        "marketing_opt_out": p.marketing_opt_out,
-        "profile_at": event.occurred_at,
-    }
-    stmt = insert(subscribers).values(values)
+    newest: dict[str, SubscriberEvent] = {}
+    for event in sorted(events, key=lambda e: e.occurred_at):
+        newest[event.subscriber_id] = event
+    if not newest:
+        return
+    rows = []
+    for event in newest.values():
+        p = event.payload
+        phone = p.phone
+        if phone is not None and not is_encrypted(phone):
+            phone = phone_keyring().encrypt(phone)
+        rows.append(
+            {
+                "subscriber_id": event.subscriber_id,
+                "tier": p.tier.value,
+                "monthly_value": p.monthly_value,
+                "account_manager_id": p.account_manager_id,
+                "phone": phone,
+                "language": p.language,
+                "name": p.name,
+                "preferred_channel": p.preferred_channel.value,
+                "marketing_opt_out": p.marketing_opt_out,
+                "profile_at": event.occurred_at,
+            }
+        )
+    stmt = insert(subscribers)
     await conn.execute(
         stmt.on_conflict_do_update(
             index_elements=["subscriber_id"],
-            set_={k: stmt.excluded[k] for k in values if k != "subscriber_id"},
+            set_={k: stmt.excluded[k] for k in rows[0] if k != "subscriber_id"},
             where=subscribers.c.profile_at <= stmt.excluded.profile_at,
-        )
+        ),
+        rows,
     )
 
 

@@ -32,6 +32,18 @@ T = TypeVar("T")
 SnapshotKey = tuple[str, float]
 """A snapshot's key: ``(subscriber_id, taken_at)``."""
 
+SCORED_FIELDS = (
+    "score",
+    "previous_score",
+    "band",
+    "model_version",
+    "cause_event_id",
+    "event_time",
+    "scored_at",
+    "published_score",
+)
+"""The fields of a state's ``scored`` record (``_record`` writes them; the API serves them)."""
+
 
 class ScoringStore(Protocol):
     """Where the batch core keeps what outlives a batch (PostgreSQL live, memory in a backtest)."""

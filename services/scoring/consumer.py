@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.scoring import metrics, service
 from services.scoring.batch import SnapshotKey, process_batch
+from services.scoring.cache import StateCache
 from services.scoring.engine import Scorer, Snapshot
 from services.scoring.features import State
 from services.scoring.model import ChurnModel
@@ -83,7 +82,7 @@ class ScoringHandler:
         self._checkpoint_time = time.monotonic()
         # Feature states this replica wrote last, so most batches skip reading them
         # back; the row's events_applied tells when a cached one is stale.
-        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._cache = StateCache(settings.scoring_state_cache_size)
 
     @property
     def model(self) -> ChurnModel:
@@ -134,9 +133,7 @@ class ScoringHandler:
 
     def forget(self, revoked: set[TopicPartition]) -> None:
         """Drop the cached state of subscribers on partitions this replica lost."""
-        lost = {tp.partition for tp in revoked}
-        for subscriber_id in [s for s, c in self._cache.items() if c.partition in lost]:
-            del self._cache[subscriber_id]
+        self._cache.forget({tp.partition for tp in revoked})
 
     def forget_all(self) -> None:
         """Drop every cached state (after a failed batch: the database is the truth)."""
@@ -249,20 +246,20 @@ class ScoringHandler:
         dropped: list[tuple[str, float]] = []
         # A subscriber scoring has never seen has nothing to censor: left out.
         for subscriber_id, applied in versions.items():
-            state = loaded.get(subscriber_id) or self._cache[subscriber_id].state
+            state = loaded.get(subscriber_id) or self._cache.state(subscriber_id)
             dropped.extend(
                 (subscriber_id, at) for at in self.scorer.censor(state, treated[subscriber_id])
             )
+            blob = self._cache.put(subscriber_id, partition_of[subscriber_id], applied + 1, state)
             rows.append(
                 {
                     "subscriber_id": subscriber_id,
-                    "state": state,
+                    "blob": blob,
                     "updated_at": now,
                     "events_applied": applied + 1,
                     "score": state.get("last_score"),
                 }
             )
-            self._remember(subscriber_id, partition_of[subscriber_id], state, applied + 1)
         # Deleted without learning: a censored snapshot never becomes an example.
         censored = await service.take_snapshots(conn, keys=dropped)
         metrics.SNAPSHOTS_CENSORED.inc(len(censored))
@@ -275,47 +272,12 @@ class ScoringHandler:
 
         Returns each stored row's version (``events_applied``) and the states
         read from the database: those whose cached copy is missing or stale
-        (another replica moved the row on).
+        (another replica moved the row on). One round trip.
         """
-        versions = await service.lock_versions(conn, subscriber_ids=subscriber_ids)
-        stale = [
-            sid
-            for sid, applied in versions.items()
-            if sid not in self._cache or self._cache[sid].applied != applied
-        ]
-        return versions, await service.load_states(conn, subscriber_ids=stale)
-
-    def _remember(self, subscriber_id: str, partition: int, state: State, applied: int) -> None:
-        # orjson returns its whole write buffer (about 8 KB whatever the length) as the
-        # bytes object; a copy through a memoryview is exactly the JSON's size (about
-        # 1.3 KB). Kept as is, the buffer was most of scoring's memory per subscriber.
-        blob = bytes(memoryview(orjson.dumps(state)))
-        self._cache[subscriber_id] = _Cached(partition, blob, applied)
-        self._cache.move_to_end(subscriber_id)
-        while len(self._cache) > self.settings.scoring_state_cache_size:
-            self._cache.popitem(last=False)  # least recently used
-
-
-@dataclass(slots=True)
-class _Cached:
-    """A subscriber's state as this replica last stored it, as compact JSON.
-
-    As Python objects a state is about 3.6 KB, as JSON about 0.9 KB (measured,
-    docs/performance.md): the cache holds tens of thousands, so it keeps the
-    bytes and decodes a state (microseconds) when the subscriber's next batch
-    comes. The database holds the same JSON, so a cached state and a loaded one
-    are the same values.
-    """
-
-    partition: int
-    blob: bytes
-    applied: int
-
-    @property
-    def state(self) -> State:
-        """A fresh copy of the state (the caller may change it)."""
-        state: State = orjson.loads(self.blob)
-        return state
+        ids = list(subscriber_ids)
+        return await service.lock_and_load(
+            conn, subscriber_ids=ids, cached=self._cache.versions(ids)
+        )
 
 
 class _PostgresStore:
@@ -347,7 +309,7 @@ class _PostgresStore:
         self.misses = len(loaded)
         self.hits = len(self.versions) - len(loaded)
         cache = self.handler._cache
-        return {sid: loaded[sid] if sid in loaded else cache[sid].state for sid in self.versions}
+        return {sid: loaded[sid] if sid in loaded else cache.state(sid) for sid in self.versions}
 
     async def peek_snapshots(self, keys: Sequence[SnapshotKey]) -> dict[SnapshotKey, Snapshot]:
         """Stored snapshots, left in place."""
@@ -364,16 +326,18 @@ class _PostgresStore:
     async def save_states(self, states: dict[str, tuple[State, int]]) -> None:
         """Upsert the feature rows (version moved on by the events applied); cache them."""
         rows = []
+        cache = self.handler._cache
         for sid, (state, applied) in states.items():
             version = self.versions.get(sid, 0) + applied
+            # Encoded once, for the cache and the table.
+            blob = cache.put(sid, self.partition_of[sid], version, state)
             rows.append(
                 {
                     "subscriber_id": sid,
-                    "state": state,
+                    "blob": blob,
                     "updated_at": self.now,
                     "events_applied": version,
                     "score": state.get("last_score"),
                 }
             )
-            self.handler._remember(sid, self.partition_of[sid], state, version)
         await service.save_features(self.conn, rows=rows)

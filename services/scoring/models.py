@@ -33,12 +33,26 @@ features = Table(
     "features",
     metadata,
     Column("subscriber_id", String(64), primary_key=True),
-    Column("state", JSONB, nullable=False),
+    Column(
+        "state",
+        JSONB,
+        nullable=True,
+        comment=(
+            "The state as JSON, for rows not rewritten since version 0011 (else NULL: see blob)."
+        ),
+    ),
+    Column(
+        "blob",
+        LargeBinary,
+        nullable=True,
+        comment="The state, compact (services/scoring/codec.py); NULL: still in `state`.",
+    ),
     Column("events_applied", BigInteger, nullable=False, server_default="0"),
     # The latest score (also inside `state`); a column to query by.
     Column("score", Double, nullable=True, index=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     comment="Per-subscriber feature state, pending snapshot times and the latest score.",
+    postgresql_with={"fillfactor": 80},
 )
 
 snapshots = Table(

@@ -6,54 +6,73 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import String, case, cast, delete, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.scoring.codec import decode
 from services.scoring.engine import Snapshot
+from services.scoring.features import State
 from services.scoring.model import ChurnModel, ModelParams
 from services.scoring.models import features, model_checkpoints, snapshots
 
 
-async def lock_versions(conn: AsyncConnection, *, subscriber_ids: Iterable[str]) -> dict[str, int]:
-    """Lock these subscribers' feature rows; return how many events each has applied.
+async def lock_and_load(
+    conn: AsyncConnection, *, subscriber_ids: Iterable[str], cached: dict[str, int]
+) -> tuple[dict[str, int], dict[str, State]]:
+    """Lock these subscribers' feature rows; return their versions and the states not cached.
 
-    The lock matters during a rebalance, when two replicas may briefly both hold
-    the same partition's records. The count is the row's version: a cached state
-    with another count is stale and is loaded again.
+    One round trip: the versions (``events_applied``: how many events a row has
+    applied) of every row, and the state of each row whose version is not the
+    one in ``cached`` (subscriber -> version the caller holds a copy of), since
+    a copy with another version is stale. The lock matters during a rebalance,
+    when two replicas may briefly both hold the same partition's records.
     """
+    current = _cached_keys(cached)
+    fresh = (features.c.subscriber_id + ":" + cast(features.c.events_applied, String)).in_(current)
     rows = await conn.execute(
-        select(features.c.subscriber_id, features.c.events_applied)
+        select(
+            features.c.subscriber_id,
+            features.c.events_applied,
+            case((fresh, None), else_=features.c.blob).label("blob"),
+            case((fresh | features.c.blob.is_not(None), None), else_=features.c.state).label(
+                "state"
+            ),
+        )
         .where(features.c.subscriber_id.in_(list(subscriber_ids)))
         .order_by(features.c.subscriber_id)
         .with_for_update()
     )
-    return {sid: int(applied) for sid, applied in rows}
+    versions: dict[str, int] = {}
+    loaded: dict[str, State] = {}
+    for sid, applied, blob, state in rows:
+        versions[sid] = int(applied)
+        if blob is not None:
+            loaded[sid] = decode(blob)
+        elif state is not None:
+            loaded[sid] = state  # a row from before the compact encoding
+    return versions, loaded
 
 
-async def load_states(conn: AsyncConnection, *, subscriber_ids: list[str]) -> dict[str, Any]:
-    """The stored feature states of these subscribers."""
-    if not subscriber_ids:
-        return {}
-    rows = await conn.execute(
-        select(features.c.subscriber_id, features.c.state).where(
-            features.c.subscriber_id.in_(subscriber_ids)
-        )
-    )
-    return {sid: state for sid, state in rows}
+def _cached_keys(cached: dict[str, int]) -> list[str]:
+    """``subscriber:version`` of the copies a caller holds (what ``lock_and_load`` skips)."""
+    return [f"{sid}:{applied}" for sid, applied in cached.items()]
 
 
 async def save_features(conn: AsyncConnection, *, rows: list[dict[str, Any]]) -> None:
-    """Insert or replace feature rows (state, events applied, latest score)."""
+    """Insert or replace feature rows (``blob``: the encoded state, events applied, score)."""
     if not rows:
         return
     stmt = insert(features)
     await conn.execute(
         stmt.on_conflict_do_update(
             index_elements=["subscriber_id"],
-            set_={c: stmt.excluded[c] for c in ("state", "events_applied", "score", "updated_at")},
+            set_={
+                c: stmt.excluded[c]
+                for c in ("state", "blob", "events_applied", "score", "updated_at")
+            },
         ),
-        rows,
+        [{"state": None, **row} for row in rows],
     )
 
 
@@ -132,11 +151,18 @@ async def recent_scores(
     return [(float(r.taken_at), float(r.predicted)) for r in rows][::-1]
 
 
-async def get_state(conn: AsyncConnection, *, subscriber_id: str) -> dict[str, Any] | None:
+async def get_state(conn: AsyncConnection, *, subscriber_id: str) -> State | None:
     """One subscriber's feature state (with its latest score), or None."""
-    return await conn.scalar(
-        select(features.c.state).where(features.c.subscriber_id == subscriber_id)
-    )
+    row = (
+        await conn.execute(
+            select(features.c.blob, features.c.state).where(
+                features.c.subscriber_id == subscriber_id
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    return decode(row.blob) if row.blob is not None else row.state
 
 
 async def load_model(conn: AsyncConnection, *, name: str, params: ModelParams) -> ChurnModel:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request
 
 from services.scoring import service
+from services.scoring.batch import SCORED_FIELDS
 from services.scoring.features import vector
 from services.scoring.schemas import TREND_POINTS, CheckpointOut, ModelOut, RiskOut, TrendPoint
 from shared.auth import require_scope
@@ -46,18 +47,7 @@ async def get_risk(subscriber_id: str, request: Request) -> RiskOut:
         features=x,
         reasons=reasons,
         trend=trend,
-        **{
-            k: scored[k]
-            for k in (
-                "score",
-                "previous_score",
-                "band",
-                "model_version",
-                "cause_event_id",
-                "event_time",
-                "scored_at",
-            )
-        },
+        **{k: scored[k] for k in SCORED_FIELDS if k != "published_score"},
     )
 
 
