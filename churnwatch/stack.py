@@ -295,6 +295,12 @@ class Stack:
         )
         self.env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
         if store is not None:
+            # Each fetch that finds nothing costs the S3-backed broker a read of its
+            # object store: the services' 50 ms wait (KAFKA_FETCH_MAX_WAIT_MS, for
+            # the latency the memory-backed broker and Apache Kafka give) kept
+            # SeaweedFS at a full core and halved `make run`'s pace. Kafka's 500 ms
+            # here, unless set (docs/performance.md).
+            self.env.setdefault("KAFKA_FETCH_MAX_WAIT_MS", "500")
             self.say(
                 f"broker      [green]{broker.bootstrap_servers}[/] (embedded Tansu, durable: "
                 f"stored on SeaweedFS S3 in {self.data_dir / 'broker'}; acknowledged messages "
