@@ -7,12 +7,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic_settings import BaseSettings
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from churnwatch.embedded import free_port
 from churnwatch.gateway import GatewaySettings
@@ -20,6 +23,7 @@ from services.alerting.settings import AlertingSettings
 from services.ingest.settings import IngestSettings
 from services.outreach.settings import OutreachSettings
 from services.scoring.settings import ScoringSettings
+from shared.db import to_async_url
 from shared.settings import BaseServiceSettings
 
 T = TypeVar("T")
@@ -237,3 +241,22 @@ def spawn_up(
             start_new_session=True,
         )
     return process, env
+
+
+@asynccontextmanager
+async def scratch_database(database_url: str, *, prefix: str) -> AsyncIterator[str]:
+    """An empty database of its own on the session's server, dropped afterwards; yields its URL.
+
+    For tests that migrate up and down or walk every row: the session's database
+    is at head and shared by every test.
+    """
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = create_async_engine(to_async_url(database_url), isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(to_async_url(database_url)).set(database=name).render_as_string(False)
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()

@@ -27,7 +27,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from alembic import command
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -46,7 +46,7 @@ from shared.crypto import (
 from shared.db import to_async_url
 from shared.events import OutreachTask, SubscriberEvent, parse_event
 from tests.conftest import Stack
-from tests.helpers import eventually, profile, sid, stop_notice
+from tests.helpers import eventually, profile, scratch_database, sid, stop_notice
 from tests.pipeline import run_pipeline
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.e2e]
@@ -247,11 +247,11 @@ async def test_migration_0007_seals_plain_rows_and_the_downgrade_opens_them(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A database of its own: the session's is at head and shared by every test.
-    name = f"phones_{secrets.token_hex(4)}"
-    admin = create_async_engine(to_async_url(stack.database_url), isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(to_async_url(stack.database_url)).set(database=name).render_as_string(False)
+    async with scratch_database(stack.database_url, prefix="phones") as url:
+        await _migrate_0007(url, monkeypatch)
+
+
+async def _migrate_0007(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     key = base64.b64encode(os.urandom(32)).decode()
     monkeypatch.setenv("PHONE_KEY", key)  # the migration reads it as a service would
     config = alembic_config(url)
@@ -285,9 +285,6 @@ async def test_migration_0007_seals_plain_rows_and_the_downgrade_opens_them(
             }
     finally:
         await engine.dispose()
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
 
 
 _PHONES = "SELECT subscriber_id, phone FROM alerting.subscribers"

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import secrets
 from typing import Any
 
 import orjson
 import pytest
 from alembic import command
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -22,10 +21,9 @@ from services.scoring.engine import DAY, Scorer
 from services.scoring.features import State, apply_event, new_state
 from services.scoring.model import ChurnModel
 from services.scoring.settings import ScoringSettings
-from shared.db import to_async_url
 from shared.events import parse_event
 from tests.conftest import Stack
-from tests.helpers import calls
+from tests.helpers import calls, scratch_database
 
 
 def as_json(state: State) -> Any:
@@ -134,16 +132,14 @@ async def test_migration_0011_keeps_old_json_rows_and_the_downgrade_restores_jso
     stack: Stack, engine_states: list[State]
 ) -> None:
     """Upgrade leaves JSONB rows as they are; downgrade turns bytes back into JSONB."""
-    # A database of its own: the session's is at head and shared by every test.
-    name = f"state_{secrets.token_hex(4)}"
-    admin = create_async_engine(to_async_url(stack.database_url), isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(to_async_url(stack.database_url)).set(database=name).render_as_string(False)
+    async with scratch_database(stack.database_url, prefix="state") as url:
+        await _migrate_0011(url, engine_states[0], engine_states[1])
+
+
+async def _migrate_0011(url: str, old: State, new: State) -> None:
     config = alembic_config(url)
     # No pool: a connection's cached plans would outlive the migrations' column changes.
     engine = create_async_engine(url, poolclass=NullPool)
-    old, new = engine_states[0], engine_states[1]
     insert = (
         "INSERT INTO scoring.features (subscriber_id, state, events_applied, updated_at)"
         " VALUES (:s, CAST(:state AS jsonb), 1, now())"
@@ -169,9 +165,6 @@ async def test_migration_0011_keeps_old_json_rows_and_the_downgrade_restores_jso
         assert restored == {"old": as_json(old), "new": as_json(new)}
     finally:
         await engine.dispose()
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
 
 
 _ROW = "SELECT blob, state FROM scoring.features WHERE subscriber_id = :s"

@@ -14,7 +14,6 @@ import os
 import ssl
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,8 +21,7 @@ import certifi
 import httpx
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import event, make_url, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import event, text
 
 from churnwatch.migrate import upgrade_async
 from churnwatch.phonekeys import phone_key_status, reseal_phones
@@ -42,13 +40,13 @@ from shared.crypto import (
     use_phone_key,
     use_phone_keyring,
 )
-from shared.db import connect_args, create_engine, to_async_url
+from shared.db import connect_args, create_engine
 from shared.errors import API_MAX_BODY_BYTES
 from shared.events import Channel, OutreachTask, TaskKind, Tier, parse_event
 from shared.kafka import client_options
 from shared.logging import JsonFormatter, PiiFilter, PlainFormatter, mask_subscriber, mask_text
 from shared.settings import BaseServiceSettings
-from tests.helpers import profile, sid, stop_notice
+from tests.helpers import profile, scratch_database, sid, stop_notice
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
 
@@ -493,26 +491,11 @@ def test_ingest_seals_the_phone_it_produces_and_refuses_a_sealed_one() -> None:
         use_phone_key(DEV_PHONE_KEY)
 
 
-@asynccontextmanager
-async def _scratch_database(database_url: str) -> AsyncIterator[str]:
-    """A database of its own at head: rotation walks every row, others' keys included."""
-    name = f"rotation_{uuid.uuid4().hex[:8]}"
-    admin = create_async_engine(to_async_url(database_url), isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(to_async_url(database_url)).set(database=name).render_as_string(False)
-    try:
-        await upgrade_async(url)
-        yield url
-    finally:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
-
-
 @session_loop
 async def test_rotation_moves_every_stored_phone_to_the_new_key(env: dict[str, Any]) -> None:
-    async with _scratch_database(env["database_url"]) as url:
+    # A database of its own at head: rotation walks every row, others' keys included.
+    async with scratch_database(env["database_url"], prefix="rotation") as url:
+        await upgrade_async(url)
         await _rotate(env | {"database_url": url})
 
 
