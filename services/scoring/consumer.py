@@ -250,15 +250,10 @@ class ScoringHandler:
             dropped.extend(
                 (subscriber_id, at) for at in self.scorer.censor(state, treated[subscriber_id])
             )
-            blob = self._cache.put(subscriber_id, partition_of[subscriber_id], applied + 1, state)
             rows.append(
-                {
-                    "subscriber_id": subscriber_id,
-                    "blob": blob,
-                    "updated_at": now,
-                    "events_applied": applied + 1,
-                    "score": state.get("last_score"),
-                }
+                self._feature_row(
+                    subscriber_id, partition_of[subscriber_id], applied + 1, state, now
+                )
             )
         # Deleted without learning: a censored snapshot never becomes an example.
         censored = await service.take_snapshots(conn, keys=dropped)
@@ -278,6 +273,22 @@ class ScoringHandler:
         return await service.lock_and_load(
             conn, subscriber_ids=ids, cached=self._cache.versions(ids)
         )
+
+    def _feature_row(
+        self, subscriber_id: str, partition: int, version: int, state: State, now: datetime
+    ) -> dict[str, Any]:
+        """The feature row to store for ``state`` at ``version``, which the cache now holds.
+
+        Encoded once, for the cache and the table (the row's ``blob`` is the
+        cache entry's bytes).
+        """
+        return {
+            "subscriber_id": subscriber_id,
+            "blob": self._cache.put(subscriber_id, partition, version, state),
+            "updated_at": now,
+            "events_applied": version,
+            "score": state.get("last_score"),
+        }
 
 
 class _PostgresStore:
@@ -325,19 +336,10 @@ class _PostgresStore:
 
     async def save_states(self, states: dict[str, tuple[State, int]]) -> None:
         """Upsert the feature rows (version moved on by the events applied); cache them."""
-        rows = []
-        cache = self.handler._cache
-        for sid, (state, applied) in states.items():
-            version = self.versions.get(sid, 0) + applied
-            # Encoded once, for the cache and the table.
-            blob = cache.put(sid, self.partition_of[sid], version, state)
-            rows.append(
-                {
-                    "subscriber_id": sid,
-                    "blob": blob,
-                    "updated_at": self.now,
-                    "events_applied": version,
-                    "score": state.get("last_score"),
-                }
+        rows = [
+            self.handler._feature_row(
+                sid, self.partition_of[sid], self.versions.get(sid, 0) + applied, state, self.now
             )
+            for sid, (state, applied) in states.items()
+        ]
         await service.save_features(self.conn, rows=rows)
