@@ -28,8 +28,8 @@ async def lock_and_load(
     a copy with another version is stale. The lock matters during a rebalance,
     when two replicas may briefly both hold the same partition's records.
     """
-    current = _cached_keys(cached)
-    fresh = (features.c.subscriber_id + ":" + cast(features.c.events_applied, String)).in_(current)
+    held = [f"{sid}:{applied}" for sid, applied in cached.items()]
+    fresh = (features.c.subscriber_id + ":" + cast(features.c.events_applied, String)).in_(held)
     rows = await conn.execute(
         select(
             features.c.subscriber_id,
@@ -47,16 +47,15 @@ async def lock_and_load(
     loaded: dict[str, State] = {}
     for sid, applied, blob, state in rows:
         versions[sid] = int(applied)
-        if blob is not None:
-            loaded[sid] = decode(blob)
-        elif state is not None:
-            loaded[sid] = state  # a row from before the compact encoding
+        stored = _stored_state(blob, state)
+        if stored is not None:
+            loaded[sid] = stored
     return versions, loaded
 
 
-def _cached_keys(cached: dict[str, int]) -> list[str]:
-    """``subscriber:version`` of the copies a caller holds (what ``lock_and_load`` skips)."""
-    return [f"{sid}:{applied}" for sid, applied in cached.items()]
+def _stored_state(blob: bytes | None, state: State | None) -> State | None:
+    """A row's state: its bytes decoded, else its JSON (a row from before migration 0011)."""
+    return decode(blob) if blob is not None else state
 
 
 async def save_features(conn: AsyncConnection, *, rows: list[dict[str, Any]]) -> None:
@@ -160,9 +159,7 @@ async def get_state(conn: AsyncConnection, *, subscriber_id: str) -> State | Non
             )
         )
     ).first()
-    if row is None:
-        return None
-    return decode(row.blob) if row.blob is not None else row.state
+    return None if row is None else _stored_state(row.blob, row.state)
 
 
 async def load_model(conn: AsyncConnection, *, name: str, params: ModelParams) -> ChurnModel:
