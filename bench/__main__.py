@@ -255,7 +255,7 @@ class Bench:
         populate_s = 0.0
         for size in self.plan.growth_sizes:
             begin = time.monotonic()
-            [copies] = scoring.growth_populate(st, templates, [size]).values()
+            copies = scoring.growth_populate(st, templates, size)
             populate_s += time.monotonic() - begin
             key = GROWTH_KEYS.get(size, f"scoring_eps_{size}")
             for n in range(self.repeat):

@@ -90,7 +90,7 @@ def main() -> None:
                 # The growth section's largest size: 1M stored subscribers,
                 # events to uniformly drawn ones (nearly all cache misses).
                 templates = scoring.make_templates(st, blob, subscribers=200, days=35)
-                [copies] = scoring.growth_populate(st, templates, [1_000_000]).values()
+                copies = scoring.growth_populate(st, templates, 1_000_000)
                 events = scoring.growth_events(
                     templates, copies=copies, population=1_000_000, events=50_000, seed=1
                 )

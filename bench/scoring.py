@@ -359,11 +359,8 @@ def growth_events(
     return copy_events(templates.follow, copies=copies, targets=targets)
 
 
-def growth_populate(stack: Stack, templates: Templates, sizes: Sequence[int]) -> dict[int, str]:
-    """Store ``size`` copies for each size; return each size's id prefix."""
-    names = {}
-    for size in sizes:
-        copies = f"{templates.tag}-g{size}"
-        run(populate(stack, templates=templates.tag + "-TPL", copies=copies, count=size))
-        names[size] = copies
-    return names
+def growth_populate(stack: Stack, templates: Templates, size: int) -> str:
+    """Store ``size`` copies of the template states; return their id prefix."""
+    copies = f"{templates.tag}-g{size}"
+    run(populate(stack, templates=templates.tag + "-TPL", copies=copies, count=size))
+    return copies
