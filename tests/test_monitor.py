@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -262,12 +261,17 @@ def test_csv_rows_leave_a_gap_empty() -> None:
 def test_the_thread_samples_every_interval(services: dict[str, FakeService]) -> None:
     monitor = Monitor({"scoring": services["scoring"].url})
     seen: list[list[Sample]] = []
-    monitor.on_round = seen.append
+    fourth = threading.Event()
+
+    def on_round(found: list[Sample]) -> None:
+        seen.append(found)
+        if len(seen) >= 4:
+            fourth.set()
+
+    monitor.on_round = on_round
     monitor.start(0.05)
     assert len(monitor.rounds) == 1  # the first round before start() returns
-    deadline = time.monotonic() + 5
-    while len(monitor.rounds) < 4 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert fourth.wait(5), "the monitor's thread did not sample four rounds in 5 s"
     monitor.stop()
     rounds = monitor.rounds
     assert len(rounds) >= 4 and len(seen) == len(rounds)
