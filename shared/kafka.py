@@ -13,15 +13,42 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiokafka.client
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.metadata import MetadataRequest
 
 from shared import metrics
 from shared.settings import BaseServiceSettings
 from shared.topics import Topics
 
 log = logging.getLogger(__name__)
+
+
+class _MetadataRequestNoAutoCreate(MetadataRequest):  # type: ignore[misc]  # untyped base
+    """aiokafka's metadata request, never asking the broker to create the topics it names.
+
+    A Kafka client asks for the metadata of every topic it produces to or
+    consumes from, and by default (metadata v4+) asks the broker to create any
+    that is missing, with the broker's default partition count
+    (``num.partitions``; Tansu: 4). After a broker loses its topics, whichever
+    client asks first would re-create one with the wrong partition count before
+    ``TopicGuard`` re-creates it with ``KAFKA_TOPIC_PARTITIONS``, and the guard
+    then refuses the topic until an operator steps in. Java clients turn this off
+    with ``allow.auto.create.topics=false`` (KIP-361); aiokafka has no such
+    option, so its client's request class is this one: only ``ensure_topics``
+    (and an operator) create topics.
+    """
+
+    def __init__(
+        self, topics: list[str] | None = None, allow_auto_topic_creation: bool | None = False
+    ) -> None:
+        super().__init__(topics, allow_auto_topic_creation)
+
+
+# aiokafka's client builds its metadata requests from this module-level name.
+aiokafka.client.MetadataRequest = _MetadataRequestNoAutoCreate
 
 
 def client_options(settings: BaseServiceSettings) -> dict[str, Any]:

@@ -23,6 +23,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
@@ -39,7 +42,7 @@ from services.scoring.app import create_app as create_scoring
 from services.scoring.models import features, processed_events
 from services.scoring.settings import ScoringSettings
 from shared.db import create_engine
-from shared.kafka import ensure_topics, make_producer
+from shared.kafka import client_options, ensure_topics, make_producer, present_topics
 from shared.topics import Topics
 from tests.helpers import calls, event, eventually, profile, read_topic, serve, sid
 
@@ -376,6 +379,46 @@ async def test_broker_killed_and_restarted_under_load_the_pipeline_recovers_by_i
             f"in-flight at kill (memory storage) {len(lost)}, refused {len(refused)}, "
             f"no answer {sum(1 for o in outcomes if o.status == 0)}"
         )
+
+
+@pytest.mark.timeout(60)
+async def test_our_clients_never_create_a_topic_by_naming_it(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    """A consumer or producer naming a missing topic leaves it missing (KIP-361's default).
+
+    The embedded broker, like Kafka with ``auto.create.topics.enable``, creates a
+    topic any metadata request names, with its own partition count (4). After a
+    broker restart, such a topic made by a consumer's metadata refresh before the
+    topic guard re-created it with ``KAFKA_TOPIC_PARTITIONS`` (3 here) was refused
+    for good: the restart test above once timed out that way in a full run.
+    """
+    broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "broker.log").start()
+    settings = IngestSettings(**{**env, "kafka_bootstrap_servers": broker.bootstrap_servers})
+    topics = Topics(settings.kafka_topic_prefix)
+    consumer = AIOKafkaConsumer(**client_options(settings), group_id=f"g-{uuid.uuid4().hex[:6]}")
+    producer = make_producer(settings)
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    try:
+        await consumer.start()
+        await producer.start()
+        await admin.start()
+        # Subscribed while running, as a service's consumer is when its broker
+        # comes back empty: its metadata refreshes name the topic.
+        consumer.subscribe([topics.events])
+        assert await consumer.getmany(timeout_ms=1000) == {}
+        # Refused (unknown topic) or still waiting for metadata when given up on.
+        with pytest.raises((KafkaError, TimeoutError)):
+            await asyncio.wait_for(producer.send_and_wait(topics.scores, b"x"), 5)
+        present = set(await admin.list_topics())
+        assert not present & {topics.events, topics.scores}, present
+        await ensure_topics(settings)  # the one way topics are made: with our partitions
+        assert (await present_topics(admin)).items() >= {topics.events: 3, topics.scores: 3}.items()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await admin.close()
+        broker.stop()
 
 
 @pytest.mark.timeout(60)

@@ -26,6 +26,7 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from alembic import command
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -365,6 +366,13 @@ async def test_the_searches_find_a_planted_plain_number(stack: Stack) -> None:
                 text(f"INSERT INTO public.{table} VALUES (:v)"),  # noqa: S608 - our own name
                 {"v": orjson.dumps({"to": number[1:]}).decode()},  # digits only, in JSON
             )
+        # Made first: our clients never create a topic by naming it (shared.kafka).
+        admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap_servers)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        finally:
+            await admin.close()
         await producer.send_and_wait(topic, b'{"phone": "' + number.encode() + b'"}')
         hits, _ = await _database_hits(stack.database_url, [number, number[1:]])
         assert hits == [f"public.{table}.note"]
