@@ -231,21 +231,31 @@ _HEADER = APIKeyHeader(
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="churnwatch"'}
 
 
+def _settings(request: Request) -> BaseServiceSettings:
+    """The app's settings; every service's ``create_app`` stores its own there."""
+    settings: BaseServiceSettings = request.app.state.settings
+    return settings
+
+
+def _keystore(request: Request) -> KeyStore:
+    """The key store ``install_auth`` gave the app."""
+    store: KeyStore = request.app.state.keystore
+    return store
+
+
 async def authenticate(request: Request, token: str | None, scope: str) -> ApiKey | None:
     """The key behind ``token`` if it grants ``scope``; 401 or 403 otherwise.
 
     None when the app runs with ``AUTH_ENABLED=false``.
     """
-    settings = request.app.state.settings
-    if not settings.auth_enabled:
+    if not _settings(request).auth_enabled:
         return None
     if not token:
         raise Unauthorized("an API key is required", headers=_CHALLENGE)
     parsed = parse_key(token)
     if parsed is None:
         raise Unauthorized("malformed API key", headers=_CHALLENGE)
-    store: KeyStore = request.app.state.keystore
-    key = await store.lookup(parsed[0])
+    key = await _keystore(request).lookup(parsed[0])
     # One message for unknown, revoked and wrong secret: the caller learns nothing.
     if key is None or not key_matches(key, token):
         raise Unauthorized("unknown or revoked API key", headers=_CHALLENGE)

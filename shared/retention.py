@@ -16,8 +16,6 @@ so a first purge of a large backlog does not hold locks for long.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +24,8 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import Counter
 from sqlalchemy import ColumnElement, Table, delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,13 @@ class Purger:
         self._engine = engine
         self._rules = list(rules)
         self._days = days
-        self._interval_s = interval_s
         self._clock = clock
-        self._stop = asyncio.Event()
+        self._loop = Periodic(
+            self._purge,
+            interval_s=interval_s,
+            log=log,
+            failure="retention purge failed; retrying at the next interval",
+        )
 
     async def run_once(self) -> dict[str, int]:
         """One purge now."""
@@ -110,14 +114,12 @@ class Purger:
         """Purge at start and then every interval, until :meth:`stop`."""
         if self._days <= 0 or not self._rules:
             return
-        while not self._stop.is_set():
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("retention purge failed; retrying at the next interval")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=self._interval_s)
+        await self._loop.run()
+
+    async def _purge(self) -> None:
+        # None rather than run_once's counts: after every purge the loop waits its interval.
+        await self.run_once()
 
     def stop(self) -> None:
         """Let :meth:`run` return after the purge in hand."""
-        self._stop.set()
+        self._loop.stop()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -40,6 +38,7 @@ from shared.events import (
     derive_id,
     parse_event,
 )
+from shared.periodic import Periodic
 from shared.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -254,7 +253,12 @@ class Sweeper:
         self.db = db
         self.topics = topics
         self.producer = producer
-        self._stop = asyncio.Event()
+        self._loop = Periodic(
+            self._sweep,
+            interval_s=lambda: self.settings.alerting_sweep_interval_s,
+            log=log,
+            failure="alerting sweep failed; retrying next interval",
+        )
         self.min_dwell = min(
             (trigger.dwell for _, trigger in engine.rules.triggered(ScoreTrigger)), default=None
         )
@@ -299,15 +303,15 @@ class Sweeper:
 
     async def run(self) -> None:
         """Sweep every ``ALERTING_SWEEP_INTERVAL_S`` until stopped; errors are logged, not fatal."""
-        while not self._stop.is_set():
-            try:
-                await self.sweep_once()
-            except Exception:
-                metrics.SWEEP_ERRORS.inc()
-                log.exception("alerting sweep failed; retrying next interval")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.settings.alerting_sweep_interval_s)
+        await self._loop.run()
+
+    async def _sweep(self) -> None:
+        try:
+            await self.sweep_once()
+        except Exception:
+            metrics.SWEEP_ERRORS.inc()
+            raise  # the loop logs it and sweeps again after the interval
 
     def stop(self) -> None:
         """Ask ``run`` to return after the pass in hand."""
-        self._stop.set()
+        self._loop.stop()

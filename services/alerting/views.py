@@ -6,10 +6,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 
 from services.alerting import service
 from services.alerting.activity import ActivityOut, activity_out, load_activity
+from services.alerting.deps import EngineDep, RulesDep, RulesSourceDep
 from services.alerting.schemas import RulesOut, SilenceIn, SilenceOut, SilencePage, SilenceState
 from shared.auth import require_scope
 from shared.errors import BadRequest, NotFound
@@ -24,13 +25,13 @@ activity_router = APIRouter(
 
 
 @activity_router.get("/subscribers/{subscriber_id}/activity", response_model=ActivityOut)
-async def get_activity(subscriber_id: str, request: Request) -> ActivityOut:
+async def get_activity(subscriber_id: str, engine: EngineDep) -> ActivityOut:
     """The subscriber's recent bills, payments, stop-notices and complaints, newest first.
 
     The newest 10 of each kind alerting has handled; 404 if alerting knows
     nothing of the subscriber.
     """
-    async with request.app.state.runtime.engine.connect() as conn:
+    async with engine.connect() as conn:
         known, activity = await load_activity(conn, subscriber_id=subscriber_id)
     if not known:
         raise NotFound("alerting knows nothing of this subscriber")
@@ -45,7 +46,7 @@ def _out(row: dict[str, Any], now: datetime) -> SilenceOut:
 
 
 @router.post("/silences", status_code=201, response_model=SilenceOut, tags=["silences"])
-async def create_silence(body: SilenceIn, request: Request) -> SilenceOut:
+async def create_silence(body: SilenceIn, engine: EngineDep, rules: RulesDep) -> SilenceOut:
     """Silence alerts matching every given matcher (rule, tier, subscriber) until it ends."""
     now = datetime.now(UTC)
     try:
@@ -54,7 +55,6 @@ async def create_silence(body: SilenceIn, request: Request) -> SilenceOut:
         raise BadRequest(str(exc)) from exc
     if ends <= max(starts, now):
         raise BadRequest("the silence would end before it starts or in the past")
-    rules = request.app.state.rules
     if body.rule is not None and body.rule not in {r.name for r in rules.rules}:
         raise BadRequest(
             f"no rule named {body.rule!r}", details={"rules": [r.name for r in rules.rules]}
@@ -70,28 +70,28 @@ async def create_silence(body: SilenceIn, request: Request) -> SilenceOut:
         "created_by": body.created_by,
         "created_at": now,
     }
-    async with request.app.state.runtime.engine.begin() as conn:
+    async with engine.begin() as conn:
         row = await service.create_silence(conn, values=values)
     return _out(row, now)
 
 
 @router.get("/silences", response_model=SilencePage, tags=["silences"])
 async def list_silences(
-    request: Request,
+    engine: EngineDep,
     state: SilenceState = "active",
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> SilencePage:
     """Silences in a state (active by default), newest first."""
     now = datetime.now(UTC)
-    async with request.app.state.runtime.engine.connect() as conn:
+    async with engine.connect() as conn:
         rows = await service.list_silences(conn, state=state, now=now, limit=limit)
     return SilencePage(items=[_out(r, now) for r in rows])
 
 
 @router.get("/silences/{silence_id}", response_model=SilenceOut, tags=["silences"])
-async def get_silence(silence_id: uuid.UUID, request: Request) -> SilenceOut:
+async def get_silence(silence_id: uuid.UUID, engine: EngineDep) -> SilenceOut:
     """One silence."""
-    async with request.app.state.runtime.engine.connect() as conn:
+    async with engine.connect() as conn:
         row = await service.get_silence(conn, silence_id=silence_id)
     if row is None:
         raise NotFound(f"no silence {silence_id}")
@@ -99,9 +99,9 @@ async def get_silence(silence_id: uuid.UUID, request: Request) -> SilenceOut:
 
 
 @router.delete("/silences/{silence_id}", status_code=204, tags=["silences"])
-async def delete_silence(silence_id: uuid.UUID, request: Request) -> Response:
+async def delete_silence(silence_id: uuid.UUID, engine: EngineDep) -> Response:
     """End a silence now; it stays listed as expired."""
-    async with request.app.state.runtime.engine.begin() as conn:
+    async with engine.begin() as conn:
         row = await service.expire_silence(conn, silence_id=silence_id, now=datetime.now(UTC))
     if row is None:
         raise NotFound(f"no silence {silence_id}")
@@ -109,9 +109,9 @@ async def delete_silence(silence_id: uuid.UUID, request: Request) -> Response:
 
 
 @router.get("/rules", response_model=RulesOut, tags=["rules"])
-async def rules_in_force(request: Request) -> RulesOut:
+async def rules_in_force(rules: RulesDep, source: RulesSourceDep) -> RulesOut:
     """The rules file alerting runs with, as parsed (defaults filled in)."""
     return RulesOut(
-        source=str(request.app.state.rules_source),
-        rules=request.app.state.rules.model_dump(mode="json", by_alias=True),
+        source=str(source),
+        rules=rules.model_dump(mode="json", by_alias=True),
     )

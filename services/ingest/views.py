@@ -10,9 +10,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from services.ingest import metrics
+from services.ingest.deps import (
+    OffsetLedgerDep,
+    ProducerDep,
+    SettingsDep,
+    TopicGuardDep,
+    TopicsDep,
+)
 from services.ingest.schemas import IngestResult
 from services.ingest.service import produce_events, split_body, validate_items
-from services.ingest.settings import IngestSettings
 from shared.auth import require_scope
 from shared.errors import NotFound, PayloadTooLarge, UnprocessableEntity
 from shared.events import Event, json_schemas
@@ -60,13 +66,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
         }
     },
 )
-async def post_events(request: Request) -> JSONResponse:
+async def post_events(
+    request: Request,
+    settings: SettingsDep,
+    producer: ProducerDep,
+    guard: TopicGuardDep,
+    ledger: OffsetLedgerDep,
+    topics: TopicsDep,
+) -> JSONResponse:
     """Accept one event, a JSON array of events, or NDJSON (one event per line).
 
     Each event is validated on its own. The valid ones are produced to Kafka and
     the answer is 202 only after the broker acknowledged all of them.
     """
-    settings: IngestSettings = request.app.state.settings
     body = await _read_body(request, settings.ingest_max_body_bytes)
     items = split_body(
         body, request.headers.get("content-type", ""), max_events=settings.ingest_max_batch_events
@@ -81,10 +93,10 @@ async def post_events(request: Request) -> JSONResponse:
         )
     try:
         await produce_events(
-            producer=request.app.state.producer,
-            guard=request.app.state.topic_guard,
-            ledger=request.app.state.offset_ledger,
-            topics=request.app.state.topics,
+            producer=producer,
+            guard=guard,
+            ledger=ledger,
+            topics=topics,
             events=valid,
             timeout_s=settings.ingest_produce_timeout_s,
             retry_after_s=settings.ingest_retry_after_s,

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from services.outreach import metrics, policy, service
-from services.outreach.deps import get_clock, get_engine, get_settings
+from services.outreach.deps import ClockDep, EngineDep, SettingsDep
 from services.outreach.schemas import (
     ContactOut,
     InboundIn,
@@ -29,6 +29,7 @@ from services.outreach.schemas import (
     ReceiptIn,
     ReceiptOut,
 )
+from services.outreach.settings import OutreachSettings
 from shared.auth import auth_responses, require_scope
 from shared.errors import Conflict, ErrorBody, NotFound, PayloadTooLarge, Unauthorized
 
@@ -78,14 +79,19 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-async def _signed(request: Request, signature: str | None, model: type[M], what: str) -> M:
+async def _signed(
+    request: Request,
+    settings: OutreachSettings,
+    signature: str | None,
+    model: type[M],
+    what: str,
+) -> M:
     """The webhook's body, parsed, after checking its signature over the raw bytes."""
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_WEBHOOK_BYTES:
             raise PayloadTooLarge(f"{what} body over {MAX_WEBHOOK_BYTES} bytes")
-    settings = get_settings(request)
     try:
         policy.verify(
             signature,
@@ -120,7 +126,13 @@ async def _signed(request: Request, signature: str | None, model: type[M], what:
         status_422=INVALID,
     ),
 )
-async def receipt(request: Request, x_signature: SignatureHeader = None) -> ReceiptOut:
+async def receipt(
+    request: Request,
+    settings: SettingsDep,
+    engine: EngineDep,
+    clock: ClockDep,
+    x_signature: SignatureHeader = None,
+) -> ReceiptOut:
     """A delivery receipt from the SMS provider: moves ``sent`` to ``delivered`` or ``failed``.
 
     The task is found by ``reference`` (our task id), else by ``message_id``.
@@ -128,10 +140,10 @@ async def receipt(request: Request, x_signature: SignatureHeader = None) -> Rece
     waiting for a retry) records ``sent`` first. A repeated receipt, or one for
     a task already final, answers 200 with ``changed: false``.
     """
-    body = await _signed(request, x_signature, ReceiptIn, "receipt")
-    now = get_clock(request).now()
+    body = await _signed(request, settings, x_signature, ReceiptIn, "receipt")
+    now = clock.now()
     at = min(body.at, now) if body.at is not None else now  # never in the future
-    async with get_engine(request).begin() as conn:
+    async with engine.begin() as conn:
         result, task = await service.apply_receipt(
             conn,
             message_id=body.message_id,
@@ -161,18 +173,24 @@ async def receipt(request: Request, x_signature: SignatureHeader = None) -> Rece
     openapi_extra=_body_schema(InboundIn),
     responses=_errors(status_401=UNAUTHORIZED, status_413=TOO_LARGE, status_422=INVALID),
 )
-async def inbound(request: Request, x_signature: SignatureHeader = None) -> InboundOut:
+async def inbound(
+    request: Request,
+    settings: SettingsDep,
+    engine: EngineDep,
+    clock: ClockDep,
+    x_signature: SignatureHeader = None,
+) -> InboundOut:
     """An SMS from a subscriber, forwarded by the provider.
 
     "T" or "TD" (trimmed, any case) opts out every subscriber whose tasks
     carry the sender's number; anything else is acknowledged and ignored.
     """
-    body = await _signed(request, x_signature, InboundIn, "inbound")
+    body = await _signed(request, settings, x_signature, InboundIn, "inbound")
     if not policy.is_opt_out_reply(body.text):
         return InboundOut(action="ignored", subscribers=0)
-    now = get_clock(request).now()
+    now = clock.now()
     new = cancelled = 0
-    async with get_engine(request).begin() as conn:
+    async with engine.begin() as conn:
         subscribers = await service.subscribers_with_phone(conn, phone=body.sender)
         for subscriber_id in subscribers:
             created, _, stopped = await service.opt_out(
@@ -209,13 +227,13 @@ def _contact(subscriber_id: str, entry: dict[str, Any] | None) -> ContactOut:
     response_model=ContactOut,
     responses={**_errors(status_422=INVALID), **auth_responses()},
 )
-async def get_contact(subscriber_id: SubscriberPath, request: Request) -> ContactOut:
+async def get_contact(subscriber_id: SubscriberPath, engine: EngineDep) -> ContactOut:
     """A subscriber's contact status: whether they are on the do-not-contact list.
 
     Any well-formed id answers 200: a subscriber outreach never heard of is
     simply not opted out.
     """
-    async with get_engine(request).connect() as conn:
+    async with engine.connect() as conn:
         entry = await service.get_opt_out(conn, subscriber_id=subscriber_id)
     return _contact(subscriber_id, entry)
 
@@ -233,7 +251,8 @@ async def get_contact(subscriber_id: SubscriberPath, request: Request) -> Contac
 )
 async def put_opt_out(
     subscriber_id: SubscriberPath,
-    request: Request,
+    engine: EngineDep,
+    clock: ClockDep,
     response: Response,
     body: Annotated[OptOutIn | None, Body()] = None,
 ) -> ContactOut:
@@ -243,13 +262,13 @@ async def put_opt_out(
     Their marketing SMS still waiting to be sent are cancelled; service
     messages (reminders, care) still go.
     """
-    async with get_engine(request).begin() as conn:
+    async with engine.begin() as conn:
         created, entry, cancelled = await service.opt_out(
             conn,
             subscriber_id=subscriber_id,
             source="api",
             reason=body.reason if body else None,
-            now=get_clock(request).now(),
+            now=clock.now(),
         )
     metrics.count_opt_out("api", int(created), cancelled)
     response.status_code = 201 if created else 200
@@ -263,11 +282,11 @@ async def put_opt_out(
     status_code=204,
     responses={**_errors(status_422=INVALID), **auth_responses()},
 )
-async def delete_opt_out(subscriber_id: SubscriberPath, request: Request) -> Response:
+async def delete_opt_out(subscriber_id: SubscriberPath, engine: EngineDep) -> Response:
     """Take a subscriber off the do-not-contact list (204 whether or not they were on it).
 
     SMS cancelled because of the opt-out stay cancelled.
     """
-    async with get_engine(request).begin() as conn:
+    async with engine.begin() as conn:
         await service.remove_opt_out(conn, subscriber_id=subscriber_id)
     return Response(status_code=204)

@@ -12,8 +12,8 @@ the other services:
 ``OUTREACH_ALERTING_URL``, with ``OUTREACH_SERVICES_API_KEY`` as ``X-API-Key``)
 with short timeouts. The card is useful without them: any error, a 404 or a
 service not configured gives None, logged (never with the subscriber's id or
-phone) rather than raised. ``app.state.directory`` holds one for the app's
-life (None when neither URL is set); routes take it with ``deps.get_directory``.
+phone) rather than raised. The app's lifespan makes one for the app's life
+(None when neither URL is set); pages take it as a ``deps.DirectoryDep`` parameter.
 """
 
 from __future__ import annotations

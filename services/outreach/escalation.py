@@ -22,14 +22,12 @@ ends unreached it is escalated on the next pass).
 Exactly once, even with several replicas: the candidates are locked with
 ``FOR UPDATE SKIP LOCKED`` and updated in the statement that checks
 ``escalated_at IS NULL``; a replica that comes second skips them or finds them
-escalated. Time is the clock's (``app.state.clock``), so a replay judges the
-margin against the replayed day.
+escalated. Time is the service's clock (its routes' too: a stream clock in a
+replay), so a replay judges the margin against the replayed day.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -51,6 +49,7 @@ from services.outreach.schemas import CallStatus, SmsStatus
 from services.outreach.settings import OutreachSettings
 from shared.clock import Clock
 from shared.events import Channel, OutreachTask, TaskKind, Tier, derive_id
+from shared.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +230,12 @@ class Escalator:
         self.engine = engine
         self.clock = clock
         self.wake_sms = wake_sms
-        self._stop = asyncio.Event()
+        self._loop = Periodic(
+            self._escalate,
+            interval_s=lambda: self.settings.outreach_escalation_interval_s,
+            log=log,
+            failure="escalation pass failed; retrying",
+        )
         self.passes = 0  # passes made (tests can wait on it)
 
     @property
@@ -261,24 +265,20 @@ class Escalator:
 
     async def run(self) -> None:
         """Escalate until stopped; a failed pass is logged and retried next time."""
-        while not self._stop.is_set():
-            try:
-                done = await self.escalate_once()
-                if done.escalated:
-                    log.warning(
-                        "VIP reminders escalated",
-                        extra={
-                            "escalated": len(done.escalated),
-                            "fallback_sms": len(done.fallback_sms),
-                        },
-                    )
-            except Exception:
-                log.exception("escalation pass failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._stop.wait(), self.settings.outreach_escalation_interval_s
-                )
+        await self._loop.run()
+
+    async def _escalate(self) -> None:
+        # None rather than the pass: after every pass the loop waits its interval.
+        done = await self.escalate_once()
+        if done.escalated:
+            log.warning(
+                "VIP reminders escalated",
+                extra={
+                    "escalated": len(done.escalated),
+                    "fallback_sms": len(done.fallback_sms),
+                },
+            )
 
     def stop(self) -> None:
         """Return from ``run`` after the pass in hand."""
-        self._stop.set()
+        self._loop.stop()

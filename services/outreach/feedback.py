@@ -23,7 +23,6 @@ the current month by ``KpiRefresher``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
@@ -33,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from prometheus_client import Gauge
 from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
@@ -41,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
 from services.outreach import metrics
-from services.outreach.deps import get_clock, get_engine, get_settings
+from services.outreach.deps import ClockDep, EngineDep, SettingsDep
 from services.outreach.models import outbox, tasks
 from services.outreach.schemas import CallStatus, SmsStatus
 from services.outreach.service import OUTCOMES_TOPIC
@@ -49,6 +48,7 @@ from services.outreach.settings import OutreachSettings
 from shared.clock import Clock, WallClock
 from shared.consumer import Outbox
 from shared.events import CallOutcome, Channel, TaskKind, Tier, UpdateCause
+from shared.periodic import Periodic
 from shared.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -95,44 +95,47 @@ class Relay:
         # Logical topic of an outbox row -> the Kafka topic under our prefix. A row
         # naming another topic (none today) is left unpublished, still counted pending.
         self.destinations: Mapping[str, str] = {OUTCOMES_TOPIC: topics.outcomes}
-        self._stop = asyncio.Event()
-        self._wakeup = asyncio.Event()  # also set by stop(), to end the wait at once
+        self._loop = Periodic(
+            self._relay,
+            interval_s=lambda: self.settings.outreach_relay_interval_s,
+            log=log,
+            failure="outbox relay pass failed; retrying every OUTREACH_RELAY_INTERVAL_S",
+        )
         self._failing = False
 
     def wake(self) -> None:
         """Relay now rather than at the next interval (new outbox rows were committed)."""
-        self._wakeup.set()
+        self._loop.wake()
 
     async def run(self) -> None:
         """Relay until stopped; a failed pass (broker down) is logged and retried later."""
-        while not self._stop.is_set():
-            backlog = False
-            try:
-                backlog = await self.relay_once() >= self.batch
-            except Exception:
-                # Nothing is lost: the rows stay unpublished and the next pass retries.
-                # One warning per outage, not one per interval; the metric counts all.
-                metrics.RELAY_FAILURES.inc()
-                log.log(
-                    logging.DEBUG if self._failing else logging.WARNING,
-                    "outbox relay pass failed; retrying every OUTREACH_RELAY_INTERVAL_S",
-                    exc_info=True,
-                )
-                self._failing = True
-            else:
-                if self._failing:
-                    log.info("outbox relay recovered")
-                self._failing = False
-            if backlog:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.settings.outreach_relay_interval_s)
-            self._wakeup.clear()
+        await self._loop.run()
+
+    async def _relay(self) -> bool:
+        """One pass; True after a full batch (a backlog: relay again at once)."""
+        # Failures are handled here, not by the loop: one warning per outage, not one
+        # per interval (the loop would log every one as an error).
+        try:
+            backlog = await self.relay_once() >= self.batch
+        except Exception:
+            # Nothing is lost: the rows stay unpublished and the next pass retries.
+            # The metric counts every failure.
+            metrics.RELAY_FAILURES.inc()
+            log.log(
+                logging.DEBUG if self._failing else logging.WARNING,
+                "outbox relay pass failed; retrying every OUTREACH_RELAY_INTERVAL_S",
+                exc_info=True,
+            )
+            self._failing = True
+            return False
+        if self._failing:
+            log.info("outbox relay recovered")
+        self._failing = False
+        return backlog
 
     def stop(self) -> None:
         """Return from ``run`` after the pass in hand."""
-        self._stop.set()
-        self._wakeup.set()
+        self._loop.stop()
 
     async def relay_once(self) -> int:
         """Publish one batch of unpublished outbox rows; return how many were published.
@@ -437,11 +440,12 @@ PeriodQuery = Annotated[
 
 
 @router.get("/kpis", response_model=KpiReport)
-async def get_kpis(request: Request, period: PeriodQuery = None) -> KpiReport:
+async def get_kpis(
+    engine: EngineDep, clock: ClockDep, settings: SettingsDep, period: PeriodQuery = None
+) -> KpiReport:
     """The reminder-before-suspension and win-back KPIs for a month, overall and by tier."""
-    settings = get_settings(request)
-    now = get_clock(request).now()
-    async with get_engine(request).connect() as conn:
+    now = clock.now()
+    async with engine.connect() as conn:
         return await compute_kpis(
             conn,
             period=period or current_period(settings.zone, now=now),
@@ -481,17 +485,21 @@ class KpiRefresher:
         self.clock: Clock = clock or WallClock()
         self.settings = settings
         self.engine = engine
-        self._stop = asyncio.Event()
+        self._loop = Periodic(
+            self._refresh,
+            interval_s=lambda: self.settings.outreach_kpi_interval_s,
+            log=log,
+            failure="KPI refresh failed; keeping the last values",
+            level=logging.WARNING,  # the gauges keep their last values: nothing is lost
+        )
 
     async def run(self) -> None:
         """Refresh until stopped; a failed refresh is logged and tried again next time."""
-        while not self._stop.is_set():
-            try:
-                await self.refresh_once()
-            except Exception:
-                log.warning("KPI refresh failed; keeping the last values", exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.settings.outreach_kpi_interval_s)
+        await self._loop.run()
+
+    async def _refresh(self) -> None:
+        # None rather than the report: after every refresh the loop waits its interval.
+        await self.refresh_once()
 
     async def refresh_once(self, *, now: datetime | None = None) -> KpiReport:
         """Compute this month's KPIs, set the gauges, and return them."""
@@ -508,4 +516,4 @@ class KpiRefresher:
 
     def stop(self) -> None:
         """Return from ``run`` after the pass in hand."""
-        self._stop.set()
+        self._loop.stop()

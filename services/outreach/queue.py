@@ -18,8 +18,6 @@ different call, or none. A claim not finished within
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from services.outreach.settings import OutreachSettings
 from shared.clock import Clock, WallClock
 from shared.errors import Conflict, NotFound, UnprocessableEntity
 from shared.events import CallOutcome, Channel
+from shared.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -413,7 +412,12 @@ class QueueKeeper:
         self.clock: Clock = clock or WallClock()
         self.settings = settings
         self.engine = engine
-        self._stop = asyncio.Event()
+        self._loop = Periodic(
+            self._keep,
+            interval_s=lambda: self.interval_s,
+            log=log,
+            failure="call queue keeper pass failed; retrying",
+        )
         self.passes = 0  # passes made (tests can wait on it)
 
     @property
@@ -449,19 +453,16 @@ class QueueKeeper:
 
     async def run(self) -> None:
         """Keep the queues until stopped; a failed pass is logged and retried next time."""
-        while not self._stop.is_set():
-            try:
-                done = await self.keep_once()
-                if done.requeued or done.expired:
-                    log.info(
-                        "call queue kept",
-                        extra={"requeued": done.requeued, "expired": done.expired},
-                    )
-            except Exception:
-                log.exception("call queue keeper pass failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+        await self._loop.run()
+
+    async def _keep(self) -> None:
+        done = await self.keep_once()
+        if done.requeued or done.expired:
+            log.info(
+                "call queue kept",
+                extra={"requeued": done.requeued, "expired": done.expired},
+            )
 
     def stop(self) -> None:
         """Return from ``run`` after the pass in hand."""
-        self._stop.set()
+        self._loop.stop()

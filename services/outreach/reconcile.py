@@ -34,7 +34,6 @@ conditional on the state the task is still in, so nothing is applied twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from services.outreach.schemas import SmsStatus
 from services.outreach.settings import OutreachSettings
 from services.outreach.sms import ProviderError, ProviderStatus, SmsClient
 from shared.clock import Clock, WallClock
+from shared.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -97,24 +97,28 @@ class Reconciler:
         )
         self.sending_after = max(self.after, timedelta(seconds=hold_s))
         self.deadline = timedelta(seconds=settings.sms_final_state_deadline_s)
-        self._stop = asyncio.Event()
+        self._loop = Periodic(
+            self._reconcile,
+            interval_s=lambda: self.settings.sms_reconcile_interval_s,
+            log=log,
+            failure="SMS reconcile pass failed; retrying",
+        )
         self.passes = 0  # passes made (tests can wait on it)
 
     def stop(self) -> None:
         """Return from ``run`` after the pass in hand."""
-        self._stop.set()
+        self._loop.stop()
 
     async def run(self) -> None:
         """Reconcile until stopped; a failed pass is logged and retried next interval."""
-        while not self._stop.is_set():
-            try:
-                results = await self.reconcile_once()
-                if results:
-                    log.info("SMS reconciled", extra={"results": results})
-            except Exception:
-                log.exception("SMS reconcile pass failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.settings.sms_reconcile_interval_s)
+        await self._loop.run()
+
+    async def _reconcile(self) -> None:
+        # None rather than the counts: the loop waits its interval after every pass,
+        # a full batch too (what this pass left is still due at the next one).
+        results = await self.reconcile_once()
+        if results:
+            log.info("SMS reconciled", extra={"results": results})
 
     def next_check(self, started_at: datetime, now: datetime) -> datetime:
         """When to ask again about an SMS sent at ``started_at``: half its age, bounded.

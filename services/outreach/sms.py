@@ -19,7 +19,6 @@ SMS that have waited too long.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -37,6 +36,7 @@ from services.outreach.schemas import SmsStatus
 from services.outreach.settings import OutreachSettings
 from services.outreach.templates import check_templates, render
 from shared.clock import Clock, WallClock
+from shared.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -258,29 +258,28 @@ class Dispatcher:
         self._backoff = wait_random_exponential(
             multiplier=settings.sms_retry_base_s, max=MAX_BACKOFF_S
         )
-        self.wakeup = asyncio.Event()
-        self._stopping = asyncio.Event()
+        self._loop = Periodic(
+            self._dispatch,
+            interval_s=lambda: self.settings.outreach_dispatch_interval_s,
+            log=log,
+            failure="SMS dispatch failed; retrying",
+        )
+        # Set by whoever stores an SMS task (the consumer, the tasks API, escalation)
+        # to end the dispatcher's wait: the loop's own wake-up event.
+        self.wakeup = self._loop.wakeup
         self.passes = 0  # dispatch passes made (tests wait on it, as on batches_handled)
 
     def stop(self) -> None:
         """Exit after the SMS in hand."""
-        self._stopping.set()
-        self.wakeup.set()
+        self._loop.stop()
 
     async def run(self) -> None:
         """Dispatch until ``stop()``; a failure is logged and retried after the interval."""
-        while not self._stopping.is_set():
-            try:
-                handled = await self.dispatch_once()
-            except Exception:
-                log.exception("SMS dispatch failed; retrying")
-                handled = 0
-            if handled == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self.wakeup.wait(), self.settings.outreach_dispatch_interval_s
-                    )
-                self.wakeup.clear()
+        await self._loop.run()
+
+    async def _dispatch(self) -> bool:
+        # Tasks were due: more may be, so the next pass starts at once.
+        return await self.dispatch_once() != 0
 
     def backoff_s(self, attempts: int, retry_after: float | None = None) -> float:
         """Seconds to wait before the next attempt, after ``attempts`` were made."""
@@ -304,7 +303,7 @@ class Dispatcher:
 
         async def send_one(task: dict[str, Any]) -> None:
             async with semaphore:
-                if self._stopping.is_set():
+                if self._loop.stopping:
                     return  # left in 'sending'; reclaimed after the stale interval
                 await self.bucket.acquire()
                 try:

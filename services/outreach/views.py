@@ -10,11 +10,11 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from services.outreach import metrics, service
-from services.outreach.deps import get_clock, get_engine, get_settings
+from services.outreach.deps import ClockDep, DispatcherDep, EngineDep, SettingsDep
 from services.outreach.queue import claim_call, queued_calls, record_outcome, start_call
 from services.outreach.schemas import (
     AgentRequest,
@@ -29,7 +29,6 @@ from services.outreach.schemas import (
     TaskPage,
 )
 from services.outreach.scripts import scripts_for
-from services.outreach.sms import Dispatcher
 from shared.auth import require_scope
 from shared.errors import NotFound, error_responses
 from shared.events import Channel, TaskKind
@@ -81,7 +80,8 @@ def _check_range(name: str, start: datetime | None, end: datetime | None) -> Non
     responses=error_responses(400, 422, 503),
 )
 async def list_tasks(
-    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
     subscriber_id: Annotated[
         str | None,
         Query(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$", description="Exact."),
@@ -111,7 +111,7 @@ async def list_tasks(
     """Tasks, newest first, filtered; pages are chained with ``next_cursor``."""
     _check_range("created", created_from, created_to)
     _check_range("due", due_from, due_to)
-    async with get_engine(request).connect() as conn:
+    async with engine.connect() as conn:
         rows, next_cursor = await service.list_tasks(
             conn,
             subscriber_id=subscriber_id,
@@ -119,7 +119,7 @@ async def list_tasks(
             status=status,
             channel=channel,
             queue=queue,
-            general_queue=get_settings(request).outreach_general_queue,
+            general_queue=settings.outreach_general_queue,
             created_from=created_from,
             created_to=created_to,
             due_from=due_from,
@@ -146,7 +146,9 @@ async def list_tasks(
 )
 async def create_task(
     body: TaskCreate,
-    request: Request,
+    engine: EngineDep,
+    clock: ClockDep,
+    dispatcher: DispatcherDep,
     response: Response,
     idempotency_key: Annotated[
         str,
@@ -161,14 +163,13 @@ async def create_task(
     ],
 ) -> TaskOut:
     """Make a task by hand (an SMS to send or a call to queue); 201 when new, 200 on a replay."""
-    async with get_engine(request).begin() as conn:
+    async with engine.begin() as conn:
         row, created = await service.create_manual_task(
-            conn, body=body, client_key=idempotency_key, now=get_clock(request).now()
+            conn, body=body, client_key=idempotency_key, now=clock.now()
         )
     if created:
         metrics.TASKS_STORED.labels(row["kind"], row["channel"]).inc()
-        # Set by the lifespan (absent when the app serves without one, as in tests).
-        dispatcher: Dispatcher | None = getattr(request.app.state, "dispatcher", None)
+        # None when the app serves without its lifespan (as in tests).
         if row["channel"] == Channel.SMS.value and dispatcher is not None:
             dispatcher.wakeup.set()  # send it now rather than at the next interval
     else:
@@ -185,9 +186,9 @@ async def create_task(
     summary="Get a task with its audit trail",
     responses=error_responses(404, 422, 503),
 )
-async def get_task(task_id: TaskId, request: Request) -> TaskDetail:
+async def get_task(task_id: TaskId, engine: EngineDep) -> TaskDetail:
     """One task with its audit trail."""
-    async with get_engine(request).connect() as conn:
+    async with engine.connect() as conn:
         row = await service.get_task(conn, task_id=task_id)
     if row is None:
         raise NotFound(f"no task {task_id}")
@@ -202,15 +203,17 @@ async def get_task(task_id: TaskId, request: Request) -> TaskDetail:
     summary="Cancel a task not yet done",
     responses=error_responses(404, 409, 422, 503),
 )
-async def cancel_task(task_id: TaskId, body: CancelRequest, request: Request) -> TaskOut:
+async def cancel_task(
+    task_id: TaskId, body: CancelRequest, engine: EngineDep, clock: ClockDep
+) -> TaskOut:
     """Cancel a task, recording who and why; 409 if it is final or cannot be stopped."""
-    async with get_engine(request).begin() as conn:
+    async with engine.begin() as conn:
         row = await service.cancel_task(
             conn,
             task_id=task_id,
             actor=body.actor,
             reason=body.reason,
-            now=get_clock(request).now(),
+            now=clock.now(),
         )
     if row["channel"] == Channel.CALL.value:
         metrics.CALLS.labels("cancelled", "").inc()
@@ -242,19 +245,21 @@ async def claim(
         ),
     ],
     body: AgentRequest,
-    request: Request,
+    engine: EngineDep,
+    clock: ClockDep,
+    settings: SettingsDep,
 ) -> ClaimedTask | Response:
     """Assign the queue's most urgent due call to the agent, with scripts for its reasons.
 
     Safe under concurrent callers: each gets a different call, or a 204.
     """
-    async with get_engine(request).begin() as conn:
+    async with engine.begin() as conn:
         row = await claim_call(
             conn,
             queue=queue,
             agent_id=body.agent_id,
-            now=get_clock(request).now(),
-            general_queue=get_settings(request).outreach_general_queue,
+            now=clock.now(),
+            general_queue=settings.outreach_general_queue,
         )
     if row is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -273,12 +278,10 @@ async def claim(
     summary="Start a claimed call",
     responses=error_responses(404, 409, 422, 503),
 )
-async def start(task_id: TaskId, body: AgentRequest, request: Request) -> TaskOut:
+async def start(task_id: TaskId, body: AgentRequest, engine: EngineDep, clock: ClockDep) -> TaskOut:
     """``assigned → in_progress``, by the agent who claimed the call."""
-    async with get_engine(request).begin() as conn:
-        row = await start_call(
-            conn, task_id=task_id, agent_id=body.agent_id, now=get_clock(request).now()
-        )
+    async with engine.begin() as conn:
+        row = await start_call(conn, task_id=task_id, agent_id=body.agent_id, now=clock.now())
     return TaskOut.model_validate(_task_out(row))
 
 
@@ -290,9 +293,11 @@ async def start(task_id: TaskId, body: AgentRequest, request: Request) -> TaskOu
     summary="Record a call's outcome",
     responses=error_responses(404, 409, 422, 503),
 )
-async def outcome(task_id: TaskId, body: OutcomeRequest, request: Request) -> TaskOut:
+async def outcome(
+    task_id: TaskId, body: OutcomeRequest, engine: EngineDep, clock: ClockDep
+) -> TaskOut:
     """Complete the call with its outcome, or put it back in its queue for a callback."""
-    async with get_engine(request).begin() as conn:
+    async with engine.begin() as conn:
         row = await record_outcome(
             conn,
             task_id=task_id,
@@ -301,7 +306,7 @@ async def outcome(task_id: TaskId, body: OutcomeRequest, request: Request) -> Ta
             callback_at=body.callback_at,
             note=body.note,
             offer=body.offer,
-            now=get_clock(request).now(),
+            now=clock.now(),
         )
     return TaskOut.model_validate(_task_out(row))
 
@@ -315,7 +320,9 @@ async def outcome(task_id: TaskId, body: OutcomeRequest, request: Request) -> Ta
     responses=error_responses(422, 503),
 )
 async def call_queue(
-    request: Request,
+    engine: EngineDep,
+    clock: ClockDep,
+    settings: SettingsDep,
     account_manager_id: Annotated[
         str | None, Query(max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
     ] = None,
@@ -326,13 +333,13 @@ async def call_queue(
 
     Optionally only one account manager's, or one queue's ('am:<id>', 'general').
     """
-    async with get_engine(request).connect() as conn:
+    async with engine.connect() as conn:
         rows = await queued_calls(
             conn,
             account_manager_id=account_manager_id,
             queue=queue,
-            now=get_clock(request).now(),
+            now=clock.now(),
             limit=limit,
-            general_queue=get_settings(request).outreach_general_queue,
+            general_queue=settings.outreach_general_queue,
         )
     return [TaskOut.model_validate(_task_out(r)) for r in rows]

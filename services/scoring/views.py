@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from services.scoring import service
 from services.scoring.batch import SCORED_FIELDS
+from services.scoring.deps import EngineDep, HandlerDep, SettingsDep
 from services.scoring.features import vector
 from services.scoring.schemas import TREND_POINTS, CheckpointOut, ModelOut, RiskOut, TrendPoint
 from shared.auth import require_scope
@@ -19,9 +20,9 @@ router = APIRouter(prefix="/v1", tags=["risk"], dependencies=[require_scope("sco
 
 
 @router.get("/subscribers/{subscriber_id}/risk", response_model=RiskOut)
-async def get_risk(subscriber_id: str, request: Request) -> RiskOut:
+async def get_risk(subscriber_id: str, engine: EngineDep, handler: HandlerDep) -> RiskOut:
     """The subscriber's latest churn risk: score, band, reasons, model version, inputs, trend."""
-    async with request.app.state.runtime.engine.connect() as conn:
+    async with engine.connect() as conn:
         state = await service.get_state(conn, subscriber_id=subscriber_id)
         if state is None or "scored" not in state:
             raise NotFound("no score for this subscriber")
@@ -40,7 +41,7 @@ async def get_risk(subscriber_id: str, request: Request) -> RiskOut:
     x = vector(state)
     reasons = [
         ScoreReason(code=r.code, text_en=r.text_en, text_zh=r.text_zh, contribution=r.contribution)
-        for r in request.app.state.handler.model.explain(x)
+        for r in handler.model.explain(x)
     ]
     return RiskOut(
         subscriber_id=subscriber_id,
@@ -52,11 +53,10 @@ async def get_risk(subscriber_id: str, request: Request) -> RiskOut:
 
 
 @router.get("/model", response_model=ModelOut, tags=["model"])
-async def get_model(request: Request) -> ModelOut:
+async def get_model(engine: EngineDep, handler: HandlerDep, settings: SettingsDep) -> ModelOut:
     """The model in use, its label counts, prequential quality and newest checkpoint."""
-    handler = request.app.state.handler
-    model, settings = handler.model, request.app.state.settings
-    async with request.app.state.runtime.engine.connect() as conn:
+    model = handler.model
+    async with engine.connect() as conn:
         info = await service.checkpoint_info(
             conn, name=settings.scoring_model_name, kind=model.params.kind
         )

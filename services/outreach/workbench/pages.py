@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from datetime import datetime
+from datetime import datetime, tzinfo
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from services.outreach.deps import get_clock, get_engine, get_settings
+from services.outreach.deps import ClockDep, EngineDep, SettingsDep
 from services.outreach.queue import record_outcome, start_call
+from services.outreach.settings import OutreachSettings
 from services.outreach.workbench import data, i18n
 from services.outreach.workbench.accounts import SignInResult, sign_in
 from services.outreach.workbench.sessions import (
@@ -93,14 +94,16 @@ async def stylesheet() -> FileResponse:
 
 
 @router.get("/lang")
-async def switch_language(request: Request, to: str = "en", next: str = "/ui/") -> Response:
+async def switch_language(
+    request: Request, settings: SettingsDep, to: str = "en", next: str = "/ui/"
+) -> Response:
     """Set the ``cw_lang`` cookie and go back to the page."""
     response = see_other(local_path(next))
     if to in i18n.LANGUAGES:
         set_cookie(
             response,
             request,
-            get_settings(request),
+            settings,
             name=i18n.LANG_COOKIE,
             value=to,
             max_age=365 * 86400,
@@ -109,7 +112,13 @@ async def switch_language(request: Request, to: str = "en", next: str = "/ui/") 
 
 
 def _sign_in_page(
-    request: Request, *, next_path: str, message: str | None, status: int = 200, name: str = ""
+    request: Request,
+    settings: OutreachSettings,
+    *,
+    next_path: str,
+    message: str | None,
+    status: int = 200,
+    name: str = "",
 ) -> HTMLResponse:
     token = secrets.token_urlsafe(32)
     response = render(
@@ -122,31 +131,28 @@ def _sign_in_page(
         sign_in_token=token,
         name=name,
     )
-    set_cookie(
-        response, request, get_settings(request), name=SIGN_IN_COOKIE, value=token, max_age=3600
-    )
+    set_cookie(response, request, settings, name=SIGN_IN_COOKIE, value=token, max_age=3600)
     return response
 
 
 @router.get("/sign-in")
-async def sign_in_form(request: Request, next: str = "/ui/") -> HTMLResponse:
+async def sign_in_form(request: Request, settings: SettingsDep, next: str = "/ui/") -> HTMLResponse:
     """The sign-in form."""
-    return _sign_in_page(request, next_path=local_path(next), message=None)
+    return _sign_in_page(request, settings, next_path=local_path(next), message=None)
 
 
 @router.post("/sign-in")
-async def sign_in_post(request: Request) -> Response:
+async def sign_in_post(request: Request, settings: SettingsDep, engine: EngineDep) -> Response:
     """Check the password; on success start a session and go to ``next``."""
-    settings = get_settings(request)
     form = await read_form(request, None, csrf=request.cookies.get(SIGN_IN_COOKIE))
     name, password = first(form, "person_id"), form.get("password", "")
     next_path = local_path(form.get("next"))
     if not name or not password or len(name) > 64 or len(password) > 1024:
         return _sign_in_page(
-            request, next_path=next_path, message="sign_in_failed", status=401, name=name
+            request, settings, next_path=next_path, message="sign_in_failed", status=401, name=name
         )
     now = WallClock().now()  # sessions and lockouts run on the wall clock (sessions.py)
-    async with get_engine(request).begin() as conn:
+    async with engine.begin() as conn:
         result = await sign_in(
             conn,
             person_id=name,
@@ -168,7 +174,9 @@ async def sign_in_post(request: Request) -> Response:
             )
     if result.result is not SignInResult.OK:
         key = "sign_in_locked" if result.result is SignInResult.LOCKED else "sign_in_failed"
-        return _sign_in_page(request, next_path=next_path, message=key, status=401, name=name)
+        return _sign_in_page(
+            request, settings, next_path=next_path, message=key, status=401, name=name
+        )
     response = see_other(next_path)
     set_cookie(
         response,
@@ -183,14 +191,14 @@ async def sign_in_post(request: Request) -> Response:
 
 
 @router.post("/sign-out")
-async def sign_out(request: Request) -> Response:
+async def sign_out(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
     """End the session (its row is deleted) and go to the sign-in page."""
     view = await viewer(request)
     await read_form(request, view)
-    async with get_engine(request).begin() as conn:
+    async with engine.begin() as conn:
         await end_session(conn, token=request.cookies[COOKIE])
     response = see_other("/ui/sign-in")
-    clear_cookie(response, request, get_settings(request), COOKIE)
+    clear_cookie(response, request, settings, COOKIE)
     return response
 
 
@@ -198,13 +206,18 @@ async def sign_out(request: Request) -> Response:
 
 
 @router.get("/")
-async def my_day(request: Request, done: str | None = None) -> HTMLResponse:
+async def my_day(
+    request: Request,
+    engine: EngineDep,
+    clock: ClockDep,
+    settings: SettingsDep,
+    done: str | None = None,
+) -> HTMLResponse:
     """VIP reminders due, today's calls within the norm, calls in hand, today's warnings."""
     view = await viewer(request)
-    settings = get_settings(request)
-    now = get_clock(request).now()
+    now = clock.now()
     day_start, day_end = data.local_day(now, settings.zone)
-    async with get_engine(request).connect() as conn:
+    async with engine.connect() as conn:
         reminders = await data.reminders_due(conn, scope=view.scope)
         done_today = await data.calls_made(conn, scope=view.scope, start=day_start, end=day_end)
         norm = settings.workbench_daily_calls
@@ -246,19 +259,19 @@ async def my_day(request: Request, done: str | None = None) -> HTMLResponse:
 
 
 @router.post("/tasks/{task_id}/claim")
-async def claim(task_id: str, request: Request) -> Response:
+async def claim(task_id: str, request: Request, engine: EngineDep, clock: ClockDep) -> Response:
     """Claim this call (it must be queued and due, and yours to see)."""
     view = await viewer(request)
     form = await read_form(request, view)
     tid = task_id_of(task_id)
     try:
-        async with get_engine(request).begin() as conn:
+        async with engine.begin() as conn:
             task = await data.claim_task(
                 conn,
                 task_id=tid,
                 agent_id=view.person.agent_id,
                 scope=view.scope,
-                now=get_clock(request).now(),
+                now=clock.now(),
             )
     except ChurnwatchError as exc:
         raise PageError.of(exc) from None
@@ -267,36 +280,36 @@ async def claim(task_id: str, request: Request) -> Response:
 
 
 @router.post("/tasks/{task_id}/start")
-async def start(task_id: str, request: Request) -> Response:
+async def start(task_id: str, request: Request, engine: EngineDep, clock: ClockDep) -> Response:
     """Start a call you claimed."""
     view = await viewer(request)
     form = await read_form(request, view)
     tid = task_id_of(task_id)
     try:
-        async with get_engine(request).begin() as conn:
+        async with engine.begin() as conn:
             task = await data.task_for(conn, task_id=tid, scope=view.scope)
-            await start_call(
-                conn, task_id=tid, agent_id=view.person.agent_id, now=get_clock(request).now()
-            )
+            await start_call(conn, task_id=tid, agent_id=view.person.agent_id, now=clock.now())
     except ChurnwatchError as exc:
         raise PageError.of(exc) from None
     default = f"/ui/subscribers/{task['subscriber_id']}#task-{tid}"
     return see_other(with_done(local_path(form.get("next"), default), "started"))
 
 
-def parse_callback(value: str, request: Request) -> datetime:
-    """The form's ``callback_at`` (local date and time) as an aware datetime."""
+def parse_callback(value: str, zone: tzinfo) -> datetime:
+    """The form's ``callback_at`` (a date and time in ``zone``) as an aware datetime."""
     try:
         naive = datetime.fromisoformat(value)
     except ValueError:
         raise PageError(422, "error_callback_at") from None
     if naive.tzinfo is not None:
         return naive
-    return naive.replace(tzinfo=get_settings(request).zone)
+    return naive.replace(tzinfo=zone)
 
 
 @router.post("/tasks/{task_id}/outcome")
-async def outcome(task_id: str, request: Request) -> Response:
+async def outcome(
+    task_id: str, request: Request, engine: EngineDep, clock: ClockDep, settings: SettingsDep
+) -> Response:
     """Record a call's outcome through the call queue's own path."""
     view = await viewer(request)
     form = await read_form(request, view)
@@ -312,12 +325,12 @@ async def outcome(task_id: str, request: Request) -> Response:
         offer = None
     callback_at = None
     if chosen == CallOutcome.CALLBACK.value:
-        callback_at = parse_callback(first(form, "callback_at"), request)
+        callback_at = parse_callback(first(form, "callback_at"), settings.zone)
     note = first(form, "note") or None
     if note is not None and len(note) > MAX_NOTE:
         raise PageError(422, "error_note")
     try:
-        async with get_engine(request).begin() as conn:
+        async with engine.begin() as conn:
             task = await data.task_for(conn, task_id=tid, scope=view.scope)
             await record_outcome(
                 conn,
@@ -326,7 +339,7 @@ async def outcome(task_id: str, request: Request) -> Response:
                 outcome=CallOutcome(chosen),
                 callback_at=callback_at,
                 note=note,
-                now=get_clock(request).now(),
+                now=clock.now(),
                 offer=offer,
             )
     except ChurnwatchError as exc:
@@ -336,11 +349,11 @@ async def outcome(task_id: str, request: Request) -> Response:
 
 
 @router.get("/tasks/{task_id}")
-async def task_page(task_id: str, request: Request) -> RedirectResponse:
+async def task_page(task_id: str, request: Request, engine: EngineDep) -> RedirectResponse:
     """A task is shown on its subscriber's card."""
     view = await viewer(request)
     tid = task_id_of(task_id)
-    async with get_engine(request).connect() as conn:
+    async with engine.connect() as conn:
         try:
             task = await data.task_for(conn, task_id=tid, scope=view.scope)
         except ChurnwatchError as exc:

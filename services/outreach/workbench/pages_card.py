@@ -1,7 +1,8 @@
 """The subscriber card: who they are, their risk and why, what happened, what to say.
 
 Risk now, its trend and the recent bills, payments, stop-notices and
-complaints come from ``app.state.directory`` (scoring's and alerting's APIs);
+complaints come from the subscriber directory (``deps.DirectoryDep``: scoring's
+and alerting's APIs);
 without it, or when it has no answer, the card says "not available" and shows
 the risk and reasons of the subscriber's latest task. The phone number stays
 masked until the person asks to reveal it to call; every reveal is audited in
@@ -14,12 +15,12 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.responses import HTMLResponse
 
 from services.outreach import service
-from services.outreach.deps import get_clock, get_directory, get_engine
-from services.outreach.directory import ActivityView, RiskView
+from services.outreach.deps import ClockDep, DirectoryDep, EngineDep
+from services.outreach.directory import ActivityView, RiskView, SubscriberDirectory
 from services.outreach.scripts import scripts_for
 from services.outreach.views import mask
 from services.outreach.workbench import data, i18n
@@ -33,7 +34,7 @@ from services.outreach.workbench.web import (
     trend_chart,
     viewer,
 )
-from shared.clock import WallClock
+from shared.clock import Clock, WallClock
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,9 @@ MAX_SUBSCRIBER_ID = 64
 
 
 async def _from_directory(
-    request: Request, subscriber_id: str
+    directory: SubscriberDirectory | None, subscriber_id: str
 ) -> tuple[RiskView | None, ActivityView | None]:
     """Risk (scoring) and activity (alerting), asked at once; None for what is unavailable."""
-    directory = get_directory(request)
     if directory is None:
         return None, None
     try:
@@ -70,19 +70,26 @@ async def _visible_history(
 
 
 async def _card(
-    request: Request, view: Viewer, subscriber_id: str, *, revealed: str | None = None
+    request: Request,
+    view: Viewer,
+    subscriber_id: str,
+    *,
+    engine: AsyncEngine,
+    clock: Clock,
+    directory: SubscriberDirectory | None,
+    revealed: str | None = None,
 ) -> HTMLResponse:
     if not subscriber_id or len(subscriber_id) > MAX_SUBSCRIBER_ID:
         raise PageError(404, "error_no_subscriber")
-    now = get_clock(request).now()
-    async with get_engine(request).connect() as conn:
+    now = clock.now()
+    async with engine.connect() as conn:
         history = await _visible_history(conn, view, subscriber_id)
         latest = history[0]
         managers = {t["account_manager_id"] for t in history if t["account_manager_id"]}
         opt_out = await service.get_opt_out(conn, subscriber_id=subscriber_id)
         names = await data.names(conn, managers)
         audit = await data.reveals(conn, subscriber_id=subscriber_id)
-    risk, activity = await _from_directory(request, subscriber_id)
+    risk, activity = await _from_directory(directory, subscriber_id)
     codes: list[str] = next((t["reason_codes"] for t in history if t["reason_codes"]), [])
     language = view.lang
     scripts = scripts_for(codes, language)
@@ -130,20 +137,34 @@ async def _card(
 
 
 @router.get("/subscribers/{subscriber_id}")
-async def card(subscriber_id: str, request: Request) -> HTMLResponse:
+async def card(
+    subscriber_id: str,
+    request: Request,
+    engine: EngineDep,
+    clock: ClockDep,
+    directory: DirectoryDep,
+) -> HTMLResponse:
     """The subscriber card (403 when the subscriber is another manager's)."""
     view = await viewer(request)
-    return await _card(request, view, subscriber_id)
+    return await _card(
+        request, view, subscriber_id, engine=engine, clock=clock, directory=directory
+    )
 
 
 @router.post("/subscribers/{subscriber_id}/reveal")
-async def reveal(subscriber_id: str, request: Request) -> HTMLResponse:
+async def reveal(
+    subscriber_id: str,
+    request: Request,
+    engine: EngineDep,
+    clock: ClockDep,
+    directory: DirectoryDep,
+) -> HTMLResponse:
     """Show the phone number to call it; the reveal is audited first."""
     view = await viewer(request)
     form = await read_form(request, view)
     task_value = first(form, "task_id")
     task_id = task_id_of(task_value) if task_value else None
-    async with get_engine(request).begin() as conn:
+    async with engine.begin() as conn:
         history = await _visible_history(conn, view, subscriber_id)
         if task_id is not None and task_id not in {t["task_id"] for t in history}:
             raise PageError(404, "error_no_task")
@@ -157,4 +178,12 @@ async def reveal(subscriber_id: str, request: Request) -> HTMLResponse:
             task_id=task_id,
             now=WallClock().now(),  # an audit records when the person really looked
         )
-    return await _card(request, view, subscriber_id, revealed=phone)
+    return await _card(
+        request,
+        view,
+        subscriber_id,
+        engine=engine,
+        clock=clock,
+        directory=directory,
+        revealed=phone,
+    )

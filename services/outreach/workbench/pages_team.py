@@ -13,10 +13,12 @@ import io
 import re
 
 from fastapi import APIRouter, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import HTMLResponse, Response
 
-from services.outreach.deps import get_clock, get_engine, get_settings
+from services.outreach.deps import ClockDep, EngineDep, SettingsDep
 from services.outreach.feedback import current_period, month_bounds
+from services.outreach.settings import OutreachSettings
 from services.outreach.workbench import data
 from services.outreach.workbench.accounts import Role
 from services.outreach.workbench.team import TeamReport, team_report
@@ -26,6 +28,7 @@ from services.outreach.workbench.web import (
     render,
     viewer,
 )
+from shared.clock import Clock
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -53,18 +56,24 @@ CSV_COLUMNS = (
 """The CSV export's header."""
 
 
-async def _report(request: Request, period: str | None) -> tuple[Viewer, str, TeamReport]:
+async def _report(
+    request: Request,
+    period: str | None,
+    *,
+    engine: AsyncEngine,
+    clock: Clock,
+    settings: OutreachSettings,
+) -> tuple[Viewer, str, TeamReport]:
     view = await viewer(request)
     if view.person.role is Role.MANAGER:
         raise PageError(403, "error_team_only")
-    settings = get_settings(request)
-    now = get_clock(request).now()
+    now = clock.now()
     chosen = period or current_period(settings.zone, now=now)
     if not PERIOD.match(chosen) or chosen == "9999-12":
         raise PageError(422, "error_period")
     start, end = month_bounds(chosen, settings.zone)
     day_start, _ = data.local_day(min(now, end), settings.zone)
-    async with get_engine(request).connect() as conn:
+    async with engine.connect() as conn:
         report = await team_report(
             conn, scope=view.scope, start=start, end=end, day_start=day_start, now=now
         )
@@ -72,9 +81,17 @@ async def _report(request: Request, period: str | None) -> tuple[Viewer, str, Te
 
 
 @router.get("/team")
-async def team(request: Request, period: str | None = None) -> HTMLResponse:
+async def team(
+    request: Request,
+    engine: EngineDep,
+    clock: ClockDep,
+    settings: SettingsDep,
+    period: str | None = None,
+) -> HTMLResponse:
     """The team lead's page."""
-    view, chosen, report = await _report(request, period)
+    view, chosen, report = await _report(
+        request, period, engine=engine, clock=clock, settings=settings
+    )
     return render(
         request,
         "team.html",
@@ -83,15 +100,23 @@ async def team(request: Request, period: str | None = None) -> HTMLResponse:
         active="team",
         period=chosen,
         report=report,
-        norm=get_settings(request).workbench_daily_calls,
+        norm=settings.workbench_daily_calls,
     )
 
 
 @router.get("/team.csv")
-async def team_csv(request: Request, period: str | None = None) -> Response:
+async def team_csv(
+    request: Request,
+    engine: EngineDep,
+    clock: ClockDep,
+    settings: SettingsDep,
+    period: str | None = None,
+) -> Response:
     """The team lead's figures as CSV (one row per manager and tier)."""
-    _, chosen, report = await _report(request, period)
-    norm = get_settings(request).workbench_daily_calls
+    _, chosen, report = await _report(
+        request, period, engine=engine, clock=clock, settings=settings
+    )
+    norm = settings.workbench_daily_calls
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
