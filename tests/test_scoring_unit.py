@@ -15,6 +15,13 @@ from services.scoring.codec import encode
 from services.scoring.engine import DAY, EngineParams, Scorer, Snapshot
 from services.scoring.features import FEATURES, apply_event, is_churned, new_state, vector
 from services.scoring.model import PRIOR_VERSION, ChurnModel, ModelParams, build_model
+from services.scoring.pipeline import (
+    binned,
+    binned_pairs,
+    clip_scaled,
+    numbers_only,
+    passed_through,
+)
 from shared.events import Event, parse_event
 from tests.helpers import calls, event, stop_notice
 
@@ -332,6 +339,29 @@ def test_pipelines_are_reproducible_and_survive_pickle(kind: str) -> None:
     assert restored.predict_proba_one(probe) == a.predict_proba_one(probe)
     low = dict(probe, competitor_share_7d=0.1)
     assert a.predict_proba_one(probe)[True] > a.predict_proba_one(low)[True]
+
+
+def test_checkpoints_from_before_the_pipeline_module_still_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A checkpoint names the pipeline's steps as ``services.scoring.model.<function>``.
+
+    They moved to ``services.scoring.pipeline``; the model module re-exports them,
+    so models stored before the move still load (an unpickling error would leave
+    the service with no model at start-up).
+    """
+    model = ChurnModel(ModelParams(min_labels=2))
+    for x, y in _examples(50, seed=5):
+        model.learn(x, y, 0.5)
+    steps = (numbers_only, passed_through, binned, binned_pairs, clip_scaled)
+    for step in steps:  # pickled as the code before the move named them
+        monkeypatch.setattr(step, "__module__", "services.scoring.model")
+    old = model.dumps()
+    monkeypatch.undo()
+    assert b"services.scoring.pipeline" not in old and b"services.scoring.model" in old
+    again = ChurnModel.loads(model.params, old)
+    probe = _examples(1, seed=6)[0][0]
+    assert again.score(probe) == model.score(probe)
 
 
 def test_churn_model_round_trip_keeps_counts_and_quality() -> None:

@@ -27,216 +27,73 @@ same weight as the scores.
 from __future__ import annotations
 
 import bisect
-import functools
 import heapq
 import math
 import pickle
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from river import compose, forest, linear_model, optim, preprocessing, tree
+from river import preprocessing
 
 from services.scoring.calibration import Calibrator
 from services.scoring.calibration import logit as _logit
 from services.scoring.features import CATEGORIES, CATEGORY_PREFIX, FEATURE_NAMES, FEATURES
+
+# Re-exported: callers import them from here, and checkpoints pickled before the
+# pipeline had its own module name its steps as ``services.scoring.model.<name>``.
+from services.scoring.pipeline import (
+    _ZERO_BIN,
+    BIN_EDGES,
+    DEFAULT_LEARNING_RATE,
+    PAIRED,
+    PAIRED_ORDER,
+    PRIOR_INPUT,
+    ModelKind,
+    ModelParams,
+    _bin_key,
+    _linear_parts,
+    _pair_plan,
+    _with_prior,
+    binned,
+    binned_pairs,
+    build_model,
+    clip_scaled,
+    numbers_only,
+    passed_through,
+)
+from services.scoring.prior import (
+    _PRIOR_HIGH,
+    PRIOR_VERSION,
+    prior_contributions,
+    prior_score,
+)
 from services.scoring.quality import Quality
 
-PRIOR_VERSION = "prior-v1"
-ModelKind = Literal["gam", "ga2m", "logreg", "hat", "arf"]
+__all__ = [
+    "BIN_EDGES",
+    "DEFAULT_LEARNING_RATE",
+    "PAIRED",
+    "PAIRED_ORDER",
+    "PRIOR_INPUT",
+    "PRIOR_VERSION",
+    "TRUST_BAND",
+    "ChurnModel",
+    "ModelKind",
+    "ModelParams",
+    "Reason",
+    "Settled",
+    "binned",
+    "binned_pairs",
+    "build_model",
+    "clip_scaled",
+    "numbers_only",
+    "passed_through",
+    "prior_contributions",
+    "prior_score",
+]
 
-# feature -> (weight in log-odds per unit, transform). Transforms keep each term
-# pointing in the risk direction, so a positive contribution always means risk.
-_PRIOR: dict[str, tuple[float, str]] = {
-    "competitor_share_7d": (4.0, "value"),
-    "competitor_share_change": (2.0, "positive"),
-    "complaints_30d": (0.9, "value"),
-    "stop_notice_pending": (1.2, "value"),
-    "arrears_days": (0.03, "cap90"),
-    "voice_trend": (1.5, "negative"),
-    "spend_drop": (1.0, "value"),
-    "downgrades_90d": (0.8, "value"),
-    "late_payments_90d": (0.4, "value"),
-    "days_since_activity": (0.15, "cap14"),
-}
-_PRIOR_INTERCEPT = -2.6
 # The model's share goes from 0 (prior's AUC ahead by half of this) to 1 (behind by half).
 TRUST_BAND = 0.04
-
-
-@dataclass(frozen=True)
-class ModelParams:
-    """The River pipeline's parameters (from settings)."""
-
-    kind: ModelKind = "ga2m"
-    learning_rate: float | None = None  # None: the kind's default (DEFAULT_LEARNING_RATE)
-    l2: float = 0.001
-    min_labels: int = 200
-    seed: int = 42
-    quality_window: int = 2000
-    top_fraction: float = 0.1
-    drift_delta: float = 0.002
-    # The calibrator serves once it has this many matured horizon labels of both classes.
-    calibration_min_labels: int = 200
-
-
-# Each kind's learning rate when SCORING_LEARNING_RATE is not set: AdaGrad's for
-# ``gam`` (per-weight steps, so rare bins learn as fast as common ones), SGD's for ``logreg``.
-DEFAULT_LEARNING_RATE: dict[str, float] = {"gam": 0.04, "ga2m": 0.04, "logreg": 0.005}
-
-PAIRED: frozenset[str] = frozenset(
-    (
-        # the warning signs and who the subscriber is
-        "competitor_share_7d",
-        "competitor_share_change",
-        "complaints_30d",
-        "stop_notice_pending",
-        "arrears_days",
-        "voice_trend",
-        "spend_drop",
-        "days_since_activity",
-        "tenure_days",
-        "log_monthly_value",
-        "calls_7d",
-        "voice_min_7d",
-        # version 2: interactions known to matter (an international plan with many
-        # international minutes or few calls; care contacts with high day usage)
-        "plan_international",
-        "intl_min_7d",
-        "intl_calls_7d",
-        "day_min_7d",
-        "care_contacts_30d",
-    )
-)
-"""Features ``ga2m`` multiplies in pairs (136 pairs); the others get bins only. The
-cost of a prediction grows with the square of their number, so only these."""
-PAIRED_ORDER: tuple[str, ...] = tuple(sorted(PAIRED))
-
-# Bin edges of a standardised value for ``gam``: quarter-sigma steps from -2 to +2.5.
-# Fine enough for a threshold ("four or more service calls"), coarse enough that
-# every bin of a feature fills within a few hundred labels.
-BIN_EDGES: tuple[float, ...] = tuple(i / 4 for i in range(-8, 11))
-_ZERO_BIN = bisect.bisect_left(BIN_EDGES, 0.0)
-
-
-def build_model(params: ModelParams) -> compose.Pipeline:
-    """The configured River pipeline, composed with ``|``.
-
-    ``gam``: StandardScaler | per-feature bins | LogisticRegression (AdaGrad): a
-    generalised additive model, each feature's effect a step function learnt
-    online (thresholds, U shapes), still exact reasons.
-    ``ga2m``: ``gam`` plus the product of every pair of standardised values, so
-    two signs together can weigh more (or less) than each alone; about five
-    times the cost of ``gam`` per prediction. The default.
-    ``logreg``: StandardScaler | LogisticRegression (SGD): one slope per feature.
-    ``hat``: Hoeffding Adaptive Tree (handles non-linear, adapts to drift).
-    ``arf``: Adaptive Random Forest (strongest on paper, slowest).
-    """
-    lr = params.learning_rate or DEFAULT_LEARNING_RATE.get(params.kind, 0.0)
-    if params.kind in ("gam", "ga2m", "logreg"):
-        optimizer: optim.base.Optimizer
-        if params.kind == "logreg":
-            # Clipping scaled values at +-3 sigma keeps a rare extreme (a first day of
-            # arrears, a huge bill) from throwing the SGD weights around.
-            expand, optimizer = clip_scaled, optim.SGD(lr)
-        else:
-            expand = binned if params.kind == "gam" else binned_pairs
-            optimizer = optim.AdaGrad(lr)
-        regression = linear_model.LogisticRegression(optimizer=optimizer, l2=params.l2)
-        # The prior's log-odds goes in as it is, with a starting weight of 1: the
-        # model starts as the prior (an offset, as a boosting model's base margin)
-        # and learns what to add to it, instead of learning the prior again from
-        # a few hundred churns. River has no offset; a first weight is the same.
-        regression._weights[PRIOR_INPUT] = 1.0
-        features = compose.FuncTransformer(numbers_only) | preprocessing.StandardScaler()
-        pipeline: compose.Pipeline = (
-            (features | compose.FuncTransformer(expand)) + compose.FuncTransformer(passed_through)
-        ) | regression
-        return pipeline
-    if params.kind == "hat":
-        return preprocessing.StandardScaler() | tree.HoeffdingAdaptiveTreeClassifier(
-            grace_period=50, seed=params.seed
-        )
-    if params.kind == "arf":
-        return preprocessing.StandardScaler() | forest.ARFClassifier(n_models=10, seed=params.seed)
-    raise ValueError(f"unknown model kind {params.kind!r}")
-
-
-@functools.cache
-def _bin_key(name: str, step: int) -> str:
-    return f"{name}#{step}"
-
-
-@functools.cache
-def _pair_plan(names: tuple[str, ...]) -> tuple[tuple[int, int, str], ...]:
-    """(i, j, "a*b") for every pair of ``names`` (sorted), built once per feature set."""
-    return tuple(
-        (i, j, f"{a}*{b}") for i, a in enumerate(names) for j, b in enumerate(names) if i < j
-    )
-
-
-def binned(x: dict[str, float]) -> dict[str, float]:
-    """Each standardised value clipped to [-3, 3], plus a one-hot of its bin.
-
-    ``name`` keeps the slope, ``name#k`` (k the bin of ``BIN_EDGES``) adds a step,
-    so the logistic regression learns a piecewise function of every feature.
-    A value of exactly 0 (a feature that never varied: an input the operator does
-    not send) is left out: it would add nothing but a constant, at the cost of a
-    key per feature per prediction. Module-level so the pipeline pickles.
-    """
-    out: dict[str, float] = {}
-    for k, v in x.items():
-        if v == 0.0:
-            continue
-        v = -3.0 if v < -3.0 else 3.0 if v > 3.0 else v
-        out[k] = v
-        out[_bin_key(k, bisect.bisect_left(BIN_EDGES, v))] = 1.0
-    return out
-
-
-def binned_pairs(x: dict[str, float]) -> dict[str, float]:
-    """``binned`` plus ``a*b``, the product of each pair of clipped standardised values.
-
-    Pairs only among ``PAIRED`` (the cost grows with the square of their number).
-    """
-    out = binned(x)
-    # The pair keys are the same for every call with the same features: built once
-    # (profiled: the f-strings and the sort were half of this function's time), and
-    # a full feature vector (the usual case) needs no filtering at all.
-    names = PAIRED_ORDER if x.keys() >= PAIRED else tuple(k for k in PAIRED_ORDER if k in x)
-    values = [out.get(k, 0.0) for k in names]
-    for i, j, key in _pair_plan(names):
-        product = values[i] * values[j]
-        if product:  # a zero adds nothing (see ``binned``)
-            out[key] = product
-    return out
-
-
-def clip_scaled(x: dict[str, float]) -> dict[str, float]:
-    """Clip standardised values to [-3, 3] (module-level so the pipeline pickles)."""
-    return {k: -3.0 if v < -3.0 else 3.0 if v > 3.0 else v for k, v in x.items()}
-
-
-def _transform(value: float, how: str) -> float:
-    if how == "positive":
-        return max(0.0, value)
-    if how == "negative":
-        return max(0.0, -value)
-    if how == "cap90":
-        return min(value, 90.0)
-    if how == "cap14":
-        return min(value, 14.0)
-    return value
-
-
-def prior_contributions(x: dict[str, float]) -> dict[str, float]:
-    """Each warning sign's contribution to the prior's log-odds."""
-    return {name: w * _transform(x.get(name, 0.0), how) for name, (w, how) in _PRIOR.items()}
-
-
-def prior_score(x: dict[str, float]) -> float:
-    """The expert prior's churn probability."""
-    logit = _PRIOR_INTERCEPT + sum(prior_contributions(x).values())
-    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, logit))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -581,53 +438,12 @@ class ChurnModel:
         )
 
 
-PRIOR_INPUT = "prior_logit"
-"""The pipeline's input carrying the prior's log-odds."""
-
-
 def _category_reason(key: str, contribution: float) -> Reason:
     """The reason for a category input ``cat:<field>=<value>``: "contract: month_to_month"."""
     field, _, value = key[len(CATEGORY_PREFIX) :].partition("=")
     en, zh = CATEGORIES.get(field, (field.removeprefix("attr_").replace("_", " "),) * 2)
     code = f"PROFILE_{field.upper()}"[:64]
     return Reason(code, f"{en}: {value}", f"{zh}\uff1a{value}", contribution)  # full-width colon
-
-
-def numbers_only(x: dict[str, float]) -> dict[str, float]:
-    """The numeric features: neither the prior's log-odds nor the one-hot categories."""
-    # A key test per feature in Python cost a tenth of a prediction (profiled): a full
-    # feature vector (the usual case) is copied in the catalogue's order without one.
-    # (In a fixed order, not a set's: the sums downstream must add up the same way in
-    # every process.)
-    if len(x.keys() & _NUMERIC) == len(FEATURE_NAMES):
-        return {k: x[k] for k in FEATURE_NAMES}
-    return {k: x[k] for k in FEATURE_NAMES if k in x}
-
-
-def passed_through(x: dict[str, float]) -> dict[str, float]:
-    """What the regression reads unscaled: the prior's log-odds and the one-hot categories.
-
-    The prior's log-odds is 0 when absent; an unknown category is a new key, with
-    its own weight starting from 0.
-    """
-    out = {k: x[k] for k in sorted(x.keys() - _NUMERIC - {PRIOR_INPUT})}
-    out[PRIOR_INPUT] = x.get(PRIOR_INPUT, 0.0)
-    return out
-
-
-_NUMERIC = frozenset(FEATURE_NAMES)
-
-
-def _linear_parts(pipeline: Any) -> tuple[Any, Any]:
-    """The StandardScaler and the LogisticRegression of a ``gam``/``ga2m``/``logreg`` pipeline."""
-    union = pipeline["TransformerUnion"]
-    features = next(t for t in union.transformers.values() if isinstance(t, compose.Pipeline))
-    return features["StandardScaler"], pipeline["LogisticRegression"]
-
-
-def _with_prior(x: dict[str, float], prior: float | None = None) -> dict[str, float]:
-    """The pipeline's input: the features and the prior's log-odds (computed if not given)."""
-    return {**x, PRIOR_INPUT: _logit(prior_score(x) if prior is None else prior)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -639,7 +455,3 @@ class Settled:
     components: tuple[float, float | None]  # its prior's and model's probabilities
     raw: float | None  # the blend before calibration (None: an older snapshot)
     history_days: float  # how much of the subscriber the service had seen then
-
-
-# The risk direction of each prior term, for choosing the reason's wording.
-_PRIOR_HIGH = {name: how != "negative" for name, (_, how) in _PRIOR.items()}
