@@ -18,9 +18,9 @@ from bench.common import Proc, Stack, fresh_prefix, run, send_raw, start, table_
 from churnwatch.embedded import stop_processes
 from churnwatch.synth import generate
 from services.scoring.batch import run_in_memory
-from services.scoring.engine import EngineParams, Scorer
 from services.scoring.features import State, apply_event, new_state, vector
 from services.scoring.model import ChurnModel, ModelParams
+from services.scoring.scorer import EngineParams, Scorer
 from services.scoring.service import save_checkpoint
 from shared.db import create_engine
 from shared.events import Event, parse_event

@@ -44,10 +44,10 @@ from sqlalchemy.dialects.postgresql import insert
 
 from bench.common import Stack, fresh_prefix, run, start, wait_ready
 from churnwatch.embedded import stop_processes
-from services.alerting.models import subscriber_facts
+from services.alerting.tables import subscriber_facts
 from services.outreach import queue, service
-from services.outreach.models import tasks
 from services.outreach.settings import OutreachSettings
+from services.outreach.tables import tasks
 from services.outreach.workbench.accounts import Role, create_person
 from shared.crypto import use_phone_keyring
 from shared.db import create_engine

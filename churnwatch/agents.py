@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from churnwatch.simulator import Simulation
+from churnwatch.simulation import Simulation
 
 log = logging.getLogger(__name__)
 

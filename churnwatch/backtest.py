@@ -1,10 +1,11 @@
 """Backtest: replay event files through the services' own scoring and alerting code.
 
-No Kafka, no database: the same ``Scorer`` (features, snapshots, labels, model,
-prior blend) the scoring service runs, batch by batch as its handler does
-(step every subscriber of a batch, then learn the labels that resolved), and
-the same alerting ``Engine`` over ``SubscriberView``s, with the managers' daily
-capacity fitted as alerting's consumer does. The result holds every labelled
+No Kafka, no database: each service's own batch core on an in-memory store.
+Scoring's (``services.scoring.batch``: features, snapshots, labels, model,
+prior blend) steps every subscriber of a batch, then learns the labels that
+resolved; alerting's (``services.alerting.batch``) stores the batch's profiles,
+runs the rules engine on each message and fits calls into the managers' days,
+as alerting's consumer does. The result holds every labelled
 snapshot (the score served before its label was known: prequential), every
 task, every subscriber's final score and the ground truth; ``metrics`` turns
 it into the figures of ``docs/backtest.md`` and ``churnwatch.report`` into a
@@ -16,9 +17,10 @@ from __future__ import annotations
 import csv
 import math
 import random
+import sys
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -26,23 +28,17 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from services.alerting.engine import (
-    Effects,
-    Engine,
-    Profile,
-    SubscriberView,
-    allocate,
-    capacity_day,
-)
-from services.alerting.rules import RulesFile, load_rules
+from services.alerting import batch as alerting_batch
+from services.alerting.batch import Decisions, Message, message_time, sweep_due
+from services.alerting.rule_engine import Effects, RuleEngine, SubscriberView
+from services.alerting.rules import RulesFile, ScoreTrigger, load_rules
 from services.alerting.settings import AlertingSettings
 from services.scoring.batch import Learnt, MemoryStore, learn, process_batch, run_sync
-from services.scoring.engine import Scorer
 from services.scoring.model import ChurnModel
+from services.scoring.scorer import Scorer
 from services.scoring.settings import ScoringSettings
 from shared.events import (
     Event,
-    OutreachTask,
     RiskScore,
     StopNoticeEvent,
     SubscriberEvent,
@@ -285,10 +281,14 @@ class Replay:
         self.examples: list[Example] = []
         self.final_scores: dict[str, float] = {}
         self.day_scores: dict[date, dict[str, float]] = defaultdict(dict)
-        self.alerting = Engine(rules, control_percent=control_percent, control_salt=control_salt)
-        self.views: dict[str, SubscriberView] = {}
-        self.dwelling: set[str] = set()
-        self.load: dict[tuple[str, date], list[tuple[uuid.UUID, float]]] = defaultdict(list)
+        self.alerting = RuleEngine(
+            rules, control_percent=control_percent, control_salt=control_salt
+        )
+        # Alerting's own batch core, on an in-memory store with the tables' semantics.
+        self.alert_store = alerting_batch.MemoryStore()
+        self.min_dwell = min(
+            (trigger.dwell for _, trigger in rules.triggered(ScoreTrigger)), default=None
+        )
         self.tasks: dict[uuid.UUID, TaskRecord] = {}
         self.vip_notices: list[tuple[str, uuid.UUID, datetime, datetime]] = []
         self.managers: set[str] = set()
@@ -338,96 +338,78 @@ class Replay:
                 )
             )
 
-    # alerting, as AlertingHandler and the sweeper do it
-    def alert_batch(self, batch: list[Event], scores: list[RiskScore]) -> None:
-        """Run the batch's events and scores through the rules, in event time."""
-        messages: list[tuple[datetime, int, Event | RiskScore]] = []
-        for e in batch:
-            if e.event_type == "cdr":
-                continue  # alerting skips CDRs by header
-            messages.append((e.occurred_at, 0, e))
-        messages.extend((s.event_time, 1, s) for s in scores)
-        messages.sort(key=lambda m: (m[0], m[1]))
-        effects = Effects()
-        for t, _, message in messages:
-            view = self.views.get(message.subscriber_id)
-            if view is None:
-                view = self.views[message.subscriber_id] = SubscriberView(message.subscriber_id)
-            if isinstance(message, SubscriberEvent):
-                p = message.payload
-                view.profile = Profile(
-                    tier=p.tier,
-                    monthly_value=p.monthly_value,
-                    account_manager_id=p.account_manager_id,
-                    phone=p.phone,
-                    language=p.language,
-                    name=p.name,
-                    marketing_opt_out=p.marketing_opt_out,
+    # alerting: the live consumer's batch core (services.alerting.batch)
+    def alert_batch(self, batch: list[Event], scores: list[RiskScore]) -> list[Decisions]:
+        """One batch's events and scores through ``process_batch``, as alerting runs it.
+
+        The messages go in event time (``alerting_messages``). The sweeper's
+        periodic dwell pass is emulated in event time: before each message (a
+        dwell that elapsed before it fires first) and at the batch's end.
+        Returns what the batch, then the end-of-batch sweep, decided.
+        """
+        messages = alerting_messages(batch, scores)
+        if not messages:
+            return []
+        for message in messages:
+            if isinstance(message, SubscriberEvent) and message.payload.account_manager_id:
+                self.managers.add(message.payload.account_manager_id)
+        end = max(message_time(m) for m in messages)
+        decided = [
+            run_sync(
+                alerting_batch.process_batch(
+                    messages,
+                    store=self.alert_store,
+                    engine=self.alerting,
+                    now=end,
+                    before_each=self._before_each,
                 )
-                if p.account_manager_id:
-                    self.managers.add(p.account_manager_id)
-            if isinstance(message, StopNoticeEvent) and view.profile.tier.is_vip:
-                self.vip_notices.append(
-                    (
-                        message.subscriber_id,
-                        message.event_id,
-                        message.occurred_at,
-                        message.payload.suspension_at,
+            )
+        ]
+        if self.min_dwell is not None:
+            decided.append(
+                run_sync(
+                    sweep_due(
+                        store=self.alert_store,
+                        engine=self.alerting,
+                        now=end,
+                        pending_before=end - self.min_dwell,
+                        limit=sys.maxsize,
                     )
                 )
-            # The sweeper: a dwell that elapsed before this message fires first.
-            self.alerting.tick(view, effects, silences=[], now=t)
-            self.alerting.handle(message, view, effects, silences=[], now=t)
-            if _dwelling(view):
-                self.dwelling.add(view.subscriber_id)
-        end = max(m[0] for m in messages) if messages else None
-        if end is not None:
-            # Only views with a pending dwell (kept as a set: scanning every view
-            # after each batch would be quadratic in subscriber order).
-            for sid in sorted(self.dwelling):
-                view = self.views[sid]
-                self.alerting.tick(view, effects, silences=[], now=end)
-                if not _dwelling(view):
-                    self.dwelling.discard(sid)
-        self._apply(effects)
+            )
+        for decisions in decided:
+            self._record_tasks(decisions)
+        return decided
 
-    def _apply(self, effects: Effects) -> None:
-        held = {t.task_id for t in effects.held_out}
-        tasks = [m for m in effects.outbound if isinstance(m, OutreachTask)]
-        tasks += list(effects.held_out)
-        capacity = self.alerting.rules.capacity
-        for task in tasks:
-            queue = task.queue
-            manager = task.account_manager_id
-            if (
-                task.task_id in effects.capacity_tasks
-                and manager
-                and queue
-                and task.task_id not in held
-            ):
-                day = capacity_day(task.created_at, self.alerting.rules)
-                load = self.load[(manager, day)]
-                joins, bumped = allocate(
-                    load, capacity=capacity.daily_calls(manager), priority=task.priority
+    def _before_each(self, message: Message, view: SubscriberView, effects: Effects) -> None:
+        if isinstance(message, StopNoticeEvent) and view.profile.tier.is_vip:
+            self.vip_notices.append(
+                (
+                    message.subscriber_id,
+                    message.event_id,
+                    message.occurred_at,
+                    message.payload.suspension_at,
                 )
-                if bumped is not None:
-                    load[:] = [item for item in load if item[0] != bumped]
-                    self.tasks[bumped] = replace(self.tasks[bumped], queue=capacity.overflow_queue)
-                if joins:
-                    load.append((task.task_id, task.priority))
-                else:
-                    queue = capacity.overflow_queue
+            )
+        # The sweeper in event time: a dwell that elapsed before this message fires first.
+        self.alerting.tick(view, effects, silences=[], now=message_time(message))
+
+    def _record_tasks(self, decisions: Decisions) -> None:
+        held = {t.task_id for t in decisions.effects.held_out}
+        for task in [*decisions.tasks, *decisions.effects.held_out]:
             self.tasks[task.task_id] = TaskRecord(
                 task.task_id,
                 task.subscriber_id,
                 task.kind.value,
                 task.channel.value,
                 task.rule,
-                queue,
+                task.queue,
                 task.created_at,
                 task.task_id in held,
                 task.cause_event_id,
             )
+        for update in decisions.reroutes:
+            self.tasks[update.task_id] = replace(self.tasks[update.task_id], queue=update.queue)
 
     def finish(
         self, truth: dict[str, Truth] | None, end: datetime, *, table: bool
@@ -464,7 +446,7 @@ class Replay:
         """
         params = self.scorer.params
         t_end = end.timestamp()
-        state = self.store.states.get(sid) or {}
+        state: Mapping[str, Any] = self.store.states.get(sid) or {}
         stepping = set(state.get("stepping", state.get("pending")) or [])
         resolved: list[tuple[str, float, bool | None]] = []
         settled: list[tuple[str, float, bool | None]] = []
@@ -505,8 +487,18 @@ class Replay:
         return out
 
 
-def _dwelling(view: SubscriberView) -> bool:
-    return any(s.pending_since is not None for s in view.states.values())
+def alerting_messages(events: Sequence[Event], scores: Sequence[RiskScore]) -> list[Message]:
+    """What alerting consumes for a batch: its events and scores in event time.
+
+    Of equal times, events before scores (a score follows its cause). Usage
+    records are left out, as alerting's parser skips them by their header.
+    """
+    messages: list[tuple[datetime, int, Message]] = [
+        (e.occurred_at, 0, e) for e in events if e.event_type != "cdr"
+    ]
+    messages.extend((s.event_time, 1, s) for s in scores)
+    messages.sort(key=lambda m: (m[0], m[1]))
+    return [m for _, _, m in messages]
 
 
 def run_backtest(

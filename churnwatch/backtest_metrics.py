@@ -13,7 +13,6 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,9 +20,7 @@ import orjson
 from churnwatch.backtest import (
     EARLY_DAYS,
     LEAD_WINDOW_DAYS,
-    BacktestError,
     Example,
-    Order,
     Result,
     run_backtest,
 )
@@ -35,7 +32,7 @@ from churnwatch.evaluation.figures import (
     weekly,
 )
 from churnwatch.evaluation.stats import RESAMPLES, log_loss, roc_auc
-from services.scoring.engine import DAY
+from services.scoring.scorer import DAY
 from shared.events import TaskKind
 
 POOLED_NOTE = (
@@ -412,46 +409,3 @@ def print_headline(figures: dict[str, Any], console: Any) -> None:
         f"reminder_before_suspension_rate: {_fmt(figures['reminder_before_suspension_rate'])}",
         highlight=False,
     )
-
-
-def main(
-    paths: Sequence[Path],
-    *,
-    report: Path | None,
-    rules_file: Path | None,
-    truth_file: Path | None,
-    seed: int,
-    capacity: int | None,
-    order: Order,
-    window_hours: float,
-    console: Any,
-) -> int:
-    """``churnwatch backtest``: replay with a progress bar, print the headline, write the report.
-
-    Returns the exit code: 0 done, 2 unusable input (named with file and line).
-    """
-    from services.alerting.rules import RulesError
-
-    try:
-        result = replay_with_progress(
-            console,
-            paths=paths,
-            rules_file=rules_file,
-            truth_file=truth_file,
-            seed=seed,
-            order=order,
-            window_hours=window_hours,
-        )
-    except (BacktestError, RulesError) as exc:
-        console.print(f"[red]error[/red] {exc}", markup=True, highlight=False)
-        return 2
-    console.print("training the offline baseline (5-fold cross-validation)...")
-    offline = offline_baseline(result.examples, seed=seed)
-    figures = metrics(result, offline=offline, capacity=capacity, seed=seed)
-    print_headline(figures, console)
-    if report is not None:
-        from churnwatch.report import write_report
-
-        write_report(result, figures, offline, report)
-        console.print(f"report: {report / 'index.html'}")
-    return 0

@@ -17,8 +17,8 @@ from rich.console import Console
 from sqlalchemy import Column, Table, Text, cast, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.alerting.models import subscribers
-from services.outreach.models import tasks
+from services.alerting.tables import subscribers
+from services.outreach.tables import tasks
 from shared.crypto import PhoneKeyring, PhoneKeySettings, UnknownPhoneKey, key_id_of
 from shared.db import create_engine
 from shared.settings import BaseServiceSettings

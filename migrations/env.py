@@ -7,9 +7,9 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.alerting.models import metadata as alerting_metadata
-from services.outreach.models import metadata as outreach_metadata
-from services.scoring.models import metadata as scoring_metadata
+from services.alerting.tables import metadata as alerting_metadata
+from services.outreach.tables import metadata as outreach_metadata
+from services.scoring.tables import metadata as scoring_metadata
 from shared.auth import metadata as auth_metadata
 from shared.db import to_async_url
 

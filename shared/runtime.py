@@ -23,7 +23,7 @@ from shared.topics import Topics
 
 
 class ServiceRuntime:
-    """Engine + producer + one consumer loop, started and stopped together."""
+    """Database engine + producer + one consumer loop, started and stopped together."""
 
     def __init__(self, settings: BaseServiceSettings, service: str) -> None:
         self.settings = settings

@@ -19,13 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.alerting import metrics
 from services.alerting.app import create_app
 from services.alerting.consumer import AlertingHandler, Sweeper
-from services.alerting.engine import Engine
-from services.alerting.models import alerts, rule_state, tasks
-from services.alerting.models import metadata as alerting_metadata
+from services.alerting.rule_engine import RuleEngine
 from services.alerting.rules import DEFAULT_RULES_FILE, RulesError, RulesFile, parse_rules
 from services.alerting.settings import AlertingSettings
-from services.outreach.models import metadata as outreach_metadata
-from services.scoring.models import metadata as scoring_metadata
+from services.alerting.tables import alerts, rule_state, tasks
+from services.alerting.tables import metadata as alerting_metadata
+from services.outreach.tables import metadata as outreach_metadata
+from services.scoring.tables import metadata as scoring_metadata
 from shared.consumer import Inbound, Outbox
 from shared.db import create_engine
 from shared.events import RiskScore, ScoreReason, parse_event
@@ -73,7 +73,7 @@ class Harness:
     topics: Topics
 
     def handler(self, rules: RulesFile = NO_DWELL, **engine_kw: Any) -> AlertingHandler:
-        return AlertingHandler(Engine(rules, **engine_kw), self.topics)
+        return AlertingHandler(RuleEngine(rules, **engine_kw), self.topics)
 
     async def handle(self, handler: AlertingHandler, messages: list[Any]) -> None:
         batch = [Inbound(m, "t", 0, n, 0) for n, m in enumerate(messages)]
@@ -264,7 +264,7 @@ async def test_a_full_managers_day_spills_the_least_urgent_calls(harness: Harnes
 async def test_the_sweep_fires_an_elapsed_dwell_once(harness: Harness) -> None:
     subscriber = sid()
     rules = parse_rules(DEFAULT_TEXT)  # retention_high dwells 30 minutes
-    engine = Engine(rules)
+    engine = RuleEngine(rules)
     handler = AlertingHandler(engine, harness.topics)
     at = datetime.now(UTC)
     await harness.handle(handler, [parse_event(profile(subscriber)), score(subscriber, 0.9, at=at)])

@@ -11,13 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from churnwatch.cli import app as cli
-from services.alerting.engine import (
+from services.alerting.rule_engine import (
     PAYMENTS_KEPT,
     Alert,
     Effects,
-    Engine,
     Facts,
     Profile,
+    RuleEngine,
     Silence,
     SubscriberView,
     allocate,
@@ -109,7 +109,7 @@ def view(
 
 
 def run(
-    engine: Engine,
+    engine: RuleEngine,
     v: SubscriberView,
     messages: list[Event | RiskScore],
     *,
@@ -240,7 +240,7 @@ def test_rules_check_command(tmp_path: Any) -> None:
 
 
 def test_stop_notice_reminds_every_tier_and_calls_vips_through_their_manager() -> None:
-    engine = Engine(NO_DWELL)
+    engine = RuleEngine(NO_DWELL)
     standard = tasks_of(run(engine, view(), [stop(T0)]))
     assert [t.channel for t in standard] == [Channel.SMS]
     vip = tasks_of(run(engine, view(tier="gold", manager="am-7", value="120"), [stop(T0)]))
@@ -257,12 +257,12 @@ def test_stop_notice_reminds_every_tier_and_calls_vips_through_their_manager() -
 
 
 def test_a_vip_without_a_manager_goes_to_the_general_queue() -> None:
-    tasks = tasks_of(run(Engine(NO_DWELL), view(tier="silver"), [stop(T0)]))
+    tasks = tasks_of(run(RuleEngine(NO_DWELL), view(tier="silver"), [stop(T0)]))
     assert tasks[1].queue == "general"
 
 
 def test_a_payment_covering_the_amount_cancels_the_reminder() -> None:
-    engine = Engine(NO_DWELL)
+    engine = RuleEngine(NO_DWELL)
     v = view(tier="diamond", manager="am-1")
     opened = tasks_of(run(engine, v, [stop(T0, amount="50.00")]))
     assert len(opened) == 2
@@ -277,7 +277,7 @@ def test_a_payment_covering_the_amount_cancels_the_reminder() -> None:
 
 
 def test_a_payment_before_the_notice_or_after_the_suspension_cancels_nothing() -> None:
-    engine = Engine(NO_DWELL)
+    engine = RuleEngine(NO_DWELL)
     v = view()
     run(engine, v, [stop(T0, in_hours=10)])
     assert run(engine, v, [pay(T0 - timedelta(hours=1), "100")]).outbound == []
@@ -288,7 +288,7 @@ def test_a_payment_before_the_notice_or_after_the_suspension_cancels_nothing() -
 def test_a_payment_handled_before_its_notice_still_clears_it() -> None:
     # Arrival order is not event order (the notice came through the Kafka landing
     # topic, the payment 50 ms later over HTTP, and alerting saw the payment first).
-    engine = Engine(NO_DWELL)
+    engine = RuleEngine(NO_DWELL)
     v = view(tier="diamond", manager="am-1")
     assert run(engine, v, [pay(T0 + timedelta(seconds=1), "50.00")]).outbound == []
     effects = run(engine, v, [stop(T0, amount="50.00")])
@@ -297,7 +297,7 @@ def test_a_payment_handled_before_its_notice_still_clears_it() -> None:
 
 
 def test_a_part_paid_before_its_notice_counts_towards_it() -> None:
-    engine = Engine(NO_DWELL)
+    engine = RuleEngine(NO_DWELL)
     v = view(tier="diamond", manager="am-1")
     run(engine, v, [pay(T0 + timedelta(seconds=1), "20.00")])
     run(engine, v, [pay(T0 - timedelta(hours=1), "500.00")])  # before the notice: not for it
@@ -321,7 +321,7 @@ def test_a_subscriber_remembers_only_recent_payments() -> None:
 
 
 def test_a_notice_for_a_suspension_already_past_is_not_reminded() -> None:
-    effects = run(Engine(NO_DWELL), view(), [stop(T0, in_hours=-1)])
+    effects = run(RuleEngine(NO_DWELL), view(), [stop(T0, in_hours=-1)])
     assert effects.outbound == [] and effects.suppressed == [
         ("pre_suspension_reminder", "too_late")
     ]
@@ -331,7 +331,7 @@ def test_a_notice_for_a_suspension_already_past_is_not_reminded() -> None:
 
 
 def test_a_score_oscillating_around_the_threshold_fires_once() -> None:
-    engine = Engine(NO_DWELL)
+    engine = RuleEngine(NO_DWELL)
     v = view()
     scores: list[Event | RiskScore] = []
     for i in range(10):
@@ -345,7 +345,7 @@ def test_a_score_oscillating_around_the_threshold_fires_once() -> None:
 
 
 def test_re_armed_only_below_the_lower_bound_and_then_subject_to_repeat() -> None:
-    engine = Engine(NO_DWELL)
+    engine = RuleEngine(NO_DWELL)
     v = view()
     first = run(engine, v, [sc(0.75, T0)])
     assert [t.rule for t in tasks_of(first)] == ["retention_high"]
@@ -369,7 +369,7 @@ def test_re_armed_only_below_the_lower_bound_and_then_subject_to_repeat() -> Non
 
 
 def test_dwell_fires_only_when_the_score_stays_up() -> None:
-    engine = Engine(load_rules())  # retention_high dwells 30 minutes
+    engine = RuleEngine(load_rules())  # retention_high dwells 30 minutes
     v = view()
     crossing = run(engine, v, [sc(0.72, T0)])
     assert [t.rule for t in tasks_of(crossing)] == []  # medium dwells 2h, high 30m
@@ -383,7 +383,7 @@ def test_dwell_fires_only_when_the_score_stays_up() -> None:
 
 
 def test_the_sweep_fires_a_dwell_that_elapsed_without_a_newer_score() -> None:
-    engine = Engine(load_rules())
+    engine = RuleEngine(load_rules())
     v = view()
     run(engine, v, [sc(0.9, T0, codes=("COMPETITOR_CALLS_UP",))])
     early = Effects()
@@ -401,7 +401,7 @@ def test_the_sweep_fires_a_dwell_that_elapsed_without_a_newer_score() -> None:
 
 
 def test_high_risk_supersedes_an_open_medium_task_but_not_the_reverse() -> None:
-    engine = Engine(NO_DWELL)
+    engine = RuleEngine(NO_DWELL)
     v = view()
     medium = tasks_of(run(engine, v, [sc(0.55, T0)]))
     assert [t.rule for t in medium] == ["retention_medium"]
@@ -412,7 +412,7 @@ def test_high_risk_supersedes_an_open_medium_task_but_not_the_reverse() -> None:
 
 
 def test_the_task_carries_the_reasons_and_a_value_weighted_priority() -> None:
-    engine = Engine(NO_DWELL)
+    engine = RuleEngine(NO_DWELL)
     v = view(tier="gold", manager="am-2", value="200")
     [task] = tasks_of(run(engine, v, [sc(0.8, T0, codes=("COMPETITOR_CALLS_UP", "USAGE_DOWN"))]))
     assert task.reason_codes == ["COMPETITOR_CALLS_UP", "USAGE_DOWN"]
@@ -436,23 +436,23 @@ def test_the_task_carries_the_reasons_and_a_value_weighted_priority() -> None:
 def test_retention_routes_by_tier_and_value(
     profile: dict[str, Any], channel: Channel, queue: str | None, template: str | None
 ) -> None:
-    [task] = tasks_of(run(Engine(NO_DWELL), view(**profile), [sc(0.9, T0)]))
+    [task] = tasks_of(run(RuleEngine(NO_DWELL), view(**profile), [sc(0.9, T0)]))
     assert (task.channel, task.queue, task.template) == (channel, queue, template)
     assert task.marketing is (channel is Channel.SMS)
 
 
 def test_a_marketing_sms_is_not_opened_for_an_opted_out_subscriber() -> None:
-    effects = run(Engine(NO_DWELL), view(opt_out=True), [sc(0.9, T0)])
+    effects = run(RuleEngine(NO_DWELL), view(opt_out=True), [sc(0.9, T0)])
     assert effects.outbound == [] and ("retention_high", "opted_out") in effects.suppressed
     # Service messages still go: the reminder is not marketing.
-    assert len(tasks_of(run(Engine(NO_DWELL), view(opt_out=True), [stop(T0)]))) == 1
+    assert len(tasks_of(run(RuleEngine(NO_DWELL), view(opt_out=True), [stop(T0)]))) == 1
 
 
 # --- inhibition and silences ---------------------------------------------------------------
 
 
 def test_an_open_reminder_inhibits_care_and_offer_sms_but_not_a_vip_call() -> None:
-    engine = Engine(NO_DWELL)
+    engine = RuleEngine(NO_DWELL)
     v = view()
     run(engine, v, [stop(T0, in_hours=72)])
     inhibited = run(engine, v, [sc(0.9, T0 + timedelta(hours=1))])
@@ -491,7 +491,7 @@ def _silence(**match: str | None) -> Silence:
     ],
 )
 def test_silences_match_by_rule_tier_or_subscriber(match: dict[str, str], silenced: bool) -> None:
-    effects = run(Engine(NO_DWELL), view(), [sc(0.9, T0)], silences=[_silence(**match)])
+    effects = run(RuleEngine(NO_DWELL), view(), [sc(0.9, T0)], silences=[_silence(**match)])
     assert (("retention_high", "silenced") in effects.suppressed) is silenced
     assert ("retention_high" not in {t.rule for t in tasks_of(effects)}) is silenced
 
@@ -502,7 +502,7 @@ def test_an_expired_or_future_silence_does_not_match() -> None:
     assert not s.matches(rule="x", tier=Tier.GOLD, subscriber_id=SUB, now=T0 + timedelta(hours=1))
     assert not s.matches(rule="x", tier=Tier.GOLD, subscriber_id=SUB, now=T0 - timedelta(hours=2))
     effects = run(
-        Engine(NO_DWELL), view(), [sc(0.9, T0)], silences=[s], now=T0 + timedelta(hours=2)
+        RuleEngine(NO_DWELL), view(), [sc(0.9, T0)], silences=[s], now=T0 + timedelta(hours=2)
     )
     assert len(tasks_of(effects)) == 1
 
@@ -515,7 +515,7 @@ def churn(at: datetime) -> Event:
 
 
 def test_churn_cancels_retention_and_schedules_a_win_back_after_the_delay() -> None:
-    engine = Engine(NO_DWELL)
+    engine = RuleEngine(NO_DWELL)
     v = view(value="45")
     [retention] = tasks_of(run(engine, v, [sc(0.9, T0)]))
     effects = run(engine, v, [churn(T0 + timedelta(days=1))])
@@ -530,7 +530,7 @@ def test_churn_cancels_retention_and_schedules_a_win_back_after_the_delay() -> N
 
 
 def test_win_back_only_above_the_value_threshold_and_once_per_period() -> None:
-    engine = Engine(NO_DWELL)
+    engine = RuleEngine(NO_DWELL)
     assert tasks_of(run(engine, view(value="10"), [churn(T0)])) == []
     v = view(value="45")
     assert len(tasks_of(run(engine, v, [churn(T0)]))) == 1
@@ -547,7 +547,7 @@ def test_win_back_only_above_the_value_threshold_and_once_per_period() -> None:
 
 
 def test_a_reactivation_closes_the_win_back_as_won_back() -> None:
-    engine = Engine(NO_DWELL)
+    engine = RuleEngine(NO_DWELL)
     v = view(tier="gold", manager="am-3", value="90")
     [task] = tasks_of(run(engine, v, [churn(T0)]))
     assert task.channel is Channel.CALL and task.queue == "am:am-3"
@@ -572,7 +572,7 @@ def test_a_reactivation_closes_the_win_back_as_won_back() -> None:
 )
 def test_early_arrears_open_a_care_task(amount: str, days: int, fires: bool) -> None:
     effects = run(
-        Engine(NO_DWELL),
+        RuleEngine(NO_DWELL),
         view(),
         [ev("arrears", {"overdue_amount": amount, "days_overdue": days}, T0)],
     )
@@ -590,7 +590,7 @@ def bill(at: datetime, amount: str) -> Event:
 
 
 def test_an_unusually_high_bill_opens_a_care_task() -> None:
-    engine = Engine(NO_DWELL)
+    engine = RuleEngine(NO_DWELL)
     v = view(tier="silver", manager="am-5")
     history = [bill(T0 + timedelta(days=30 * i), "40") for i in range(3)]
     assert tasks_of(run(engine, v, history)) == []
@@ -604,7 +604,9 @@ def test_an_unusually_high_bill_opens_a_care_task() -> None:
 def test_a_high_bill_without_history_is_not_a_shock() -> None:
     v = view()
     assert (
-        tasks_of(run(Engine(NO_DWELL), v, [bill(T0, "40"), bill(T0 + timedelta(days=30), "400")]))
+        tasks_of(
+            run(RuleEngine(NO_DWELL), v, [bill(T0, "40"), bill(T0 + timedelta(days=30), "400")])
+        )
         == []
     )
     assert v.facts.bills_seen == 2
@@ -623,7 +625,7 @@ def test_the_control_group_is_deterministic_and_the_configured_share() -> None:
 
 
 def test_a_held_out_retention_alert_is_recorded_but_not_sent() -> None:
-    engine = Engine(NO_DWELL, control_percent=100, control_salt="x")
+    engine = RuleEngine(NO_DWELL, control_percent=100, control_salt="x")
     v = view()
     effects = run(engine, v, [sc(0.9, T0)])
     assert effects.outbound == [] and len(effects.held_out) == 1
@@ -660,7 +662,7 @@ def test_capacity_days_follow_the_configured_time_zone() -> None:
 
 
 def test_only_calls_to_the_managers_own_queue_count_against_capacity() -> None:
-    engine = Engine(NO_DWELL)
+    engine = RuleEngine(NO_DWELL)
     vip = run(engine, view(tier="gold", manager="am-1"), [sc(0.9, T0)])
     assert len(vip.capacity_tasks) == 1
     no_manager = run(engine, view(tier="gold"), [sc(0.9, T0)])
@@ -694,7 +696,7 @@ def test_reason_weights_name_real_scoring_reason_codes() -> None:
 
 
 def test_updates_carry_a_stable_cause() -> None:
-    engine = Engine(NO_DWELL)
+    engine = RuleEngine(NO_DWELL)
     v = view(tier="gold", manager="am-1", value="45")
     run(engine, v, [stop(T0), sc(0.9, T0)])
     paid = updates_of(run(engine, v, [pay(T0 + timedelta(hours=1), "50")]))

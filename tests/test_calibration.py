@@ -17,8 +17,8 @@ from services.scoring.calibration import (
     LEVEL_PRIOR_MONTHLY_RATE,
     Calibrator,
 )
-from services.scoring.engine import EngineParams, Scorer
 from services.scoring.model import ChurnModel, ModelParams
+from services.scoring.scorer import EngineParams, Scorer
 from shared.events import Event, parse_event
 from tests.helpers import event
 

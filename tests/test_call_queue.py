@@ -19,11 +19,11 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
-from services.outreach.models import outbox
-from services.outreach.models import tasks as tasks_table
 from services.outreach.queue import QueueKeeper, claim_call
 from services.outreach.scripts import _TEXTS, ALERTING_CODES, CODE_TOPICS, GENERIC, scripts_for
 from services.outreach.settings import OutreachSettings
+from services.outreach.tables import outbox
+from services.outreach.tables import tasks as tasks_table
 from services.scoring.features import FEATURES
 from shared.events import Channel, OutreachTask, TaskKind, Tier
 from tests.conftest import REPO

@@ -25,15 +25,15 @@ from churnwatch.embedded import free_port
 from services.alerting.activity import ACTIVITY_KEPT, remember
 from services.alerting.app import create_app as create_alerting
 from services.alerting.consumer import AlertingHandler
-from services.alerting.engine import Engine
-from services.alerting.models import subscriber_facts
+from services.alerting.rule_engine import RuleEngine
 from services.alerting.rules import load_rules
 from services.alerting.settings import AlertingSettings
+from services.alerting.tables import subscriber_facts
 from services.outreach.directory import SubscriberDirectory
 from services.outreach.settings import OutreachSettings
 from services.scoring.app import create_app as create_scoring
-from services.scoring.models import snapshots
 from services.scoring.settings import ScoringSettings
+from services.scoring.tables import snapshots
 from shared.auth import create_key
 from shared.consumer import Inbound, Outbox
 from shared.events import parse_event
@@ -96,7 +96,9 @@ async def sources(env: dict[str, Any]) -> AsyncIterator[Sources]:
     alerting = create_alerting(alerting_settings)
     producer = make_producer(alerting_settings)
     await producer.start()
-    handler = AlertingHandler(Engine(load_rules()), Topics(alerting_settings.kafka_topic_prefix))
+    handler = AlertingHandler(
+        RuleEngine(load_rules()), Topics(alerting_settings.kafka_topic_prefix)
+    )
     # What scoring's lifespan does first; its consumer is not needed.
     await scoring.state.handler.load(scoring.state.runtime.engine)
     try:

@@ -41,10 +41,10 @@ METRICS_MODULES = [
     "services.alerting.metrics",
     "services.outreach.metrics",
 ]
-MODELS_MODULES = [
-    "services.scoring.models",
-    "services.alerting.models",
-    "services.outreach.models",
+TABLE_MODULES = [
+    "services.scoring.tables",
+    "services.alerting.tables",
+    "services.outreach.tables",
 ]
 
 
@@ -119,7 +119,7 @@ def test_every_metric_is_in_the_operations_doc(module: str, metric: str) -> None
 def _tables() -> list[tuple[str, str]]:
     return [
         (module_name, table)
-        for module_name in MODELS_MODULES
+        for module_name in TABLE_MODULES
         for table in importlib.import_module(module_name).metadata.tables
     ]
 
@@ -132,12 +132,12 @@ def test_every_table_is_in_the_architecture_doc(module: str, table: str) -> None
     )
 
 
-def test_models_modules_are_all_listed() -> None:
+def test_table_modules_are_all_listed() -> None:
     on_disk = sorted(
-        f"services.{path.parent.name}.models" for path in (REPO / "services").glob("*/models.py")
+        f"services.{path.parent.name}.tables" for path in (REPO / "services").glob("*/tables.py")
     )
-    assert on_disk == sorted(MODELS_MODULES), (
-        f"services with a models.py: {on_disk}; update MODELS_MODULES in tests/test_docs.py "
+    assert on_disk == sorted(TABLE_MODULES), (
+        f"services with a tables.py: {on_disk}; update TABLE_MODULES in tests/test_docs.py "
         "and document the new tables in docs/architecture.md"
     )
 

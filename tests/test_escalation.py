@@ -25,8 +25,8 @@ from services.outreach.escalation import (
     Escalator,
     fallback_sms_id,
 )
-from services.outreach.models import task_transitions, tasks
 from services.outreach.settings import OutreachSettings
+from services.outreach.tables import task_transitions, tasks
 from shared.clock import StreamClock
 from shared.events import Channel, OutreachTask, TaskKind, Tier
 from tests.helpers import sid

@@ -34,13 +34,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from churnwatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from churnwatch.migrate import upgrade
 from services.alerting.app import create_app as create_alerting
-from services.alerting.models import processed_messages
 from services.alerting.settings import AlertingSettings
+from services.alerting.tables import processed_messages
 from services.ingest.app import create_app as create_ingest
 from services.ingest.settings import IngestSettings
 from services.scoring.app import create_app as create_scoring
-from services.scoring.models import features, processed_events
 from services.scoring.settings import ScoringSettings
+from services.scoring.tables import features, processed_events
 from shared.db import create_engine
 from shared.kafka import client_options, ensure_topics, make_producer, present_topics
 from shared.topics import Topics

@@ -21,14 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.outreach import service
 from services.outreach.app import create_app as create_outreach_app
 from services.outreach.feedback import KpiRefresher, Relay, compute_kpis, month_bounds
-from services.outreach.models import outbox, task_transitions, tasks
 from services.outreach.settings import OutreachSettings
+from services.outreach.tables import outbox, task_transitions, tasks
 from services.scoring.app import create_app as create_scoring_app
 from services.scoring.consumer import ScoringHandler
-from services.scoring.engine import EngineParams, Scorer
 from services.scoring.model import ChurnModel, ModelParams
-from services.scoring.models import processed_events, snapshots
+from services.scoring.scorer import EngineParams, Scorer
 from services.scoring.settings import ScoringSettings
+from services.scoring.tables import processed_events, snapshots
 from shared.consumer import Inbound, Outbox
 from shared.db import create_engine
 from shared.events import (

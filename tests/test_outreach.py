@@ -19,12 +19,12 @@ from churnwatch.gateway import GatewaySettings, create_gateway_app
 from services.outreach import service
 from services.outreach.app import create_app
 from services.outreach.consumer import OutreachHandler
-from services.outreach.models import tasks as tasks_table
 from services.outreach.queue import queued_calls
 from services.outreach.schemas import CallStatus, SmsStatus
 from services.outreach.service import UpdateResult, plan_update
 from services.outreach.settings import OutreachSettings
 from services.outreach.sms import Dispatcher, ProviderError, SmsClient
+from services.outreach.tables import tasks as tasks_table
 from services.outreach.templates import TEMPLATES, TemplateError, render, template_fields
 from shared.consumer import Inbound, Outbox
 from shared.db import create_engine

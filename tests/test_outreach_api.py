@@ -30,9 +30,9 @@ from sqlalchemy.pool import NullPool
 
 from services.outreach import service
 from services.outreach.app import create_app
-from services.outreach.models import outbox
-from services.outreach.models import tasks as tasks_table
 from services.outreach.settings import OutreachSettings
+from services.outreach.tables import outbox
+from services.outreach.tables import tasks as tasks_table
 from shared.db import to_async_url
 from shared.errors import current_request_id
 from shared.events import Channel, OutreachTask, TaskKind, Tier

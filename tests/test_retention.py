@@ -15,15 +15,15 @@ import pytest
 from sqlalchemy import select
 
 from services.alerting.app import create_app as alerting_app
-from services.alerting.models import processed_messages
 from services.alerting.settings import AlertingSettings
+from services.alerting.tables import processed_messages
 from services.outreach.app import create_app as outreach_app
-from services.outreach.models import outbox, web_sessions
 from services.outreach.settings import OutreachSettings
+from services.outreach.tables import outbox, web_sessions
 from services.outreach.workbench import create_person
 from services.scoring.app import create_app as scoring_app
-from services.scoring.models import processed_events
 from services.scoring.settings import ScoringSettings
+from services.scoring.tables import processed_events
 from shared.db import create_engine
 from shared.retention import PURGED, Purger, PurgeRule, purge
 from shared.settings import BaseServiceSettings

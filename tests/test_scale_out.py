@@ -25,8 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.scoring.codec import decode
 from services.scoring.consumer import ScoringHandler
-from services.scoring.models import features, processed_events
 from services.scoring.settings import ScoringSettings
+from services.scoring.tables import features, processed_events
 from shared.consumer import Handler, Inbound, Outbox
 from shared.kafka import make_producer
 from shared.runtime import ServiceRuntime

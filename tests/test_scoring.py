@@ -22,8 +22,8 @@ from services.scoring import service
 from services.scoring.app import create_app
 from services.scoring.codec import decode
 from services.scoring.consumer import ScoringHandler
-from services.scoring.models import features, model_checkpoints, snapshots
 from services.scoring.settings import ScoringSettings
+from services.scoring.tables import features, model_checkpoints, snapshots
 from shared.consumer import Inbound, Outbox
 from shared.db import create_engine
 from shared.events import Event, parse_event

@@ -17,9 +17,9 @@ from churnwatch.migrate import alembic_config
 from churnwatch.synth import generate
 from services.scoring.batch import run_in_memory
 from services.scoring.codec import StateFormatError, decode, encode
-from services.scoring.engine import DAY, Scorer
 from services.scoring.features import State, apply_event, new_state
 from services.scoring.model import ChurnModel
+from services.scoring.scorer import DAY, Scorer
 from services.scoring.settings import ScoringSettings
 from shared.events import parse_event
 from tests.conftest import Stack

@@ -23,8 +23,8 @@ from churnwatch.evaluation.stats import roc_auc
 from churnwatch.simulator import Simulation, SimulationConfig
 from churnwatch.synth import generate, write_ndjson
 from services.scoring.batch import run_in_memory
-from services.scoring.engine import Scorer
 from services.scoring.model import ChurnModel, ModelParams
+from services.scoring.scorer import Scorer
 from services.scoring.settings import ScoringSettings
 from shared.events import parse_event
 from tests.conftest import REPO, Stack

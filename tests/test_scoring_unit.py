@@ -12,7 +12,6 @@ import pytest
 
 from services.scoring.batch import run_in_memory
 from services.scoring.codec import encode
-from services.scoring.engine import DAY, EngineParams, Scorer, Snapshot
 from services.scoring.features import FEATURES, apply_event, is_churned, new_state, vector
 from services.scoring.model import PRIOR_VERSION, ChurnModel, ModelParams, build_model
 from services.scoring.pipeline import (
@@ -22,6 +21,7 @@ from services.scoring.pipeline import (
     numbers_only,
     passed_through,
 )
+from services.scoring.scorer import DAY, EngineParams, Scorer, Snapshot
 from shared.events import Event, parse_event
 from tests.helpers import calls, event, stop_notice
 

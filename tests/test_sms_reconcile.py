@@ -34,10 +34,10 @@ from churnwatch.embedded import free_port
 from churnwatch.gateway import Faults, GatewaySettings, create_gateway_app, gateway_headers
 from services.outreach import policy, service
 from services.outreach.app import create_app
-from services.outreach.models import task_transitions
 from services.outreach.reconcile import Reconciler
 from services.outreach.settings import OutreachSettings
 from services.outreach.sms import Dispatcher, ProviderError, SmsClient
+from services.outreach.tables import task_transitions
 from tests.conftest import REPO, as_environ
 from tests.helpers import eventually, serve
 from tests.test_sms import sms_task

@@ -27,9 +27,9 @@ from typer.testing import CliRunner
 from services.outreach import service
 from services.outreach.app import create_app
 from services.outreach.feedback import month_bounds, reminder_counts
-from services.outreach.models import outbox, people, phone_reveals, web_sessions
-from services.outreach.models import tasks as tasks_table
 from services.outreach.settings import OutreachSettings
+from services.outreach.tables import outbox, people, phone_reveals, web_sessions
+from services.outreach.tables import tasks as tasks_table
 from services.outreach.workbench import i18n
 from services.outreach.workbench.accounts import Person, Role, create_person
 from services.outreach.workbench.web import MAX_FORM_BYTES

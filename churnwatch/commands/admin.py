@@ -38,7 +38,7 @@ def train(
 
     from services.scoring import service
     from services.scoring.batch import run_in_memory
-    from services.scoring.engine import Scorer
+    from services.scoring.scorer import Scorer
     from services.scoring.settings import ScoringSettings
     from shared.db import create_engine
     from shared.events import parse_event

@@ -78,7 +78,7 @@ def backtest(
     window_hours: Annotated[float, typer.Option(help="Event time per batch.", min=0.01)] = 24.0,
 ) -> None:
     """Replay event files through scoring and alerting in memory; report how well it warns."""
-    from churnwatch.backtest_metrics import main as run_backtest
+    from churnwatch.backtest_command import main as run_backtest
 
     if order not in ("auto", "time", "subscriber"):
         raise typer.BadParameter("order must be auto, time or subscriber", param_hint="--order")

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.alerting.models import subscriber_facts, subscribers
+from services.alerting.tables import subscriber_facts, subscribers
 from shared.events import BillingEvent, ComplaintEvent, Event, PaymentEvent, StopNoticeEvent
 
 ACTIVITY_KEPT = 10

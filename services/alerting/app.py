@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.alerting.consumer import AlertingHandler, Sweeper, make_parser
-from services.alerting.engine import Engine
-from services.alerting.models import processed_messages
+from services.alerting.rule_engine import RuleEngine
 from services.alerting.rules import DEFAULT_RULES_FILE, load_rules
 from services.alerting.settings import AlertingSettings
+from services.alerting.tables import processed_messages
 from services.alerting.views import activity_router, router
 from shared.auth import auth_responses, install_auth
 from shared.crypto import use_phone_keyring
@@ -31,7 +31,7 @@ def create_app(settings: AlertingSettings) -> FastAPI:
     """
     rules = load_rules(settings.alerting_rules_file)
     use_phone_keyring(settings.phone_keyring())  # seals a plain phone from an old record
-    engine = Engine(
+    engine = RuleEngine(
         rules,
         control_percent=settings.alerting_control_group_percent,
         control_salt=settings.alerting_control_group_salt,

@@ -1,11 +1,11 @@
-"""Alerting's batch handler and dwell sweep: events and scores in, tasks and updates out."""
+"""Alerting's batch handler and dwell sweep on PostgreSQL: the batch core (batch.py) live."""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, date, datetime
 
 import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -13,29 +13,19 @@ from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.alerting import metrics, service
-from services.alerting.engine import (
-    Effects,
-    Engine,
-    SubscriberView,
-    allocate,
-    capacity_day,
-)
-from services.alerting.models import processed_messages, subscriber_facts, subscribers
+from services.alerting.batch import Decisions, Message, message_id, process_batch, sweep_due
+from services.alerting.rule_engine import Alert, RuleEngine, Silence, SubscriberView
 from services.alerting.rules import ScoreTrigger
 from services.alerting.settings import AlertingSettings
+from services.alerting.tables import processed_messages, subscriber_facts, subscribers
 from shared import metrics as shared_metrics
 from shared.consumer import Inbound, Outbox
 from shared.db import keep_new
 from shared.events import (
-    Event,
     OutreachTask,
     RiskScore,
     SubscriberEvent,
-    TaskAction,
-    TaskUpdate,
     Tier,
-    UpdateCause,
-    derive_id,
     parse_event,
 )
 from shared.periodic import Periodic
@@ -43,7 +33,7 @@ from shared.topics import Topics
 
 log = logging.getLogger(__name__)
 
-Message = Event | RiskScore
+__all__ = ["AlertingHandler", "Message", "PostgresStore", "Sweeper", "make_parser", "publish"]
 
 
 def make_parser(topics: Topics) -> Callable[[ConsumerRecord[bytes, bytes]], Message | None]:
@@ -76,98 +66,101 @@ def make_parser(topics: Topics) -> Callable[[ConsumerRecord[bytes, bytes]], Mess
     return parse
 
 
-def _message_id(message: Message) -> uuid.UUID:
-    return message.score_id if isinstance(message, RiskScore) else message.event_id
+class PostgresStore:
+    """``AlertingStore`` on PostgreSQL: ``service``'s functions on the batch's connection.
 
-
-async def apply_effects(
-    conn: AsyncConnection,
-    *,
-    engine: Engine,
-    views: dict[str, SubscriberView],
-    effects: Effects,
-    outbox: Outbox,
-    topics: Topics,
-    now: datetime,
-) -> None:
-    """Store what the engine decided, fit calls into managers' days, then publish.
-
-    Publishing goes through the ``Outbox``: the caller waits for every
-    acknowledgement before committing, so a crash re-runs the batch and the
-    deterministic ids make the re-run publish the same messages (outreach
-    stores them once).
+    The caller owns the transaction: the views stay locked until it ends, and
+    the capacity decisions are serialised per manager and day within it.
     """
-    held_out = {t.task_id for t in effects.held_out}
-    await service.save_views(
-        conn, views=views.values(), new_alerts=effects.new_alerts, held_out=held_out, now=now
-    )
-    outbound = list(effects.outbound)
-    reroutes: list[TaskUpdate] = []
-    for i, message in enumerate(outbound):
-        if isinstance(message, OutreachTask) and message.task_id in effects.capacity_tasks:
-            outbound[i] = await _fit_capacity(conn, engine=engine, task=message, reroutes=reroutes)
-    for message in [*outbound, *reroutes]:
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def keep_new(self, messages: Sequence[Message], *, now: datetime) -> list[Message]:
+        """Record the ids in ``processed_messages``; return the messages never seen."""
+        return await keep_new(
+            self.conn, table=processed_messages, items=messages, key=message_id, now=now
+        )
+
+    async def upsert_profiles(self, *, events: Sequence[SubscriberEvent]) -> None:
+        """Store the newest profiles (``service.upsert_profiles``)."""
+        await service.upsert_profiles(self.conn, events=events)
+
+    async def load_views(
+        self, *, subscriber_ids: Iterable[str], skip_locked: bool = False
+    ) -> dict[str, SubscriberView]:
+        """Load and lock the views (``service.load_views``)."""
+        return await service.load_views(
+            self.conn, subscriber_ids=subscriber_ids, skip_locked=skip_locked
+        )
+
+    async def active_silences(self, *, now: datetime) -> list[Silence]:
+        """Silences in force (``service.active_silences``)."""
+        return await service.active_silences(self.conn, now=now)
+
+    async def save_views(
+        self,
+        *,
+        views: Iterable[SubscriberView],
+        new_alerts: Sequence[tuple[Alert, Sequence[OutreachTask]]],
+        held_out: set[uuid.UUID],
+        now: datetime,
+    ) -> None:
+        """Store what the engine changed (``service.save_views``)."""
+        await service.save_views(
+            self.conn, views=views, new_alerts=new_alerts, held_out=held_out, now=now
+        )
+
+    async def manager_day_load(
+        self, *, manager_id: str, day: date, queue: str
+    ) -> list[tuple[uuid.UUID, float]]:
+        """The manager's day, locked (``service.manager_day_load``)."""
+        return await service.manager_day_load(
+            self.conn, manager_id=manager_id, day=day, queue=queue
+        )
+
+    async def assign_capacity(
+        self, *, task_id: uuid.UUID, manager_id: str, day: date, queue: str
+    ) -> None:
+        """Record the task's queue and manager-day (``service.assign_capacity``)."""
+        await service.assign_capacity(
+            self.conn, task_id=task_id, manager_id=manager_id, day=day, queue=queue
+        )
+
+    async def task_subscriber(self, *, task_id: uuid.UUID) -> str:
+        """The task's subscriber (``service.task_subscriber``)."""
+        return await service.task_subscriber(self.conn, task_id=task_id)
+
+    async def due_pending(self, *, pending_before: datetime, limit: int) -> list[str]:
+        """Subscribers whose dwell may have elapsed (``service.due_pending``)."""
+        return await service.due_pending(self.conn, pending_before=pending_before, limit=limit)
+
+
+async def publish(decisions: Decisions, *, outbox: Outbox, topics: Topics) -> None:
+    """Send what a batch or sweep decided through the ``Outbox`` and count it.
+
+    The caller waits for every acknowledgement before committing, so a crash
+    re-runs the batch and the deterministic ids make the re-run publish the
+    same messages (outreach stores them once).
+    """
+    for message in decisions.publish:
         await outbox.send(topics.tasks, key=message.subscriber_id, value=message)
         if isinstance(message, OutreachTask):
             metrics.TASKS.labels(message.kind.value, message.channel.value).inc()
         else:
             metrics.TASK_UPDATES.labels(message.action.value).inc()
-    for rule, tier in effects.fired:
+    for spill in decisions.spilled:
+        metrics.SPILLED.labels(spill).inc()
+    for rule, tier in decisions.effects.fired:
         metrics.FIRED.labels(rule, tier).inc()
-    for rule, reason in effects.suppressed:
+    for rule, reason in decisions.effects.suppressed:
         metrics.SUPPRESSED.labels(rule, reason).inc()
-
-
-async def _fit_capacity(
-    conn: AsyncConnection, *, engine: Engine, task: OutreachTask, reroutes: list[TaskUpdate]
-) -> OutreachTask:
-    """Give the call to its manager if their day has room (or it outranks a call there).
-
-    Otherwise, or for the call it outranks, the overflow queue takes it, so
-    a manager's list never holds more than they can call in a day.
-    """
-    capacity = engine.rules.capacity
-    manager = task.account_manager_id
-    if manager is None or task.queue is None:
-        return task  # only calls routed to a manager's own queue are counted
-    day = capacity_day(task.created_at, engine.rules)
-    load = await service.manager_day_load(conn, manager_id=manager, day=day, queue=task.queue)
-    joins, bumped = allocate(load, capacity=capacity.daily_calls(manager), priority=task.priority)
-    if bumped is not None:
-        await service.assign_capacity(
-            conn, task_id=bumped, manager_id=manager, day=day, queue=capacity.overflow_queue
-        )
-        subscriber_id = await service.task_subscriber(conn, task_id=bumped)
-        reason = f"{manager}'s day is full with more urgent calls"
-        reroutes.append(
-            TaskUpdate(
-                update_id=derive_id("update", bumped, TaskAction.REROUTE, task.task_id),
-                task_id=bumped,
-                subscriber_id=subscriber_id,
-                action=TaskAction.REROUTE,
-                reason=reason,
-                cause=UpdateCause.CAPACITY,
-                queue=capacity.overflow_queue,
-                at=task.created_at,
-            )
-        )
-        metrics.SPILLED.labels("bumped").inc()
-    if joins:
-        await service.assign_capacity(
-            conn, task_id=task.task_id, manager_id=manager, day=day, queue=task.queue
-        )
-        return task
-    await service.assign_capacity(
-        conn, task_id=task.task_id, manager_id=manager, day=day, queue=capacity.overflow_queue
-    )
-    metrics.SPILLED.labels("full").inc()
-    return task.model_copy(update={"queue": capacity.overflow_queue})
 
 
 class AlertingHandler:
     """Turns one batch of events and scores into tasks and task updates, once."""
 
-    def __init__(self, engine: Engine, topics: Topics) -> None:
+    def __init__(self, engine: RuleEngine, topics: Topics) -> None:
         self.engine = engine
         self.topics = topics
 
@@ -177,34 +170,16 @@ class AlertingHandler:
         """Store profiles, run every new message through the rules, store and publish."""
         now = datetime.now(UTC)
         messages = [item.value for item in batch if item.value is not None]
-        todo = await keep_new(
-            conn, table=processed_messages, items=messages, key=_message_id, now=now
+        decisions = await process_batch(
+            messages, store=PostgresStore(conn), engine=self.engine, now=now
         )
-        metrics.MESSAGES.labels("handled").inc(len(todo))
-        metrics.MESSAGES.labels("duplicate").inc(len(messages) - len(todo))
-        if not todo:
+        metrics.MESSAGES.labels("handled").inc(len(decisions.handled))
+        metrics.MESSAGES.labels("duplicate").inc(decisions.duplicates)
+        if not decisions.handled:
             return
-        # Profiles first, in event-time order, so the rules in this batch see them.
-        new_profiles = [m for m in todo if isinstance(m, SubscriberEvent)]
-        await service.upsert_profiles(conn, events=new_profiles)
-        views = await service.load_views(conn, subscriber_ids={m.subscriber_id for m in todo})
-        silences = await service.active_silences(conn, now=now)
-        effects = Effects()
-        for message in todo:
-            self.engine.handle(
-                message, views[message.subscriber_id], effects, silences=silences, now=now
-            )
-        await apply_effects(
-            conn,
-            engine=self.engine,
-            views=views,
-            effects=effects,
-            outbox=outbox,
-            topics=self.topics,
-            now=now,
-        )
+        await publish(decisions, outbox=outbox, topics=self.topics)
         # Score -> decision latency; tasks a score fires go out in this same batch.
-        for message in todo:
+        for message in decisions.handled:
             if isinstance(message, RiskScore):
                 latency = (now - message.scored_at).total_seconds()
                 metrics.SCORE_TO_DECISION_SECONDS.observe(max(latency, 0.0))
@@ -243,7 +218,7 @@ class Sweeper:
     def __init__(
         self,
         settings: AlertingSettings,
-        engine: Engine,
+        engine: RuleEngine,
         db: AsyncEngine,
         topics: Topics,
         producer: Callable[[], AIOKafkaProducer | None],
@@ -272,29 +247,18 @@ class Sweeper:
         evaluated = 0
         async with self.db.connect() as conn, conn.begin():
             if self.min_dwell is not None:
-                ids = await service.due_pending(
-                    conn,
+                decisions = await sweep_due(
+                    store=PostgresStore(conn),
+                    engine=self.engine,
+                    now=now,
                     pending_before=now - self.min_dwell,
                     limit=self.settings.alerting_sweep_batch,
                 )
-                views = await service.load_views(conn, subscriber_ids=ids, skip_locked=True)
-                silences = await service.active_silences(conn, now=now)
-                effects = Effects()
-                for view in views.values():
-                    self.engine.tick(view, effects, silences=silences, now=now)
                 outbox = Outbox(producer)
-                await apply_effects(
-                    conn,
-                    engine=self.engine,
-                    views=views,
-                    effects=effects,
-                    outbox=outbox,
-                    topics=self.topics,
-                    now=now,
-                )
+                await publish(decisions, outbox=outbox, topics=self.topics)
                 # Acknowledged before the state change commits: at least once.
                 await outbox.flush()
-                evaluated = len(views)
+                evaluated = decisions.subscribers
             counts = await service.open_task_counts(conn, now=now)
             await export_subscriber_counts(conn)
         for kind in {*counts, *metrics.OPEN_KINDS}:

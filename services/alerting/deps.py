@@ -20,7 +20,7 @@ from shared.deps import on_loop
 
 
 def get_engine(request: Request) -> AsyncEngine:
-    """The service's database engine (not the rules engine of ``services.alerting.engine``)."""
+    """The service's database engine (not the rules engine of ``services.alerting.rule_engine``)."""
     engine: AsyncEngine = request.app.state.runtime.engine
     return engine
 

@@ -4,7 +4,7 @@ A ``Firing`` (why and when a rule fires) runs through dedup, the repeat
 interval, silences, routing, inhibition and the control group, and becomes an
 alert and its outreach tasks; an alert ends (cancelled, closed, superseded)
 with a task update for each of its tasks. :class:`Firer` holds these steps;
-:class:`~services.alerting.engine.Engine` builds on it and decides, message by
+:class:`~services.alerting.rule_engine.RuleEngine` builds on it and decides, message by
 message, when a rule fires (the semantics are in the engine's docstring).
 """
 
@@ -64,9 +64,9 @@ class Ctx:
 
 
 class Firer:
-    """Turns firings into alerts and tasks, and ends alerts; the base of ``Engine``."""
+    """Turns firings into alerts and tasks, and ends alerts; the base of ``RuleEngine``."""
 
-    # Set by Engine.__init__.
+    # Set by RuleEngine.__init__.
     rules: RulesFile
     control_percent: float
     control_salt: str

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.alerting.engine import (
+from services.alerting.rule_engine import (
     Alert,
     Facts,
     Profile,
@@ -21,7 +21,7 @@ from services.alerting.engine import (
     SubscriberView,
     TaskRef,
 )
-from services.alerting.models import (
+from services.alerting.tables import (
     alerts,
     rule_state,
     silences,

@@ -3,7 +3,7 @@
 A ``SubscriberView`` holds one subscriber's profile, facts, per-rule state and
 alerts (with the tasks each alert opened); a ``Silence`` is an operator's
 silence; an ``Effects`` collects what handling messages decided. The engine
-(:mod:`services.alerting.engine`) changes them; the service
+(:mod:`services.alerting.rule_engine`) changes them; the service
 (:mod:`services.alerting.service`) loads and stores them.
 """
 

@@ -15,12 +15,12 @@ from services.outreach.directory import SubscriberDirectory
 from services.outreach.escalation import Escalator
 from services.outreach.feedback import KpiRefresher, Relay
 from services.outreach.feedback import router as feedback_router
-from services.outreach.models import outbox, web_sessions
 from services.outreach.queue import QueueKeeper
 from services.outreach.reconcile import Reconciler
 from services.outreach.service import encrypt_plain_phones, newest_task_time
 from services.outreach.settings import OutreachSettings
 from services.outreach.sms import Dispatcher, SmsClient
+from services.outreach.tables import outbox, web_sessions
 from services.outreach.templates import check_templates
 from services.outreach.views import router
 from services.outreach.workbench import install_workbench

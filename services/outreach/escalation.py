@@ -44,9 +44,9 @@ from services.outreach.feedback import (
     VIP_TIERS,
     reminded_before_suspension,
 )
-from services.outreach.models import tasks
 from services.outreach.schemas import CallStatus, SmsStatus
 from services.outreach.settings import OutreachSettings
+from services.outreach.tables import tasks
 from shared.clock import Clock
 from shared.events import Channel, OutreachTask, TaskKind, Tier, derive_id
 from shared.periodic import Periodic

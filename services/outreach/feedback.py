@@ -41,10 +41,10 @@ from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
 from services.outreach import metrics
 from services.outreach.deps import ClockDep, EngineDep, SettingsDep
-from services.outreach.models import outbox, tasks
 from services.outreach.schemas import CallStatus, SmsStatus
 from services.outreach.service import OUTCOMES_TOPIC
 from services.outreach.settings import OutreachSettings
+from services.outreach.tables import outbox, tasks
 from shared.clock import Clock, WallClock
 from shared.consumer import Outbox
 from shared.events import CallOutcome, Channel, TaskKind, Tier, UpdateCause

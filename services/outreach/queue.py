@@ -28,9 +28,9 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.outreach import metrics, service
-from services.outreach.models import tasks
 from services.outreach.schemas import CallStatus
 from services.outreach.settings import OutreachSettings
+from services.outreach.tables import tasks
 from shared.clock import Clock, WallClock
 from shared.errors import Conflict, NotFound, UnprocessableEntity
 from shared.events import CallOutcome, Channel

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from fastapi import FastAPI
 
 from services.scoring.consumer import ScoringHandler
-from services.scoring.models import processed_events
 from services.scoring.settings import ScoringSettings
+from services.scoring.tables import processed_events
 from services.scoring.views import router
 from shared.auth import auth_responses, install_auth
 from shared.errors import install_error_handlers

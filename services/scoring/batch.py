@@ -20,10 +20,10 @@ from collections import defaultdict
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Literal, Protocol, TypeVar, cast, get_args
 
-from services.scoring.engine import Scored, Scorer, Snapshot
 from services.scoring.features import State
+from services.scoring.scorer import Scored, Scorer, Snapshot
 from services.scoring.settings import ScoringSettings
 from shared.events import Event, RiskScore, ScoreReason, derive_id
 
@@ -32,7 +32,7 @@ T = TypeVar("T")
 SnapshotKey = tuple[str, float]
 """A snapshot's key: ``(subscriber_id, taken_at)``."""
 
-SCORED_FIELDS = (
+ScoredField = Literal[
     "score",
     "previous_score",
     "band",
@@ -41,8 +41,12 @@ SCORED_FIELDS = (
     "event_time",
     "scored_at",
     "published_score",
-)
-"""The fields of a state's ``scored`` record (``_record`` writes them; the API serves them)."""
+]
+"""A key of a state's ``scored`` record (``features.ScoredRecord``)."""
+SCORED_FIELDS: tuple[ScoredField, ...] = get_args(ScoredField)
+"""The fields of a state's ``scored`` record (``_record`` writes them; the API serves them).
+
+Typed as the literal keys so that ``record[k]`` for ``k`` in them type-checks."""
 
 
 class ScoringStore(Protocol):
@@ -194,7 +198,8 @@ def _record(
     """
     band = settings.band(scored.score)
     at = now or scored.cause.occurred_at
-    last = (state.get("scored") or {}).get("published_score")
+    record = state.get("scored")
+    last = record.get("published_score") if record else None
     state["scored"] = {
         "score": scored.score,
         "previous_score": scored.previous,

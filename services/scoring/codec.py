@@ -40,12 +40,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from functools import cache
 from itertools import repeat
 from operator import add, sub
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from services.scoring.batch import SCORED_FIELDS
-from services.scoring.features import DECAYED, State
+from services.scoring.features import DECAYED, Pair, ScoredRecord, State
 
 VERSION = 1
 _NAMES: tuple[str, ...] = tuple(DECAYED)
@@ -100,10 +100,11 @@ def encode(state: State, *, prefix: bytes = b"") -> bytes:
     b = 0.0 if base is None else float(base)
     flags = 0
     out = bytearray(prefix)
-    tail = {k: v for k, v in state.items() if k not in _CORE}
+    tail: dict[str, object] = {k: v for k, v in state.items() if k not in _CORE}
     if not tail.get("latest", True):
         del tail["latest"]  # empty: decode() puts an empty one back
-    contacts: dict[str, float] = tail.pop("contacts", None) or {}
+    tail.pop("contacts", None)  # binary below, or put back when its keys are not
+    contacts = state.get("contacts") or {}
     packed_keys = _packed_keys(contacts)
     if packed_keys is not None:
         flags |= _CONTACTS
@@ -139,7 +140,7 @@ def encode(state: State, *, prefix: bytes = b"") -> bytes:
     if treated is not None:
         out += _F64.pack(treated)
 
-    decayed: dict[str, Any] = state.get("decayed") or {}
+    decayed: dict[str, Pair] = state.get("decayed") or {}
     names = [n for n in decayed if n in _INDEX]
     if len(names) != len(decayed):
         raise StateFormatError(f"unknown decayed sums: {sorted(set(decayed) - set(names))}")
@@ -182,12 +183,12 @@ def decode(blob: bytes | memoryview) -> State:
     _, flags, wm, first_seen, last_activity = _HEAD.unpack_from(view, 0)
     at = _HEAD.size
     b = 0.0 if wm != wm else wm
-    state: State = {}
+    head: dict[str, Any] = {}  # the header's optional keys: last_score, treated_at, scored
     if flags & _LAST_SCORE:
-        state["last_score"] = _F64.unpack_from(view, at)[0]
+        head["last_score"] = _F64.unpack_from(view, at)[0]
         at += 8
     if flags & _TREATED:
-        state["treated_at"] = _F64.unpack_from(view, at)[0]
+        head["treated_at"] = _F64.unpack_from(view, at)[0]
         at += 8
     (mask,) = _U32.unpack_from(view, at)
     at += 4
@@ -216,23 +217,29 @@ def decode(blob: bytes | memoryview) -> State:
         seen, at = _read_times(view, at + 1 + 5 * n, b)
         contacts = {keys[10 * i : 10 * i + 10]: t for i, t in enumerate(seen)}
     if flags & _SCORED:
-        state["scored"], at = _unpack_scored(view, at)
-    tail: State = orjson.loads(view[at:]) if at < len(blob) else {}
+        head["scored"], at = _unpack_scored(view, at)
+    tail: dict[str, Any] = orjson.loads(view[at:]) if at < len(blob) else {}
 
     # Key order as the engine builds a state (new_state first), so the JSON a view
-    # serves reads the same as before.
-    state = {
-        "decayed": decayed,
-        "latest": tail.pop("latest", {}),
-        "first_seen": None if first_seen != first_seen else first_seen,
-        "last_activity": None if last_activity != last_activity else last_activity,
-        "watermark": None if wm != wm else wm,
-        "payments": [[a, t] for a, t in zip(amounts, paid_at, strict=True)],
-        "contacts": contacts if contacts is not None else tail.pop("contacts", {}),
-        "pending": pending,
-        **state,
-        **tail,
-    }
+    # serves reads the same as before. A cast: the tail's keys are whatever JSON
+    # held (``latest``, a record of another shape, a key a later version adds), so
+    # mypy cannot check this dict against ``State``; the binary parts above are
+    # what ``encode`` wrote from one.
+    state = cast(
+        State,
+        {
+            "decayed": decayed,
+            "latest": tail.pop("latest", {}),
+            "first_seen": None if first_seen != first_seen else first_seen,
+            "last_activity": None if last_activity != last_activity else last_activity,
+            "watermark": None if wm != wm else wm,
+            "payments": [[a, t] for a, t in zip(amounts, paid_at, strict=True)],
+            "contacts": contacts if contacts is not None else tail.pop("contacts", {}),
+            "pending": pending,
+            **head,
+            **tail,
+        },
+    )
     if stepping is not None:
         state["stepping"] = stepping
     return state
@@ -284,7 +291,7 @@ def _pack_scored(scored: Any) -> bytes | None:
     )
 
 
-def _unpack_scored(view: memoryview, at: int) -> tuple[dict[str, Any], int]:
+def _unpack_scored(view: memoryview, at: int) -> tuple[ScoredRecord, int]:
     score, previous, published, et, et_off, sa, sa_off, cause, nb, nv = _SCORE.unpack_from(view, at)
     at += _SCORE.size
     band = bytes(view[at : at + nb]).decode()

@@ -30,11 +30,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.scoring import metrics, service
 from services.scoring.batch import SnapshotKey, process_batch
 from services.scoring.cache import StateCache
-from services.scoring.engine import Scorer, Snapshot
 from services.scoring.features import State
 from services.scoring.model import ChurnModel
-from services.scoring.models import processed_events
+from services.scoring.scorer import Scorer, Snapshot
 from services.scoring.settings import ScoringSettings
+from services.scoring.tables import processed_events
 from shared.consumer import Inbound, Outbox
 from shared.db import keep_new
 from shared.events import (
@@ -262,7 +262,7 @@ class ScoringHandler:
 
     async def _lock_and_load(
         self, conn: AsyncConnection, subscriber_ids: Iterable[str]
-    ) -> tuple[dict[str, int], dict[str, Any]]:
+    ) -> tuple[dict[str, int], dict[str, State]]:
         """Lock the subscribers' feature rows; load the states the cache does not hold.
 
         Returns each stored row's version (``events_applied``) and the states

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any
+from typing import Any, Required, TypedDict
 
 from services.scoring.catalogue import (
     CATEGORIES,
@@ -114,7 +114,75 @@ MAX_PAYMENTS = 8
 # Distinct contacts: the newest time each hashed counterpart was seen, at most this many.
 MAX_CONTACTS = 64
 
-State = dict[str, Any]
+Pair = tuple[float, float] | list[float]
+"""A number and the time it belongs to: ``(value, epoch seconds)``. A tuple as
+``apply_event`` writes it, a two-item list once the state has been through JSON
+or ``services.scoring.codec`` (both give lists back); the code reads either."""
+Stamped = tuple[Any, float] | list[Any]
+"""A ``latest`` value and its event time, ``(value, occurred_at)`` (a list after
+JSON, as ``Pair``). The value's shape depends on the name (see ``State.latest``)."""
+
+
+class ScoredRecord(TypedDict):
+    """The score last served for a subscriber, as ``batch._record`` keeps it and the API serves it.
+
+    Times and the event id are text (what the JSON column and the API hold); the
+    codec packs this shape and keeps any other in its JSON tail.
+    """
+
+    score: float
+    previous_score: float | None  # the score before it (None: the first)
+    band: str
+    model_version: str
+    cause_event_id: str  # the event that led to it, canonical uuid text
+    event_time: str  # ISO 8601: that event's occurred_at
+    scored_at: str  # ISO 8601: when it was scored (the event time in a replay)
+    published_score: float | None  # the last score published to alerting (None: never)
+
+
+class State(TypedDict, total=False):
+    """One subscriber's features, kept incrementally (see the module); a plain dict at runtime.
+
+    The ``Required`` keys are the ones ``new_state`` sets; the engine and the batch
+    core add the others when they first have something to keep, so older states
+    (and a new subscriber's) lack them. It is stored as JSON or as the codec's
+    bytes, which give tuples back as lists (``Pair``, ``Stamped``).
+    """
+
+    decayed: Required[dict[str, Pair]]
+    """Decayed sum name (a ``DECAYED`` key) -> (value, reference time): the sum decayed
+    to its reference time. Only the sums some event touched are present."""
+    latest: Required[dict[str, Stamped]]
+    """Name -> (value, event time): the value of the newest event of its kind, so it
+    does not depend on arrival order. Names and values: ``last_bill`` (amount due),
+    ``bill_split`` (recurring or None, overage or None, amount due), ``arrears``
+    (overdue amount, days overdue), ``stop_notice`` (suspension time, amount to pay),
+    ``profile`` (tier, monthly value, activation time or None), ``profile_v2``
+    (``_profile_v2``'s dict), ``churned`` (churn kind; None after a reactivation)."""
+    first_seen: Required[float | None]
+    """Oldest event time seen (None before the first event)."""
+    last_activity: Required[float | None]
+    """Newest usage (CDR) event time (None before the first)."""
+    watermark: Required[float | None]
+    """Newest event time seen: the time the features are read at (None before the first)."""
+    payments: Required[list[Pair]]
+    """The newest ``MAX_PAYMENTS`` payments as (amount, event time), oldest first: to
+    decide whether arrears or a stop notice have been paid since."""
+    contacts: Required[dict[str, float]]
+    """Hashed counterpart (10 hex digits) -> newest time seen, at most ``MAX_CONTACTS``."""
+    pending: list[float]
+    """Snapshot times waiting for their horizon label (set by ``Scorer.step``)."""
+    stepping: list[float]
+    """The pending snapshot times still waiting for their step label too; kept only
+    when the label step is shorter than the horizon (else it is ``pending``)."""
+    treated_at: float
+    """Latest intervention time (a retention call that kept the subscriber): no snapshot
+    is taken at or before it (``Scorer.censor``)."""
+    last_score: float
+    """The score the engine gave after the last batch (the next score's ``previous``)."""
+    scored: ScoredRecord
+    """The latest score served and what it came from (``batch._record``, on every score
+    of a run that publishes; a warm start or the benchmark's bare limit leaves it out)."""
 
 
 def new_state() -> State:
@@ -444,6 +512,9 @@ __all__ = [
     "UNKNOWN",
     "VOLUMES",
     "Feature",
+    "Pair",
+    "ScoredRecord",
+    "Stamped",
     "State",
     "apply_event",
     "decayed_at",

@@ -11,10 +11,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.scoring.codec import decode
-from services.scoring.engine import Snapshot
 from services.scoring.features import State
 from services.scoring.model import ChurnModel, ModelParams
-from services.scoring.models import features, model_checkpoints, snapshots
+from services.scoring.scorer import Snapshot
+from services.scoring.tables import features, model_checkpoints, snapshots
 
 
 async def lock_and_load(

@@ -6,8 +6,8 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from services.scoring.engine import DAY, EngineParams
 from services.scoring.model import ModelKind, ModelParams
+from services.scoring.scorer import DAY, EngineParams
 from shared.settings import BaseServiceSettings
 
 

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach.models import task_transitions, tasks
 from services.outreach.schemas import CallStatus
+from services.outreach.tables import task_transitions, tasks
 from shared.errors import BadRequest
 from shared.events import Channel
 

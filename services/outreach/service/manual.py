@@ -11,7 +11,6 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach.models import tasks
 from services.outreach.schemas import CallStatus, TaskCreate
 from services.outreach.service.tasks import (
     CANCELLED,
@@ -20,6 +19,7 @@ from services.outreach.service.tasks import (
     store_tasks,
     transition,
 )
+from services.outreach.tables import tasks
 from shared.errors import Conflict, NotFound, UnprocessableEntity
 from shared.events import Channel, OutreachTask, derive_id
 

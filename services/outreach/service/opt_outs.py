@@ -9,9 +9,9 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach.models import opt_outs, tasks
 from services.outreach.service.sms import SMS_WAITING
 from services.outreach.service.tasks import CANCELLED, record_transitions
+from services.outreach.tables import opt_outs, tasks
 from shared.events import Channel
 
 

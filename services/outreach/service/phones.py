@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Text, cast, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach.models import tasks
+from services.outreach.tables import tasks
 from shared.crypto import ENCRYPTED_PREFIXES, phone_hash, phone_keyring
 
 

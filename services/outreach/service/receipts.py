@@ -10,9 +10,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach.models import tasks
 from services.outreach.schemas import SmsStatus
 from services.outreach.service.tasks import FINAL_STATES, transition
+from services.outreach.tables import tasks
 from shared.events import Channel
 
 

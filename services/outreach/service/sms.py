@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach.models import opt_outs, task_transitions, tasks
 from services.outreach.schemas import SmsStatus
 from services.outreach.service.tasks import record_transitions
+from services.outreach.tables import opt_outs, task_transitions, tasks
 from shared.events import Channel
 
 SMS_WAITING = (SmsStatus.PENDING, SmsStatus.SCHEDULED)

@@ -11,8 +11,8 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach.models import outbox, task_transitions, tasks
 from services.outreach.schemas import CallStatus, SmsStatus
+from services.outreach.tables import outbox, task_transitions, tasks
 from shared.crypto import phone_hash
 from shared.events import Channel, OutreachTask, TaskKind, TaskOutcome, Tier, derive_id
 

@@ -13,9 +13,9 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach.models import task_transitions, tasks
 from services.outreach.schemas import CallStatus
 from services.outreach.service.tasks import CANCELLED, STOPPABLE, enqueue_outcomes
+from services.outreach.tables import task_transitions, tasks
 from shared.events import Channel, TaskAction, TaskUpdate
 
 ALERTING = "alerting"

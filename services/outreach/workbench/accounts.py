@@ -22,7 +22,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach.models import people
+from services.outreach.tables import people
 
 MIN_PASSWORD_LENGTH = 8
 """Shortest password ``create_person`` accepts."""

@@ -18,9 +18,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import ColumnElement, and_, func, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach.models import people, phone_reveals, task_transitions, tasks
 from services.outreach.queue import KEEPER, URGENCY, WORKING, assign_call, due_calls
 from services.outreach.schemas import CallStatus
+from services.outreach.tables import people, phone_reveals, task_transitions, tasks
 from services.outreach.workbench.accounts import Person, Role
 from shared.errors import Conflict, Forbidden, NotFound
 from shared.events import Channel, TaskKind

@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.outreach.models import people, web_sessions
 from services.outreach.settings import OutreachSettings
+from services.outreach.tables import people, web_sessions
 from services.outreach.workbench.accounts import Person, person_of
 
 COOKIE = "cw_session"

@@ -27,8 +27,8 @@ from services.outreach.feedback import (
     reminder_notices,
     win_back_offers,
 )
-from services.outreach.models import tasks
 from services.outreach.schemas import CallStatus
+from services.outreach.tables import tasks
 from services.outreach.workbench.data import Scope, calls_made_query, in_scope, names
 from shared.events import CallOutcome, Channel
 

@@ -122,7 +122,12 @@ class Scorer:
                 late += 1  # still applied exactly; only labels already given miss it
             apply_event(state, event)
         step = Step(state=state, late=late)
-        watermark = float(state["watermark"])
+        newest, first_seen = state["watermark"], state["first_seen"]
+        if newest is None or first_seen is None:
+            # apply_event sets both on any event: only a step without events gets here
+            # (float(None) raised the same TypeError before the state was typed).
+            raise TypeError("Scorer.step needs at least one event")
+        watermark = float(newest)
 
         if p.involuntary_churn_s > 0 and not is_churned(state):
             notice = pending_stop_notice(state)
@@ -131,7 +136,7 @@ class Scorer:
 
         calibrator = self.model.calibrator
         if not churned_before:
-            since = float(watermark_before if watermark_before is not None else state["first_seen"])
+            since = float(watermark_before if watermark_before is not None else first_seen)
             calibrator.expose((watermark - since) / DAY, churned=is_churned(state))
 
         # ``pending``: snapshots waiting for their horizon label; ``stepping``: the
@@ -158,7 +163,7 @@ class Scorer:
         x = vector(state)
         prior, model_p = self.model.components(x)
         raw = self.model.mix(prior, model_p)
-        history_s = watermark - float(state["first_seen"])
+        history_s = watermark - float(first_seen)
         if watermark_before is None or watermark_before // DAY != watermark // DAY:
             calibrator.note(raw, p.horizon_s / DAY)  # once a subscriber-day: the level's mean
         score = calibrator(raw, history_s / DAY)

@@ -81,10 +81,10 @@ __all__ = [
     "Alert",
     "Ctx",
     "Effects",
-    "Engine",
     "Facts",
     "Firing",
     "Profile",
+    "RuleEngine",
     "RuleState",
     "Silence",
     "SubscriberView",
@@ -102,7 +102,7 @@ __all__ = [
 BILL_ALPHA = Decimal("0.25")
 
 
-class Engine(Firer):
+class RuleEngine(Firer):
     """Evaluates the rules of one rules file."""
 
     def __init__(
