@@ -183,3 +183,54 @@ def test_the_alerting_doc_shows_the_shipped_default_rules() -> None:
         "docs/alerting.md's copy of the default rules file is out of date: paste "
         "services/alerting/default_rules.yaml into its last yaml block"
     )
+
+
+def _code_map_rows() -> list[tuple[list[str], list[str]]]:
+    """docs/architecture.md's code map: (modules, names) of each row."""
+    text = _read(REPO / "docs" / "architecture.md")
+    section = text.split("## Code map", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[1].startswith("`"):
+            continue
+        modules = re.findall(r"`([\w/]+\.py)`", cells[1])
+        # Names of code; not file names, nor topic names (``churnwatch.outcomes``).
+        names = [
+            n
+            for n in re.findall(r"`([A-Za-z_][\w.]*)`", cells[2])
+            if not n.endswith(".py") and not n.startswith("churnwatch.")
+        ]
+        rows.append((modules, names))
+    return rows
+
+
+def test_the_code_map_names_code_that_exists() -> None:
+    """Every module in the map exists; every name is defined or imported in its row's modules."""
+    rows = _code_map_rows()
+    assert len(rows) >= 25
+    missing = []
+    for modules, names in rows:
+        sources = []
+        for module in modules:
+            path = REPO / module
+            if not path.is_file():
+                missing.append(module)
+                continue
+            sources.append(path.read_text(encoding="utf-8"))
+        for name in names:
+            owner, _, member = name.partition(".")
+            word = re.escape(owner)
+            defined = re.compile(
+                rf"^\s*(?:async def|def|class) {word}\b|^{word}\b.*=|import[^\n]*\b{word}\b",
+                re.M,
+            )
+            if not any(defined.search(source) for source in sources) or (
+                member
+                and not any(
+                    re.search(rf"^\s+(?:async def|def) {re.escape(member)}\b", source, re.M)
+                    for source in sources
+                )
+            ):
+                missing.append(name)
+    assert missing == []
