@@ -484,7 +484,7 @@ async def test_every_reason_code_has_a_script_in_english_and_chinese() -> None:
 
 
 async def test_the_alerting_codes_are_the_ones_alerting_uses() -> None:
-    source = (REPO / "services" / "alerting" / "engine.py").read_text(encoding="utf-8")
+    source = (REPO / "services" / "alerting" / "rule_engine.py").read_text(encoding="utf-8")
     used = set(re.findall(r'reason_codes=\["([A-Z_]+)"\]', source))
     assert used == ALERTING_CODES, "update ALERTING_CODES (and CODE_TOPICS) in scripts.py"
 

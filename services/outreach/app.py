@@ -10,11 +10,9 @@ import httpx
 from fastapi import FastAPI
 
 from services.outreach.consumer import OutreachHandler, parse_record
-from services.outreach.contacts import router as contacts_router
 from services.outreach.directory import SubscriberDirectory
 from services.outreach.escalation import Escalator
 from services.outreach.feedback import KpiRefresher, Relay
-from services.outreach.feedback import router as feedback_router
 from services.outreach.queue import QueueKeeper
 from services.outreach.reconcile import Reconciler
 from services.outreach.service import encrypt_plain_phones, newest_task_time
@@ -22,9 +20,9 @@ from services.outreach.settings import OutreachSettings
 from services.outreach.sms import Dispatcher, SmsClient
 from services.outreach.tables import outbox, web_sessions
 from services.outreach.templates import check_templates
-from services.outreach.views import router
+from services.outreach.views import include_routes
 from services.outreach.workbench import install_workbench
-from shared.auth import auth_responses, install_auth, require_scope
+from shared.auth import install_auth
 from shared.clock import MAX_AHEAD, StreamClock, WallClock, make_clock
 from shared.crypto import use_phone_keyring
 from shared.errors import install_error_handlers
@@ -136,13 +134,8 @@ def create_app(settings: OutreachSettings) -> FastAPI:
     install_metrics(app, "outreach")
     install_auth(app, settings, runtime.engine)
     app.include_router(health_router(runtime.checks()))
-    app.include_router(router, responses=auth_responses())
-    # Its key-checked routes document their 401/403 themselves; the webhooks are signed.
-    app.include_router(contacts_router)
-    # The KPIs are read like tasks; the router lives in feedback.py, its scope here.
-    app.include_router(
-        feedback_router, dependencies=[require_scope("tasks:read")], responses=auth_responses()
-    )
+    # The REST API (tasks, call queue, contacts, KPIs): services/outreach/views/.
+    include_routes(app)
     # The account managers' workbench: people sign in with passwords, not API keys.
     install_workbench(app)
     return app

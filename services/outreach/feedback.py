@@ -17,8 +17,8 @@ acks and the commit publishes the rows again, with the same ``outcome_id``.
 - win-back: of the win-back offers made in the month that reached the
   subscriber, the share that won them back.
 
-Both are served at ``GET /v1/kpis?period=YYYY-MM`` and exported as gauges for
-the current month by ``KpiRefresher``.
+Both are served at ``GET /v1/kpis?period=YYYY-MM`` (``views.kpis``) and exported
+as gauges for the current month by ``KpiRefresher``.
 """
 
 from __future__ import annotations
@@ -27,44 +27,33 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from fastapi import APIRouter, Query
 from prometheus_client import Gauge
-from pydantic import AfterValidator, BaseModel, Field
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
+from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
-from services.outreach import metrics
-from services.outreach.deps import ClockDep, EngineDep, SettingsDep
-from services.outreach.schemas import CallStatus, SmsStatus
-from services.outreach.service import OUTCOMES_TOPIC
+from services.outreach import metrics, service
+from services.outreach.service import (
+    ALL_TIERS,
+    OUTCOMES_TOPIC,
+    VIP_TIERS,
+    Counts,
+    reminder_counts,
+    win_back_counts,
+)
 from services.outreach.settings import OutreachSettings
-from services.outreach.tables import outbox, tasks
 from shared.clock import Clock, WallClock
 from shared.consumer import Outbox
-from shared.events import CallOutcome, Channel, TaskKind, Tier, UpdateCause
 from shared.periodic import Periodic
 from shared.topics import Topics
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1", tags=["kpis"])
-
 RELAY_BATCH = 500
 """Most outbox rows one relay pass publishes (one transaction, one wait for acks)."""
-
-VIP_TIERS: tuple[str, ...] = tuple(t.value for t in Tier if t.is_vip)
-ALL_TIERS: tuple[str, ...] = tuple(t.value for t in Tier)
-
-# A reminder for a subscriber who paid (or left) before the suspension: not suspended.
-NOT_SUSPENDED_CAUSES = (UpdateCause.PAID.value, UpdateCause.CHURNED.value)
-WON_BACK = "won_back"
-"""The outcome alerting's ``close`` records when a reactivation ends a win-back offer."""
 
 
 # --- the outbox relay ---------------------------------------------------------------
@@ -149,18 +138,9 @@ class Relay:
             return 0
         try:
             async with self.engine.begin() as conn:
-                rows = (
-                    await conn.execute(
-                        select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.payload)
-                        .where(
-                            outbox.c.published_at.is_(None),
-                            outbox.c.topic.in_(sorted(self.destinations)),
-                        )
-                        .order_by(outbox.c.id)
-                        .limit(self.batch)
-                        .with_for_update(skip_locked=True)
-                    )
-                ).all()
+                rows = await service.lock_unpublished(
+                    conn, topics=self.destinations, limit=self.batch
+                )
                 if not rows:
                     return 0
                 sends = Outbox(producer)
@@ -171,10 +151,8 @@ class Relay:
                         value=orjson.dumps(row.payload),
                     )
                 await sends.flush()  # every ack before the rows count as published
-                await conn.execute(
-                    update(outbox)
-                    .where(outbox.c.id.in_([row.id for row in rows]))
-                    .values(published_at=datetime.now(UTC))
+                await service.mark_published(
+                    conn, ids=[row.id for row in rows], at=datetime.now(UTC)
                 )
         finally:
             with contextlib.suppress(Exception):
@@ -184,13 +162,14 @@ class Relay:
 
     async def _count_pending(self) -> None:
         async with self.engine.connect() as conn:
-            pending = await conn.scalar(
-                select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
-            )
-        metrics.OUTBOX_PENDING.set(int(pending or 0))
+            pending = await service.count_unpublished(conn)
+        metrics.OUTBOX_PENDING.set(pending)
 
 
 # --- KPIs -------------------------------------------------------------------------------
+
+# The KPIs' queries (who counts as reminded, which offers reached the
+# subscriber) are ``service.kpis``; this part turns their counts into the report.
 
 
 def month_bounds(period: str, zone: ZoneInfo) -> tuple[datetime, datetime]:
@@ -204,148 +183,6 @@ def month_bounds(period: str, zone: ZoneInfo) -> tuple[datetime, datetime]:
 def current_period(zone: ZoneInfo, *, now: datetime | None = None) -> str:
     """The month ``now`` falls in, in ``zone``, as ``YYYY-MM``."""
     return (now or datetime.now(UTC)).astimezone(zone).strftime("%Y-%m")
-
-
-Counts = dict[str, tuple[int, int]]
-"""Per tier: ``(numerator, denominator)``."""
-
-
-def reminded_before_suspension(t: ReadOnlyColumnCollection[str, Any]) -> ColumnElement[bool]:
-    """A reminder task that reached the subscriber before the suspension.
-
-    An SMS delivered, or a call completed with an outcome other than
-    ``unreachable``, before ``suspension_at``. ``t``: the tasks table's columns
-    or an alias's. The KPI, the escalation and the team page all use it.
-    """
-    return or_(
-        and_(t.channel == Channel.SMS.value, t.delivered_at < t.suspension_at),
-        and_(
-            t.channel == Channel.CALL.value,
-            t.status == CallStatus.COMPLETED.value,
-            t.outcome.is_distinct_from(CallOutcome.UNREACHABLE.value),
-            t.finished_at < t.suspension_at,
-        ),
-    )
-
-
-def offer_reached(t: ReadOnlyColumnCollection[str, Any]) -> ColumnElement[bool]:
-    """A win-back task that reached the subscriber.
-
-    An SMS sent or delivered, or a call completed with an outcome other than
-    ``unreachable``. ``t``: the tasks table's columns or an alias's.
-    """
-    return or_(
-        and_(
-            t.channel == Channel.SMS.value,
-            t.status.in_((SmsStatus.SENT.value, SmsStatus.DELIVERED.value)),
-        ),
-        and_(
-            t.channel == Channel.CALL.value,
-            t.status == CallStatus.COMPLETED.value,
-            t.outcome.is_distinct_from(CallOutcome.UNREACHABLE.value),
-        ),
-    )
-
-
-def reminder_notices(*, start: datetime, end: datetime) -> Select[Any]:
-    """VIP stop-notices whose suspension falls in ``[start, end)``, one row per notice.
-
-    A notice is its ``pre_suspension_reminder`` tasks (subscriber, cause event):
-    ``subscriber_id``, ``manager``, ``tier`` (one notice's tasks were made
-    together, from one profile), ``suspension_at``, ``escalated_at``,
-    ``reminded`` (one of its tasks reached the subscriber before the
-    suspension) and ``not_suspended`` (one was ended by a payment or a churn).
-    Callers narrow it with ``.where`` on the tasks' columns.
-    """
-    t = tasks.c
-    return (
-        select(
-            t.subscriber_id,
-            func.min(t.account_manager_id).label("manager"),
-            func.min(t.tier).label("tier"),
-            func.min(t.suspension_at).label("suspension_at"),
-            func.max(t.escalated_at).label("escalated_at"),
-            func.coalesce(func.bool_or(reminded_before_suspension(t)), False).label("reminded"),
-            func.coalesce(func.bool_or(t.end_cause.in_(NOT_SUSPENDED_CAUSES)), False).label(
-                "not_suspended"
-            ),
-        )
-        .where(
-            t.kind == TaskKind.PRE_SUSPENSION_REMINDER.value,
-            t.tier.in_(VIP_TIERS),
-            t.suspension_at >= start,
-            t.suspension_at < end,
-        )
-        .group_by(t.subscriber_id, t.cause_event_id)
-    )
-
-
-async def reminder_counts(
-    conn: AsyncConnection, *, start: datetime, end: datetime, now: datetime
-) -> Counts:
-    """Reminder before suspension, per VIP tier: ``(reminded, suspended)``.
-
-    There is no suspension event in the contract, so "suspended" is inferred
-    from the reminder tasks: one stop-notice (subscriber, cause event) counts
-    when its ``pre_suspension_reminder`` tasks are for a VIP tier, its
-    ``suspension_at`` is in ``[start, end)`` and not after ``now`` (a
-    suspension still ahead has not happened yet), and no task of it was ended
-    by a payment or a churn (``end_cause``). It is reminded when one of its
-    tasks is an SMS delivered before the suspension, or a call completed
-    before it with an outcome other than ``unreachable``.
-    """
-    notices = reminder_notices(start=start, end=end).where(tasks.c.suspension_at <= now).subquery()
-    rows = await conn.execute(
-        select(
-            notices.c.tier,
-            func.count().filter(notices.c.reminded),
-            func.count(),
-        )
-        .where(~notices.c.not_suspended)
-        .group_by(notices.c.tier)
-    )
-    return {tier: (int(num), int(den)) for tier, num, den in rows}
-
-
-def win_back_offers(*, start: datetime, end: datetime) -> Select[Any]:
-    """Win-back offers made in ``[start, end)``, one row per offer.
-
-    An offer is one churn's win-back tasks (subscriber, cause event):
-    ``manager``, ``tier``, ``reached`` (one of its tasks reached the subscriber)
-    and ``won`` (one has the outcome ``won_back``). Callers narrow it with
-    ``.where`` on the tasks' columns.
-    """
-    t = tasks.c
-    return (
-        select(
-            func.min(t.account_manager_id).label("manager"),
-            func.min(t.tier).label("tier"),
-            func.coalesce(func.bool_or(offer_reached(t)), False).label("reached"),
-            func.coalesce(func.bool_or(t.outcome == WON_BACK), False).label("won"),
-        )
-        .where(t.kind == TaskKind.WIN_BACK.value, t.created_at >= start, t.created_at < end)
-        .group_by(t.subscriber_id, t.cause_event_id)
-    )
-
-
-async def win_back_counts(conn: AsyncConnection, *, start: datetime, end: datetime) -> Counts:
-    """Win-back, per tier: ``(won back, offers that reached the subscriber)``.
-
-    An offer is one churn's win-back tasks (subscriber, cause event) created in
-    ``[start, end)``. It reached the subscriber when one of its tasks is an SMS
-    ``sent`` or ``delivered``, or a call ``completed`` with an outcome other
-    than ``unreachable``. It won them back when a task of it has the outcome
-    ``won_back`` (alerting closes the offer when the subscriber reactivates).
-    An offer that never reached the subscriber counts in neither: a
-    reactivation before the offer went out is not the offer's doing.
-    """
-    offers = win_back_offers(start=start, end=end).subquery()
-    rows = await conn.execute(
-        select(offers.c.tier, func.count().filter(offers.c.won), func.count())
-        .where(offers.c.reached)
-        .group_by(offers.c.tier)
-    )
-    return {tier: (int(num), int(den)) for tier, num, den in rows}
 
 
 class KpiFigure(BaseModel):
@@ -418,40 +255,6 @@ async def compute_kpis(
         reminder_before_suspension=_kpi(reminders, VIP_TIERS),
         win_back=_kpi(win_backs, ALL_TIERS),
     )
-
-
-def _check_period(value: str | None) -> str | None:
-    """Refuse years whose month bounds a datetime cannot hold, or that mean nothing here."""
-    if value is not None and not 1900 <= int(value[:4]) <= 9998:
-        raise ValueError("the year must be from 1900 to 9998")
-    return value
-
-
-PeriodQuery = Annotated[
-    str | None,
-    Query(
-        pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$",
-        description="The month, YYYY-MM in OUTREACH_TIMEZONE (year 1900-9998); "
-        "default: the current month.",
-        examples=["2026-11"],
-    ),
-    AfterValidator(_check_period),
-]
-
-
-@router.get("/kpis", response_model=KpiReport)
-async def get_kpis(
-    engine: EngineDep, clock: ClockDep, settings: SettingsDep, period: PeriodQuery = None
-) -> KpiReport:
-    """The reminder-before-suspension and win-back KPIs for a month, overall and by tier."""
-    now = clock.now()
-    async with engine.connect() as conn:
-        return await compute_kpis(
-            conn,
-            period=period or current_period(settings.zone, now=now),
-            zone=settings.zone,
-            now=now,
-        )
 
 
 def export_kpis(report: KpiReport) -> None:

@@ -26,7 +26,7 @@ TASK_TO_SENT_SECONDS = Histogram(
 )
 CALL_QUEUE_DEPTH = Gauge("churnwatch_outreach_call_queue_depth", "Call tasks waiting in the queue")
 
-# --- contact policy and receipts (sms.py, policy.py, contacts.py)
+# --- contact policy and receipts (sms.py, policy.py, views/contacts.py)
 SMS_DEFERRED = Counter(
     "churnwatch_outreach_sms_deferred_total",
     "SMS held back by the contact policy, by reason (quiet_hours, frequency_cap)",
@@ -71,7 +71,7 @@ def count_opt_out(source: str, new: int, cancelled: int) -> None:
         SMS_SUPPRESSED.labels("opted_out").inc(cancelled)
 
 
-# --- call queue (queue.py)
+# --- call queue (service/call_queue.py, queue.py)
 CALLS = Counter(
     "churnwatch_outreach_calls_total",
     "Call queue events, by what happened (claimed, requeued, completed, expired) "

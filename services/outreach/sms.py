@@ -101,7 +101,7 @@ class SmsClient:
                 )
         except httpx.TimeoutException as exc:
             # The provider may have accepted it: only the idempotency key makes
-            # the retry safe. Its receipt may still tell us (contacts.receipt).
+            # the retry safe. Its receipt may still tell us (views.contacts.receipt).
             raise ProviderError(
                 f"provider timed out ({type(exc).__name__})", retryable=True
             ) from exc

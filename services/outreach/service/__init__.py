@@ -11,8 +11,53 @@ One module per job; every public name is re-exported here, so callers use
 - ``phones``: phone numbers at rest (lookup by phone, encrypting plain ones)
 - ``listing``: reading tasks (the paged list and its cursors, one task, counts)
 - ``manual``: tasks made and stopped through the API
+- ``kpis``: the KPIs' queries (reminder before suspension, win-back)
+- ``outbox``: the outcome outbox's relay side (lock, mark published, count)
+- ``escalation``: escalating VIP reminder calls not done in time, their fallback SMS
+- ``call_queue``: the call queue (listing, claiming, working calls; the keeper's passes)
+
+They raise the domain errors of ``services.outreach.errors``, never HTTP statuses.
 """
 
+from services.outreach.service.call_queue import (
+    KEEPER,
+    MAX_CALLBACK_AHEAD,
+    OPT_OUT_SOURCE,
+    URGENCY,
+    WORKING,
+    assign_call,
+    claim_call,
+    due_calls,
+    expire_overdue_calls,
+    in_queue,
+    oldest_due_wait,
+    queued_calls,
+    record_outcome,
+    requeue_timed_out,
+    start_call,
+)
+from services.outreach.service.escalation import (
+    ESCALATION,
+    ESCALATION_BOOST,
+    FALLBACK_TEMPLATE,
+    SMS_ON_ITS_WAY,
+    escalate_due_calls,
+    fallback_sms_id,
+    make_fallback_sms,
+)
+from services.outreach.service.kpis import (
+    ALL_TIERS,
+    NOT_SUSPENDED_CAUSES,
+    VIP_TIERS,
+    WON_BACK,
+    Counts,
+    offer_reached,
+    reminded_before_suspension,
+    reminder_counts,
+    reminder_notices,
+    win_back_counts,
+    win_back_offers,
+)
 from services.outreach.service.listing import (
     count_queued_calls,
     decode_cursor,
@@ -23,6 +68,7 @@ from services.outreach.service.listing import (
 )
 from services.outreach.service.manual import cancel_task, create_manual_task, manual_task_id
 from services.outreach.service.opt_outs import get_opt_out, opt_out, remove_opt_out
+from services.outreach.service.outbox import count_unpublished, lock_unpublished, mark_published
 from services.outreach.service.phones import encrypt_plain_phones, subscribers_with_phone
 from services.outreach.service.receipts import ReceiptResult, apply_receipt
 from services.outreach.service.sms import (
@@ -59,44 +105,80 @@ from services.outreach.service.updates import (
 
 __all__ = [
     "ALERTING",
+    "ALL_TIERS",
     "CANCELLED",
     "CONTACT_LOCK_CLASS",
     "DISPATCHER",
+    "ESCALATION",
+    "ESCALATION_BOOST",
+    "FALLBACK_TEMPLATE",
     "FINAL_STATES",
+    "KEEPER",
+    "MAX_CALLBACK_AHEAD",
+    "NOT_SUSPENDED_CAUSES",
+    "OPT_OUT_SOURCE",
     "OUTCOMES_TOPIC",
+    "SMS_ON_ITS_WAY",
     "SMS_WAITING",
     "STOPPABLE",
     "UNFINISHED_SMS",
+    "URGENCY",
+    "VIP_TIERS",
+    "WON_BACK",
+    "WORKING",
     "Change",
     "ContactFacts",
+    "Counts",
     "ReceiptResult",
     "UpdateResult",
     "apply_receipt",
     "apply_updates",
+    "assign_call",
     "cancel_task",
+    "claim_call",
     "contact_facts",
     "count_queued_calls",
+    "count_unpublished",
     "create_manual_task",
     "decode_cursor",
     "defer_checks",
+    "due_calls",
     "encode_cursor",
     "encrypt_plain_phones",
     "enqueue_outcomes",
+    "escalate_due_calls",
+    "expire_overdue_calls",
     "expire_overdue_sms",
+    "fallback_sms_id",
     "get_opt_out",
     "get_task",
+    "in_queue",
     "initial_status",
     "list_tasks",
     "lock_due_sms",
     "lock_unfinished_sms",
+    "lock_unpublished",
+    "make_fallback_sms",
     "manual_task_id",
+    "mark_published",
     "newest_task_time",
+    "offer_reached",
+    "oldest_due_wait",
     "oldest_unfinished_sms",
     "opt_out",
     "plan_update",
+    "queued_calls",
+    "record_outcome",
     "record_transitions",
+    "reminded_before_suspension",
+    "reminder_counts",
+    "reminder_notices",
     "remove_opt_out",
+    "requeue_timed_out",
+    "start_call",
     "store_tasks",
     "subscribers_with_phone",
     "transition",
+    "win_back_counts",
+    "win_back_offers",
 ]

@@ -10,9 +10,9 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.outreach.errors import MalformedCursor
 from services.outreach.schemas import CallStatus
 from services.outreach.tables import task_transitions, tasks
-from shared.errors import BadRequest
 from shared.events import Channel
 
 
@@ -22,7 +22,7 @@ def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Read a cursor from ``encode_cursor``; a malformed one is a 400.
+    """Read a cursor from ``encode_cursor``; ``MalformedCursor`` if it is not one.
 
     Only what ``encode_cursor`` makes passes: a hand-made cursor with a time
     without offset, or one PostgreSQL cannot compare, is malformed too.
@@ -34,7 +34,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
             raise ValueError("cursor time has no offset")
         return at.astimezone(UTC), uuid.UUID(task_id)
     except (ValueError, OverflowError) as exc:
-        raise BadRequest("cursor is malformed") from exc
+        raise MalformedCursor from exc
 
 
 async def list_tasks(

@@ -11,6 +11,14 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.outreach.errors import (
+    DueInThePast,
+    IdempotencyKeyReused,
+    InvalidTask,
+    TaskAlreadyFinal,
+    TaskNotFound,
+    TaskTooFarAlong,
+)
 from services.outreach.schemas import CallStatus, TaskCreate
 from services.outreach.service.tasks import (
     CANCELLED,
@@ -20,7 +28,6 @@ from services.outreach.service.tasks import (
     transition,
 )
 from services.outreach.tables import tasks
-from shared.errors import Conflict, NotFound, UnprocessableEntity
 from shared.events import Channel, OutreachTask, derive_id
 
 # --- tasks made and stopped through the API (POST /v1/tasks, POST /v1/tasks/{id}/cancel) ---
@@ -68,10 +75,7 @@ def _same_request(row: Mapping[str, Any], body: TaskCreate) -> bool:
 
 def _replay(row: dict[str, Any], body: TaskCreate) -> dict[str, Any]:
     if not _same_request(row, body):
-        raise Conflict(
-            "this Idempotency-Key was used for a different task",
-            details={"task_id": str(row["task_id"])},
-        )
+        raise IdempotencyKeyReused(row["task_id"])
     return row
 
 
@@ -83,16 +87,14 @@ async def create_manual_task(
     The task id is derived from the key, so concurrent requests with one key
     race for one row: the loser finds the winner's task. The same key with
     the same body gives the stored task again (even after its due time); with
-    another body it is a 409.
+    another body it is ``IdempotencyKeyReused``. A new task due in the past is
+    ``DueInThePast``; one the event contract refuses, ``InvalidTask``.
     """
     existing = await _by_client_key(conn, client_key)
     if existing is not None:
         return _replay(existing, body), False
     if body.due_at is not None and body.due_at <= now:
-        raise UnprocessableEntity(
-            "due_at has passed; the task would expire at once",
-            details={"due_at": body.due_at.isoformat()},
-        )
+        raise DueInThePast(body.due_at)
     task_id = manual_task_id(client_key)
     try:
         task = OutreachTask(
@@ -103,10 +105,7 @@ async def create_manual_task(
             **body.model_dump(exclude={"created_by"}),
         )
     except ValidationError as exc:  # TaskCreate is as strict; this is a safety net
-        raise UnprocessableEntity(
-            "the task is invalid",
-            details=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()],
-        ) from exc
+        raise InvalidTask([{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]) from exc
     stored = await store_tasks(
         conn, new_tasks=[task], now=now, created_by=body.created_by, client_key=client_key
     )
@@ -120,26 +119,24 @@ async def cancel_task(
 ) -> dict[str, Any]:
     """Cancel a task not yet done, audited with ``actor`` and ``reason``; return it.
 
-    404 if there is no such task; 409 if it is already final, or too far along
-    to stop (an SMS being sent or sent: the provider has it). A call can be
-    cancelled until it is completed, even while an agent works it.
+    ``TaskNotFound`` if there is no such task; ``TaskAlreadyFinal`` if it is
+    already final; ``TaskTooFarAlong`` if it is too far along to stop (an SMS
+    being sent or sent: the provider has it). A call can be cancelled until it
+    is completed, even while an agent works it.
     """
     row = (
         await conn.execute(select(tasks).where(tasks.c.task_id == task_id).with_for_update())
     ).first()
     if row is None:
-        raise NotFound(f"no task {task_id}")
+        raise TaskNotFound(task_id)
     status, channel = row.status, row.channel
     if status in FINAL_STATES:
-        raise Conflict(f"task is already {status}", details={"status": status})
+        raise TaskAlreadyFinal(status)
     stoppable = STOPPABLE[channel] | (
         {CallStatus.IN_PROGRESS} if channel == Channel.CALL.value else set()
     )
     if status not in stoppable:
-        raise Conflict(
-            f"an SMS that is {status} cannot be stopped: the provider may have it",
-            details={"status": status},
-        )
+        raise TaskTooFarAlong(status)
     await transition(
         conn,
         task_id=task_id,

@@ -2,8 +2,8 @@
 
 A manager sees the tasks whose ``account_manager_id`` is their ``manager_id``;
 a team lead their team's managers' (``people.team_lead_id``); an admin all.
-Claiming, starting and finishing calls go through ``services.outreach.queue``
-(claiming one given task is here, built like ``queue.claim_call``), so audit,
+Claiming, starting and finishing calls go through ``service.call_queue``
+(claiming one given task is here, built like ``service.claim_call``), so audit,
 outbox, metrics and KPIs see the workbench exactly like the REST API.
 """
 
@@ -18,11 +18,16 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import ColumnElement, and_, func, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach.queue import KEEPER, URGENCY, WORKING, assign_call, due_calls
+from services.outreach.errors import (
+    CallNotClaimable,
+    NotACall,
+    TaskNotFound,
+    TaskOfAnotherManager,
+)
 from services.outreach.schemas import CallStatus
+from services.outreach.service import KEEPER, URGENCY, WORKING, assign_call, due_calls
 from services.outreach.tables import people, phone_reveals, task_transitions, tasks
 from services.outreach.workbench.accounts import Person, Role
-from shared.errors import Conflict, Forbidden, NotFound
 from shared.events import Channel, TaskKind
 
 Scope = frozenset[str] | None
@@ -151,13 +156,13 @@ async def warnings_today(
 
 
 async def task_for(conn: AsyncConnection, *, task_id: uuid.UUID, scope: Scope) -> dict[str, Any]:
-    """The task if ``scope`` may see it: 404 if unknown, 403 if someone else's."""
+    """The task if ``scope`` may see it: ``TaskNotFound``, or ``TaskOfAnotherManager``."""
     row = (await conn.execute(select(tasks).where(tasks.c.task_id == task_id))).first()
     if row is None:
-        raise NotFound(f"no task {task_id}")
+        raise TaskNotFound(task_id)
     task = dict(row._mapping)
     if not may_see(scope, task["account_manager_id"]):
-        raise Forbidden("this task belongs to another account manager")
+        raise TaskOfAnotherManager
     return task
 
 
@@ -166,13 +171,13 @@ async def claim_task(
 ) -> dict[str, Any]:
     """Claim one given call for ``agent_id`` (``queued → assigned``); return it.
 
-    One conditional update, like ``queue.claim_call``: if someone else claimed
+    One conditional update, like ``service.claim_call``: if someone else claimed
     it first, or it is not due (deferred, a callback for later, past its due
-    time), nothing changes and this is a 409.
+    time), nothing changes and this is ``CallNotClaimable``.
     """
     task = await task_for(conn, task_id=task_id, scope=scope)
     if task["channel"] != Channel.CALL.value:
-        raise Conflict("only calls can be claimed")
+        raise NotACall("only calls can be claimed")
     claimed = await assign_call(
         conn,
         where=and_(tasks.c.task_id == task_id, due_calls(now)),
@@ -181,14 +186,8 @@ async def claim_task(
         reason="claimed on the workbench",
     )
     if claimed is None:
-        raise Conflict(
-            "this call cannot be claimed now: it is "
-            + (
-                f"already {task['status']}"
-                + (f" by {task['assigned_to']}" if task["assigned_to"] else "")
-                if task["status"] != CallStatus.QUEUED
-                else "not due yet or past its due time"
-            )
+        raise CallNotClaimable(
+            task["status"], task["assigned_to"], queued=task["status"] == CallStatus.QUEUED
         )
     return claimed
 

@@ -2,7 +2,7 @@
 
 People sign in here with a password (``accounts``), not with API keys; the
 subscriber card is in ``pages_card``, the team lead's page in ``pages_team``.
-Call actions (claim, start, outcome) go through ``services.outreach.queue`` in
+Call actions (claim, start, outcome) go through ``service.call_queue`` in
 one transaction each: an error rolls everything back and answers an error page.
 """
 
@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from services.outreach.deps import ClockDep, EngineDep, SettingsDep
-from services.outreach.queue import record_outcome, start_call
+from services.outreach.service import record_outcome, start_call
 from services.outreach.settings import OutreachSettings
 from services.outreach.workbench import data, i18n
 from services.outreach.workbench.accounts import SignInResult, sign_in

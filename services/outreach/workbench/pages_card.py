@@ -22,7 +22,7 @@ from services.outreach import service
 from services.outreach.deps import ClockDep, DirectoryDep, EngineDep
 from services.outreach.directory import ActivityView, RiskView, SubscriberDirectory
 from services.outreach.scripts import scripts_for
-from services.outreach.views import mask
+from services.outreach.views.tasks import mask
 from services.outreach.workbench import data, i18n
 from services.outreach.workbench.pages import OFFERS, OUTCOMES, task_id_of
 from services.outreach.workbench.web import (

@@ -1,6 +1,6 @@
 """The team lead's figures: per account manager and tier, for one month.
 
-- Reminder before suspension: the KPI of ``feedback.reminder_counts`` (same
+- Reminder before suspension: the KPI of ``service.reminder_counts`` (same
   rules: one stop-notice per subscriber and cause event, VIP tiers, suspended
   in the month and already past, not ended by a payment or a churn; reminded
   by an SMS delivered or a reached call completed before the suspension), split
@@ -10,7 +10,7 @@
   against the ``WORKBENCH_DAILY_CALLS`` norm.
 - Saves: calls completed ``retained`` or ``offer_accepted`` in the month.
 - Win-backs: the month's win-back offers that reached the subscriber, and how
-  many won them back (``feedback.win_back_counts``' rules).
+  many won them back (``service.win_back_counts``' rules).
 - Escalations: reminders escalated in the month (``tasks.escalated_at``).
 """
 
@@ -23,11 +23,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach.feedback import (
-    reminder_notices,
-    win_back_offers,
-)
 from services.outreach.schemas import CallStatus
+from services.outreach.service import reminder_notices, win_back_offers
 from services.outreach.tables import tasks
 from services.outreach.workbench.data import Scope, calls_made_query, in_scope, names
 from shared.events import CallOutcome, Channel

@@ -15,7 +15,6 @@ from fastapi.exceptions import RequestValidationError
 
 from services.outreach import metrics, service
 from services.outreach.deps import ClockDep, DispatcherDep, EngineDep, SettingsDep
-from services.outreach.queue import claim_call, queued_calls, record_outcome, start_call
 from services.outreach.schemas import (
     AgentRequest,
     CancelRequest,
@@ -29,6 +28,7 @@ from services.outreach.schemas import (
     TaskPage,
 )
 from services.outreach.scripts import scripts_for
+from services.outreach.service import claim_call, queued_calls, record_outcome, start_call
 from shared.auth import require_scope
 from shared.errors import NotFound, error_responses
 from shared.events import Channel, TaskKind
