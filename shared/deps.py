@@ -13,9 +13,10 @@ an ``async def`` instead, which FastAPI awaits on the event loop.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Request
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
 
@@ -34,3 +35,17 @@ def on_loop(accessor: Callable[[Request], T]) -> Callable[[Request], Coroutine[A
     dependency.__name__ = dependency.__qualname__ = accessor.__name__
     dependency.__doc__ = accessor.__doc__
     return dependency
+
+
+def get_engine(request: Request) -> AsyncEngine:
+    """The service's database engine (its runtime's; never a domain engine).
+
+    Every service with a database keeps it on ``app.state.runtime``; read on
+    every request, since tests swap it while the app runs.
+    """
+    engine: AsyncEngine = request.app.state.runtime.engine
+    return engine
+
+
+EngineDep = Annotated[AsyncEngine, Depends(on_loop(get_engine))]
+"""A route's parameter for :func:`get_engine` (re-exported by each service's ``deps.py``)."""

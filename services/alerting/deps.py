@@ -13,16 +13,11 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.alerting.rules import RulesFile
+from shared.deps import EngineDep as EngineDep
+from shared.deps import get_engine as get_engine
 from shared.deps import on_loop
-
-
-def get_engine(request: Request) -> AsyncEngine:
-    """The service's database engine (not the rules engine of ``services.alerting.rule_engine``)."""
-    engine: AsyncEngine = request.app.state.runtime.engine
-    return engine
 
 
 def get_rules(request: Request) -> RulesFile:
@@ -37,8 +32,6 @@ def get_rules_source(request: Request) -> Path:
     return source
 
 
-EngineDep = Annotated[AsyncEngine, Depends(on_loop(get_engine))]
-"""A route's parameter for :func:`get_engine`."""
 RulesDep = Annotated[RulesFile, Depends(on_loop(get_rules))]
 """A route's parameter for :func:`get_rules`."""
 RulesSourceDep = Annotated[Path, Depends(on_loop(get_rules_source))]

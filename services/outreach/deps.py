@@ -14,19 +14,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.outreach.directory import SubscriberDirectory
 from services.outreach.settings import OutreachSettings
 from services.outreach.sms import Dispatcher
 from shared.clock import Clock
+from shared.deps import EngineDep as EngineDep
+from shared.deps import get_engine as get_engine
 from shared.deps import on_loop
-
-
-def get_engine(request: Request) -> AsyncEngine:
-    """The service's database engine."""
-    engine: AsyncEngine = request.app.state.runtime.engine
-    return engine
 
 
 def get_settings(request: Request) -> OutreachSettings:
@@ -53,8 +48,6 @@ def get_dispatcher(request: Request) -> Dispatcher | None:
     return dispatcher
 
 
-EngineDep = Annotated[AsyncEngine, Depends(on_loop(get_engine))]
-"""A route's or page's parameter for :func:`get_engine`."""
 SettingsDep = Annotated[OutreachSettings, Depends(on_loop(get_settings))]
 """A route's or page's parameter for :func:`get_settings`."""
 ClockDep = Annotated[Clock, Depends(on_loop(get_clock))]

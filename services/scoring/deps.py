@@ -12,17 +12,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scoring.consumer import ScoringHandler
 from services.scoring.settings import ScoringSettings
+from shared.deps import EngineDep as EngineDep
+from shared.deps import get_engine as get_engine
 from shared.deps import on_loop
-
-
-def get_engine(request: Request) -> AsyncEngine:
-    """The service's database engine."""
-    engine: AsyncEngine = request.app.state.runtime.engine
-    return engine
 
 
 def get_settings(request: Request) -> ScoringSettings:
@@ -37,8 +32,6 @@ def get_handler(request: Request) -> ScoringHandler:
     return handler
 
 
-EngineDep = Annotated[AsyncEngine, Depends(on_loop(get_engine))]
-"""A route's parameter for :func:`get_engine`."""
 SettingsDep = Annotated[ScoringSettings, Depends(on_loop(get_settings))]
 """A route's parameter for :func:`get_settings`."""
 HandlerDep = Annotated[ScoringHandler, Depends(on_loop(get_handler))]
