@@ -17,7 +17,8 @@ import typer
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach.workbench.accounts import Person, Role, create_person, list_people, unlock
+from services.outreach.service import Person, Role, list_people, unlock
+from services.outreach.workbench.accounts import create_person
 from shared.db import in_transaction
 from shared.settings import BaseServiceSettings
 

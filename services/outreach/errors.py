@@ -1,8 +1,8 @@
 """What can go wrong in outreach's database work, named for what happened.
 
-The service package (``services.outreach.service``) and the workbench's data
-layer raise these, never HTTP statuses. Each subclasses the ``shared.errors``
-class whose status it answers with, so the one handler
+The service package (``services.outreach.service``, the workbench's database
+work included) raises these, never HTTP statuses. Each subclasses the
+``shared.errors`` class whose status it answers with, so the one handler
 (``shared.errors.install_error_handlers``) turns it into the common error body
 with that class's status and ``code``; this module is the one place that says
 which status each one is:

@@ -1,7 +1,8 @@
 """People who sign in to the workbench: accounts, Argon2id passwords, lockout.
 
-Service functions are keyword-only and take a connection: the caller owns the
-transaction. Passwords are hashed with Argon2id (``argon2-cffi``'s
+Functions are keyword-only and take a connection: the caller owns the
+transaction. The rows are read and written by ``service.people``; here are the
+checks and the passwords. Passwords are hashed with Argon2id (``argon2-cffi``'s
 ``PasswordHasher``, its parameters and salt kept in the hash string). After
 ``WORKBENCH_LOCKOUT_FAILURES`` failed sign-ins in a row an account is locked for
 ``WORKBENCH_LOCKOUT_S``; an unknown name costs the same hash verification as a
@@ -15,44 +16,37 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cache
-from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.outreach.tables import people
+from services.outreach.service import (
+    Person,
+    Role,
+    get_person,
+    insert_person,
+    person_for_sign_in,
+    person_of,
+    person_with_manager_id,
+    record_sign_in,
+)
+
+__all__ = [
+    "MIN_PASSWORD_LENGTH",
+    "Person",
+    "Role",
+    "SignIn",
+    "SignInResult",
+    "create_person",
+    "ensure_person",
+    "hash_password",
+    "hasher",
+    "sign_in",
+]
 
 MIN_PASSWORD_LENGTH = 8
 """Shortest password ``create_person`` accepts."""
-
-
-class Role(StrEnum):
-    """What a person may see: their own subscribers, their team's, or everything."""
-
-    MANAGER = "manager"
-    TEAM_LEAD = "team_lead"
-    ADMIN = "admin"
-
-
-@dataclass(frozen=True, slots=True)
-class Person:
-    """A person as the pages need them (never the password hash)."""
-
-    person_id: str
-    display_name: str
-    role: Role
-    manager_id: str | None
-    team_lead_id: str | None
-    disabled: bool = False
-    locked_until: datetime | None = None
-    failed_sign_ins: int = 0
-
-    @property
-    def agent_id(self) -> str:
-        """The id a claimed call is assigned to: the manager id this person works as."""
-        return self.manager_id or self.person_id
 
 
 class SignInResult(StrEnum):
@@ -96,20 +90,6 @@ def _verify(stored: str, password: str) -> bool:
         return False
 
 
-def person_of(row: Any) -> Person:
-    """The ``Person`` of a row holding ``outreach.people``'s columns."""
-    return Person(
-        person_id=row.person_id,
-        display_name=row.display_name,
-        role=Role(row.role),
-        manager_id=row.manager_id,
-        team_lead_id=row.team_lead_id,
-        disabled=row.disabled,
-        locked_until=row.locked_until,
-        failed_sign_ins=row.failed_sign_ins,
-    )
-
-
 async def create_person(
     conn: AsyncConnection,
     *,
@@ -136,9 +116,7 @@ async def create_person(
     if await get_person(conn, person_id=person_id) is not None:
         raise ValueError(f"{person_id!r} already exists")
     if manager_id is not None:
-        taken = await conn.scalar(
-            select(people.c.person_id).where(people.c.manager_id == manager_id)
-        )
+        taken = await person_with_manager_id(conn, manager_id=manager_id)
         if taken is not None:
             raise ValueError(f"manager id {manager_id!r} is already {taken!r}'s")
     if team_lead_id is not None:
@@ -146,17 +124,15 @@ async def create_person(
         if lead is None or lead.role is not Role.TEAM_LEAD:
             raise ValueError(f"{team_lead_id!r} is not a team lead")
     password_hash = await asyncio.to_thread(hash_password, password)
-    await conn.execute(
-        people.insert().values(
-            person_id=person_id,
-            display_name=display_name or person_id,
-            role=role.value,
-            manager_id=manager_id,
-            team_lead_id=team_lead_id,
-            password_hash=password_hash,
-            created_at=now,
-            updated_at=now,
-        )
+    await insert_person(
+        conn,
+        person_id=person_id,
+        display_name=display_name or person_id,
+        role=role,
+        manager_id=manager_id,
+        team_lead_id=team_lead_id,
+        password_hash=password_hash,
+        now=now,
     )
     person = await get_person(conn, person_id=person_id)
     assert person is not None
@@ -190,28 +166,6 @@ async def ensure_person(
     )
 
 
-async def get_person(conn: AsyncConnection, *, person_id: str) -> Person | None:
-    """The person, or None."""
-    row = (await conn.execute(select(people).where(people.c.person_id == person_id))).first()
-    return None if row is None else person_of(row)
-
-
-async def list_people(conn: AsyncConnection) -> list[Person]:
-    """Everyone, by sign-in name."""
-    rows = await conn.execute(select(people).order_by(people.c.person_id))
-    return [person_of(r) for r in rows]
-
-
-async def unlock(conn: AsyncConnection, *, person_id: str, now: datetime) -> bool:
-    """Clear a lockout and the failure count; False if there is no such person."""
-    result = await conn.execute(
-        update(people)
-        .where(people.c.person_id == person_id)
-        .values(failed_sign_ins=0, locked_until=None, updated_at=now)
-    )
-    return bool(result.rowcount)
-
-
 async def sign_in(
     conn: AsyncConnection,
     *,
@@ -226,9 +180,7 @@ async def sign_in(
     A locked account is refused even with the right password, until the lock
     ends. The hash is always verified (against a dummy for an unknown name).
     """
-    row = (
-        await conn.execute(select(people).where(people.c.person_id == person_id).with_for_update())
-    ).first()
+    row = await person_for_sign_in(conn, person_id=person_id)
     stored = row.password_hash if row is not None else _dummy_hash()
     matches = await asyncio.to_thread(_verify, stored, password)
     if row is None or row.disabled:
@@ -238,24 +190,27 @@ async def sign_in(
     if not matches:
         failures = row.failed_sign_ins + 1
         locked = now + timedelta(seconds=lockout_s) if failures >= lockout_failures else None
-        await conn.execute(
-            update(people)
-            .where(people.c.person_id == person_id)
-            .values(
-                failed_sign_ins=0 if locked else failures,
-                locked_until=locked,
-                updated_at=now,
-            )
+        await record_sign_in(
+            conn,
+            person_id=person_id,
+            failed_sign_ins=0 if locked else failures,
+            locked_until=locked,
+            now=now,
         )
         if locked is not None:
             return SignIn(SignInResult.LOCKED, locked_until=locked)
         return SignIn(SignInResult.FAILED)
-    values: dict[str, Any] = {"failed_sign_ins": 0, "locked_until": None}
+    rehashed = None
     if hasher().check_needs_rehash(row.password_hash):
-        values["password_hash"] = await asyncio.to_thread(hash_password, password)
-    if row.failed_sign_ins or row.locked_until is not None or "password_hash" in values:
-        await conn.execute(
-            update(people).where(people.c.person_id == person_id).values(**values, updated_at=now)
+        rehashed = await asyncio.to_thread(hash_password, password)
+    if row.failed_sign_ins or row.locked_until is not None or rehashed is not None:
+        await record_sign_in(
+            conn,
+            person_id=person_id,
+            failed_sign_ins=0,
+            locked_until=None,
+            now=now,
+            password_hash=rehashed,
         )
     person = person_of(row)
     return SignIn(SignInResult.OK, person=person)

@@ -4,6 +4,8 @@ People sign in here with a password (``accounts``), not with API keys; the
 subscriber card is in ``pages_card``, the team lead's page in ``pages_team``.
 Call actions (claim, start, outcome) go through ``service.call_queue`` in
 one transaction each: an error rolls everything back and answers an error page.
+The pages' reads and claims are ``service.workbench``'s, sessions' rows
+``service.sessions``'.
 """
 
 from __future__ import annotations
@@ -16,24 +18,23 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
+from services.outreach import service
 from services.outreach.deps import ClockDep, EngineDep, SettingsDep
-from services.outreach.service import record_outcome, start_call
 from services.outreach.settings import OutreachSettings
-from services.outreach.workbench import data, i18n
+from services.outreach.workbench import i18n
 from services.outreach.workbench.accounts import SignInResult, sign_in
 from services.outreach.workbench.sessions import (
     COOKIE,
     SIGN_IN_COOKIE,
     clear_cookie,
-    end_session,
     set_cookie,
-    start_session,
 )
 from services.outreach.workbench.web import (
     HERE,
     PageError,
     first,
     language,
+    local_day,
     local_path,
     read_form,
     render,
@@ -165,8 +166,8 @@ async def sign_in_post(request: Request, settings: SettingsDep, engine: EngineDe
             assert result.person is not None
             old = request.cookies.get(COOKIE)
             if old:
-                await end_session(conn, token=old)
-            token, _ = await start_session(
+                await service.end_session(conn, token=old)
+            token, _ = await service.start_session(
                 conn,
                 person_id=result.person.person_id,
                 now=now,
@@ -196,7 +197,7 @@ async def sign_out(request: Request, engine: EngineDep, settings: SettingsDep) -
     view = await viewer(request)
     await read_form(request, view)
     async with engine.begin() as conn:
-        await end_session(conn, token=request.cookies[COOKIE])
+        await service.end_session(conn, token=request.cookies[COOKIE])
     response = see_other("/ui/sign-in")
     clear_cookie(response, request, settings, COOKIE)
     return response
@@ -216,18 +217,20 @@ async def my_day(
     """VIP reminders due, today's calls within the norm, calls in hand, today's warnings."""
     view = await viewer(request)
     now = clock.now()
-    day_start, day_end = data.local_day(now, settings.zone)
+    day_start, day_end = local_day(now, settings.zone)
     async with engine.connect() as conn:
-        reminders = await data.reminders_due(conn, scope=view.scope)
-        done_today = await data.calls_made(conn, scope=view.scope, start=day_start, end=day_end)
+        reminders = await service.reminders_due(conn, scope=view.scope)
+        done_today = await service.calls_made(conn, scope=view.scope, start=day_start, end=day_end)
         norm = settings.workbench_daily_calls
         if view.scope is not None and len(view.scope) > 1:
             norm *= len(view.scope)  # a team lead's day: the team's norm
-        calls = await data.todays_calls(
+        calls = await service.todays_calls(
             conn, scope=view.scope, now=now, limit=max(0, norm - done_today)
         )
-        hand = await data.in_hand(conn, agent_id=view.person.agent_id)
-        warnings = await data.warnings_today(conn, scope=view.scope, start=day_start, end=day_end)
+        hand = await service.in_hand(conn, agent_id=view.person.agent_id)
+        warnings = await service.warnings_today(
+            conn, scope=view.scope, start=day_start, end=day_end
+        )
     return render(
         request,
         "day.html",
@@ -266,7 +269,7 @@ async def claim(task_id: str, request: Request, engine: EngineDep, clock: ClockD
     tid = task_id_of(task_id)
     try:
         async with engine.begin() as conn:
-            task = await data.claim_task(
+            task = await service.claim_task(
                 conn,
                 task_id=tid,
                 agent_id=view.person.agent_id,
@@ -287,8 +290,10 @@ async def start(task_id: str, request: Request, engine: EngineDep, clock: ClockD
     tid = task_id_of(task_id)
     try:
         async with engine.begin() as conn:
-            task = await data.task_for(conn, task_id=tid, scope=view.scope)
-            await start_call(conn, task_id=tid, agent_id=view.person.agent_id, now=clock.now())
+            task = await service.task_for(conn, task_id=tid, scope=view.scope)
+            await service.start_call(
+                conn, task_id=tid, agent_id=view.person.agent_id, now=clock.now()
+            )
     except ChurnwatchError as exc:
         raise PageError.of(exc) from None
     default = f"/ui/subscribers/{task['subscriber_id']}#task-{tid}"
@@ -331,8 +336,8 @@ async def outcome(
         raise PageError(422, "error_note")
     try:
         async with engine.begin() as conn:
-            task = await data.task_for(conn, task_id=tid, scope=view.scope)
-            await record_outcome(
+            task = await service.task_for(conn, task_id=tid, scope=view.scope)
+            await service.record_outcome(
                 conn,
                 task_id=tid,
                 agent_id=view.person.agent_id,
@@ -355,7 +360,7 @@ async def task_page(task_id: str, request: Request, engine: EngineDep) -> Redire
     tid = task_id_of(task_id)
     async with engine.connect() as conn:
         try:
-            task = await data.task_for(conn, task_id=tid, scope=view.scope)
+            task = await service.task_for(conn, task_id=tid, scope=view.scope)
         except ChurnwatchError as exc:
             raise PageError.of(exc) from None
     return see_other(f"/ui/subscribers/{task['subscriber_id']}#task-{tid}")

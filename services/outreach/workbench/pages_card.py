@@ -6,7 +6,8 @@ and alerting's APIs);
 without it, or when it has no answer, the card says "not available" and shows
 the risk and reasons of the subscriber's latest task. The phone number stays
 masked until the person asks to reveal it to call; every reveal is audited in
-``outreach.phone_reveals``.
+``outreach.phone_reveals``. The card's reads and the reveal's audit row are
+``service.workbench``'s.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from services.outreach.deps import ClockDep, DirectoryDep, EngineDep
 from services.outreach.directory import ActivityView, RiskView, SubscriberDirectory
 from services.outreach.scripts import scripts_for
 from services.outreach.views.tasks import mask
-from services.outreach.workbench import data, i18n
+from services.outreach.workbench import i18n
 from services.outreach.workbench.pages import OFFERS, OUTCOMES, task_id_of
 from services.outreach.workbench.web import (
     PageError,
@@ -60,7 +61,7 @@ async def _visible_history(
     conn: AsyncConnection, view: Viewer, subscriber_id: str
 ) -> list[dict[str, Any]]:
     """The subscriber's tasks, newest first: a 404 page if none, a 403 if not the viewer's."""
-    history = await data.subscriber_tasks(conn, subscriber_id=subscriber_id)
+    history = await service.subscriber_tasks(conn, subscriber_id=subscriber_id)
     if not history:
         raise PageError(404, "error_no_subscriber")
     managers = {t["account_manager_id"] for t in history if t["account_manager_id"]}
@@ -87,8 +88,8 @@ async def _card(
         latest = history[0]
         managers = {t["account_manager_id"] for t in history if t["account_manager_id"]}
         opt_out = await service.get_opt_out(conn, subscriber_id=subscriber_id)
-        names = await data.names(conn, managers)
-        audit = await data.reveals(conn, subscriber_id=subscriber_id)
+        names = await service.manager_names(conn, manager_ids=managers)
+        audit = await service.reveals(conn, subscriber_id=subscriber_id)
     risk, activity = await _from_directory(directory, subscriber_id)
     codes: list[str] = next((t["reason_codes"] for t in history if t["reason_codes"]), [])
     language = view.lang
@@ -130,8 +131,8 @@ async def _card(
         reveals=audit,
         outcomes=OUTCOMES,
         offers=OFFERS,
-        may_act=lambda task: data.may_see(view.scope, task["account_manager_id"]),
-        open_reminder=data.open_reminder,
+        may_act=lambda task: service.may_see(view.scope, task["account_manager_id"]),
+        open_reminder=service.open_reminder,
         done=request.query_params.get("done"),
     )
 
@@ -171,7 +172,7 @@ async def reveal(
         phone = next((t["phone"] for t in history if t["phone"]), None)
         if phone is None:
             raise PageError(404, "error_no_phone")
-        await data.record_reveal(
+        await service.record_reveal(
             conn,
             person_id=view.person.person_id,
             subscriber_id=subscriber_id,

@@ -3,7 +3,7 @@
 Per account manager and tier, for a month (``?period=YYYY-MM``, default the
 current one in ``OUTREACH_TIMEZONE``): reminder-before-suspension rate with the
 misses, calls today and per day against the norm, saves, win-backs, and the
-reminders escalated (``workbench.team``).
+reminders escalated (``service.team``).
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ from starlette.responses import HTMLResponse, Response
 
 from services.outreach.deps import ClockDep, EngineDep, SettingsDep
 from services.outreach.feedback import current_period, month_bounds
+from services.outreach.service import Role, TeamReport, team_report
 from services.outreach.settings import OutreachSettings
-from services.outreach.workbench import data
-from services.outreach.workbench.accounts import Role
-from services.outreach.workbench.team import TeamReport, team_report
 from services.outreach.workbench.web import (
     PageError,
     Viewer,
+    local_day,
     render,
     viewer,
 )
@@ -72,7 +71,7 @@ async def _report(
     if not PERIOD.match(chosen) or chosen == "9999-12":
         raise PageError(422, "error_period")
     start, end = month_bounds(chosen, settings.zone)
-    day_start, _ = data.local_day(min(now, end), settings.zone)
+    day_start, _ = local_day(min(now, end), settings.zone)
     async with engine.connect() as conn:
         report = await team_report(
             conn, scope=view.scope, start=start, end=end, day_start=day_start, now=now

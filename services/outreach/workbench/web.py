@@ -1,5 +1,7 @@
 """The workbench's plumbing: templates, who is signed in, forms and CSRF, error pages.
 
+Also the local day (``local_day``) My day and the team page count in.
+
 Every page goes through ``viewer()``: no live session means a redirect to the
 sign-in page (a GET) or a 403 page (a POST, which changes nothing). Every POST
 form is read by ``read_form()``: at most ``MAX_FORM_BYTES``, URL-encoded, with
@@ -12,10 +14,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
+from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Request
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -25,15 +28,9 @@ from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as AsgiScope
 
 from services.outreach.deps import get_clock, get_engine, get_settings
+from services.outreach.service import Person, Scope, WebSession, load_session, visible_managers
 from services.outreach.workbench import i18n
-from services.outreach.workbench.accounts import Person
-from services.outreach.workbench.data import Scope, visible_managers
-from services.outreach.workbench.sessions import (
-    COOKIE,
-    WebSession,
-    load_session,
-    same_token,
-)
+from services.outreach.workbench.sessions import COOKIE, same_token
 from shared.clock import WallClock
 from shared.errors import ChurnwatchError
 
@@ -50,6 +47,13 @@ def band(risk: float | None) -> str | None:
     if risk is None:
         return None
     return "high" if risk >= BAND_HIGH else "medium" if risk >= BAND_MEDIUM else "low"
+
+
+def local_day(now: datetime, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """``[start, end)`` of the local day ``now`` falls in."""
+    local = now.astimezone(zone)
+    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start, (start + timedelta(days=1)).replace(tzinfo=zone)
 
 
 class PageError(Exception):
@@ -123,7 +127,7 @@ async def viewer(request: Request) -> Viewer:
                 idle_s=get_settings(request).workbench_session_idle_s,
             )
             if session is not None:
-                scope = await visible_managers(conn, session.person)
+                scope = await visible_managers(conn, person=session.person)
     if session is None:
         if request.method in ("GET", "HEAD"):
             raise NeedSignIn(here(request))

@@ -1,6 +1,8 @@
 """The team lead's figures: per account manager and tier, for one month.
 
-- Reminder before suspension: the KPI of ``service.reminder_counts`` (same
+The workbench's team page (``workbench/pages_team.py``) shows them.
+
+- Reminder before suspension: the KPI of ``kpis.reminder_counts`` (same
   rules: one stop-notice per subscriber and cause event, VIP tiers, suspended
   in the month and already past, not ended by a payment or a churn; reminded
   by an SMS delivered or a reached call completed before the suspension), split
@@ -10,7 +12,7 @@
   against the ``WORKBENCH_DAILY_CALLS`` norm.
 - Saves: calls completed ``retained`` or ``offer_accepted`` in the month.
 - Win-backs: the month's win-back offers that reached the subscriber, and how
-  many won them back (``service.win_back_counts``' rules).
+  many won them back (``kpis.win_back_counts``' rules).
 - Escalations: reminders escalated in the month (``tasks.escalated_at``).
 """
 
@@ -24,9 +26,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.outreach.schemas import CallStatus
-from services.outreach.service import reminder_notices, win_back_offers
+from services.outreach.service.kpis import reminder_notices, win_back_offers
+from services.outreach.service.workbench import Scope, calls_made_query, in_scope, manager_names
 from services.outreach.tables import tasks
-from services.outreach.workbench.data import Scope, calls_made_query, in_scope, names
 from shared.events import CallOutcome, Channel
 
 SAVES = (CallOutcome.RETAINED.value, CallOutcome.OFFER_ACCEPTED.value)
@@ -170,7 +172,7 @@ async def team_report(
         for manager in scope:
             if not any(key[0] == manager for key in rows):
                 row(manager, "")
-    display = await names(conn, {key[0] for key in rows if key[0]})
+    display = await manager_names(conn, manager_ids={key[0] for key in rows if key[0]})
     for r in rows.values():
         r.manager_name = display.get(r.manager_id, r.manager_id)
     report.rows = sorted(rows.values(), key=lambda r: (r.manager_name, r.manager_id, r.tier))

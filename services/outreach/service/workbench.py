@@ -1,19 +1,19 @@
-"""What the workbench's pages read and do in the database, scoped to who is looking.
+"""The workbench's database work: my day, the subscriber card's data, claims.
 
-A manager sees the tasks whose ``account_manager_id`` is their ``manager_id``;
-a team lead their team's managers' (``people.team_lead_id``); an admin all.
-Claiming, starting and finishing calls go through ``service.call_queue``
-(claiming one given task is here, built like ``service.claim_call``), so audit,
-outbox, metrics and KPIs see the workbench exactly like the REST API.
+What the pages read and do, scoped to who is looking. A manager sees the tasks
+whose ``account_manager_id`` is their ``manager_id``; a team lead their team's
+managers' (``people.team_lead_id``); an admin all. Claiming, starting and
+finishing calls go through ``call_queue`` (claiming one given task is here,
+built like ``claim_call``), so audit, outbox, metrics and KPIs see the
+workbench exactly like the REST API.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, and_, func, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,9 +25,9 @@ from services.outreach.errors import (
     TaskOfAnotherManager,
 )
 from services.outreach.schemas import CallStatus
-from services.outreach.service import KEEPER, URGENCY, WORKING, assign_call, due_calls
+from services.outreach.service.call_queue import KEEPER, URGENCY, WORKING, assign_call, due_calls
+from services.outreach.service.people import Person, Role
 from services.outreach.tables import people, phone_reveals, task_transitions, tasks
-from services.outreach.workbench.accounts import Person, Role
 from shared.events import Channel, TaskKind
 
 Scope = frozenset[str] | None
@@ -37,9 +37,10 @@ OPEN_CALL = (CallStatus.QUEUED, CallStatus.ASSIGNED, CallStatus.IN_PROGRESS)
 """A call still to be made (queued, or claimed and not finished)."""
 
 REMINDER = TaskKind.PRE_SUSPENSION_REMINDER.value
+"""``tasks.kind`` of a VIP pre-suspension reminder."""
 
 
-async def visible_managers(conn: AsyncConnection, person: Person) -> Scope:
+async def visible_managers(conn: AsyncConnection, *, person: Person) -> Scope:
     """The manager ids ``person`` may see (None: all)."""
     if person.role is Role.ADMIN:
         return None
@@ -64,13 +65,6 @@ def in_scope(scope: Scope) -> ColumnElement[bool]:
 def may_see(scope: Scope, manager_id: str | None) -> bool:
     """Whether a task or subscriber of ``manager_id`` is visible in ``scope``."""
     return scope is None or (manager_id is not None and manager_id in scope)
-
-
-def local_day(now: datetime, zone: ZoneInfo) -> tuple[datetime, datetime]:
-    """``[start, end)`` of the local day ``now`` falls in."""
-    local = now.astimezone(zone)
-    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    return start, (start + timedelta(days=1)).replace(tzinfo=zone)
 
 
 async def reminders_due(
@@ -245,7 +239,7 @@ async def reveals(conn: AsyncConnection, *, subscriber_id: str, limit: int = 20)
     )
 
 
-async def names(conn: AsyncConnection, manager_ids: Collection[str]) -> dict[str, str]:
+async def manager_names(conn: AsyncConnection, *, manager_ids: Collection[str]) -> dict[str, str]:
     """Display names of the people working as these manager ids."""
     if not manager_ids:
         return {}
@@ -258,7 +252,11 @@ async def names(conn: AsyncConnection, manager_ids: Collection[str]) -> dict[str
 
 
 def open_reminder(task: dict[str, Any]) -> bool:
-    """A reminder call still to be made."""
+    """A reminder call still to be made.
+
+    ``reminders_due``'s filter, for a task already read: kept beside it so that
+    the card and My day agree on what is still to be made.
+    """
     return bool(
         task["kind"] == REMINDER
         and task["channel"] == Channel.CALL.value
