@@ -16,7 +16,6 @@ from fastapi import Depends, Request
 
 from services.alerting.rules import RulesFile
 from shared.deps import EngineDep as EngineDep
-from shared.deps import get_engine as get_engine
 from shared.deps import on_loop
 
 

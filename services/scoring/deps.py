@@ -16,7 +16,6 @@ from fastapi import Depends, Request
 from services.scoring.consumer import ScoringHandler
 from services.scoring.settings import ScoringSettings
 from shared.deps import EngineDep as EngineDep
-from shared.deps import get_engine as get_engine
 from shared.deps import on_loop
 
 
