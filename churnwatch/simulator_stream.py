@@ -1,8 +1,9 @@
 """Streaming a simulation to ingest, day by day, with outreach feedback.
 
 :func:`stream_to_ingest` posts a :class:`~churnwatch.simulation.Simulation`'s
-events to ingest in batches (paced to a rate, a 503 resent), and after each day
-feeds back the subscribers a retention task reached (:func:`poll_reached`).
+events to ingest in batches (paced to a rate, a 503 resent after its
+``Retry-After``), and after each day feeds back the subscribers a retention
+task reached (:func:`poll_reached`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 
 from churnwatch.keys import api_headers
+from churnwatch.resend import post_with_resend
 from churnwatch.simulation import Simulation
 
 REACHED_STATUSES = ("delivered", "completed")  # retention tasks that reached the subscriber
@@ -57,16 +59,13 @@ def poll_reached(client: httpx.Client, outreach_url: str) -> set[str]:
     return reached
 
 
-def _post(client: httpx.Client, url: str, batch: list[dict[str, Any]], attempts: int = 5) -> Any:
+def _post(
+    client: httpx.Client, url: str, batch: list[dict[str, Any]], sleep: Callable[[float], None]
+) -> Any:
     # A 503 means the broker did not acknowledge: resending is safe (same event ids).
-    for attempt in range(attempts):
-        response = client.post(url, json=batch)
-        if response.status_code == 503 and attempt < attempts - 1:
-            time.sleep(min(30.0, float(response.headers.get("Retry-After", "1"))))
-            continue
-        response.raise_for_status()
-        return response.json()
-    raise AssertionError("unreachable")  # pragma: no cover
+    response = post_with_resend(lambda: client.post(url, json=batch), sleep=sleep)
+    response.raise_for_status()
+    return response.json()
 
 
 def stream_to_ingest(
@@ -92,7 +91,9 @@ def stream_to_ingest(
     each day and fed back with :meth:`Simulation.reach`. ``on_day(day, stats)`` is
     called after each day (the progress bar); ``on_batch(stats, done, total)`` after
     each POST, with the events of the current day posted so far and in all (a
-    one-day run of a million subscribers is a single day).
+    one-day run of a million subscribers is a single day). A 503 is resent after
+    its ``Retry-After`` (:mod:`churnwatch.resend`); ``clock`` and ``sleep`` are the
+    time the pacing and those waits use.
     """
     if rate is not None and rate <= 0:
         raise ValueError("rate must be > 0")
@@ -109,7 +110,7 @@ def stream_to_ingest(
                     wait = t0 + stats.events / rate - clock()
                     if wait > 0:
                         sleep(wait)
-                body = _post(http, url, chunk)
+                body = _post(http, url, chunk, sleep)
                 stats.accepted += int(body.get("accepted", 0))
                 stats.rejected += len(body.get("rejected", []))  # [{index, error}, ...]
                 stats.events += len(chunk)

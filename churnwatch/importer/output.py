@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from churnwatch.importer.convert import import_table
 from churnwatch.importer.model import MappingError
 from churnwatch.importer.result import ImportResult
 from churnwatch.keys import api_headers
+from churnwatch.resend import post_with_resend
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -53,33 +55,32 @@ def post_events(
     client: httpx.Client | None = None,
     attempts: int = 5,
     api_key: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[int, int]:
     """POST the events to ingest's ``/v1/events`` as NDJSON in batches; return (accepted, rejected).
 
     ``api_key`` (else ``CHURNWATCH_API_KEY``) needs the ``events:write`` scope.
 
-    A 503 (the broker did not acknowledge) is retried after its ``Retry-After``
-    (at most 30 s) up to ``attempts`` times: resending is safe, the event ids
-    make repeats harmless. Any other error status raises ``httpx.HTTPStatusError``.
+    A 503 (the broker did not acknowledge) is resent after its ``Retry-After``
+    (at most 30 s; :mod:`churnwatch.resend`, ``sleep`` waits) for ``attempts`` in
+    all: resending is safe, the event ids make repeats harmless. Any other error
+    status, or a 503 on the last attempt, raises ``httpx.HTTPStatusError``.
     """
     url = ingest_url.rstrip("/")
     if not url.endswith("/v1/events"):
         url += "/v1/events"
     own = client is None
     http = client or httpx.Client(timeout=60)
+    headers = {"Content-Type": "application/x-ndjson", **api_headers(api_key)}
     accepted = rejected = 0
     try:
         for start in range(0, len(lines), batch_size):
             body = b"\n".join(lines[start : start + batch_size]) + b"\n"
-            for attempt in range(1, attempts + 1):
-                response = http.post(
-                    url,
-                    content=body,
-                    headers={"Content-Type": "application/x-ndjson", **api_headers(api_key)},
-                )
-                if response.status_code != 503 or attempt == attempts:
-                    break
-                time.sleep(min(30.0, float(response.headers.get("Retry-After", "1"))))
+            response = post_with_resend(
+                partial(http.post, url, content=body, headers=headers),
+                attempts=attempts,
+                sleep=sleep,
+            )
             response.raise_for_status()
             answer = response.json()
             accepted += int(answer.get("accepted", 0))
