@@ -15,11 +15,10 @@ import re
 import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from numbers import Number
 from typing import Any
 
-import orjson
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 # International numbers (a '+' then digits, maybe spaced) and national numbers
 # written as a run of 9-15 digits. Not dates, not the digit groups of a UUID.
@@ -30,6 +29,14 @@ _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime",
 _API_KEY_RE = re.compile(r"\b(cw_[0-9a-f]{12})_[A-Za-z0-9_-]+")
 _BEARER_RE = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
 _SUBSCRIBER_KEYS = frozenset({"subscriber_id", "subscriber_ids"})
+# The record's attributes under the names our log lines have always had.
+_JSON_FIELDS = {
+    "levelname": "level",
+    "name": "logger",
+    "message": "msg",
+    "exc_info": "exc",
+    "stack_info": "stack",
+}
 
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -74,6 +81,8 @@ class PiiFilter(logging.Filter):
         """Mask the record in place; never drops it."""
         if isinstance(record.msg, str):
             record.msg = mask_text(record.msg)
+        elif isinstance(record.msg, dict):  # log.info({...}): its keys become fields
+            record.msg = _mask_value(record.msg)
         if isinstance(record.args, Mapping):  # log.info("%(x)s", {"x": ...})
             record.args = _mask_value(dict(record.args))
         elif record.args:
@@ -101,23 +110,35 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and any extra fields."""
+class JsonFormatter(OrjsonFormatter):
+    """One JSON object per line: ts, level, logger, msg, any extra fields, exc and stack.
 
-    def format(self, record: logging.LogRecord) -> str:
-        """Render the record as a JSON line."""
-        out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _RESERVED and not key.startswith("_"):
-                out[key] = value
-        if record.exc_info:
-            out["exc"] = mask_text(self.formatException(record.exc_info))
-        return orjson.dumps(out, default=str).decode()
+    python-json-logger does the record-to-JSON work (extras, reserved attributes,
+    tracebacks, stack info, values JSON has no type for); this class only fixes
+    our field names and masks the tracebacks, which the filters cannot reach
+    because they are rendered here.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(levelname)s %(name)s %(message)s",
+            rename_fields=_JSON_FIELDS,
+            reserved_attrs=sorted(_RESERVED),
+            timestamp="ts",
+            json_default=_json_default,
+        )
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        """Mask the traceback and the stack (also one another formatter cached); ts first."""
+        for key in ("exc", "stack"):
+            if isinstance(log_data.get(key), str):
+                log_data[key] = mask_text(log_data[key])
+        return {"ts": log_data.pop("ts"), **log_data}
+
+
+def _json_default(value: Any) -> Any:
+    # What orjson cannot encode is written as text, as the formatter always did.
+    return str(value)
 
 
 class PlainFormatter(logging.Formatter):
