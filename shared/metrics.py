@@ -6,12 +6,12 @@ partition, event type, result. Never a subscriber id.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
-from starlette.routing import Match
+from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator.metrics import Info
 
 HTTP_REQUESTS = Counter(
     "churnwatch_http_requests_total",
@@ -86,40 +86,37 @@ CONSUMER_REWOUND_PAST_END = Counter(
 )
 
 
-def _route_template(request: Request) -> str:
-    """The matched route's template (``/v1/tasks/{task_id}``), never the raw path.
+UNMATCHED = "unmatched"
+"""The ``route`` label of a request no route matched (never the raw path: unbounded)."""
 
-    Called after the request was handled: the router leaves the route it
-    matched in the scope. Scanning the app's routes instead finds only an
-    included router's wrapper (it has no path) in current FastAPI versions.
-    """
-    path = getattr(request.scope.get("route"), "path", None)
-    if path:
-        return str(path)
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", "other"))
-    return "unmatched"
+
+def _record(service: str) -> Callable[[Info], None]:
+    """The instrumentation that feeds our two HTTP metrics from the instrumentator's view."""
+
+    def record(info: Info) -> None:
+        # The instrumentator resolves the route template (through included routers
+        # and mounts) and groups unmatched paths as "none" and statuses as "2xx".
+        route = UNMATCHED if info.modified_handler == "none" else info.modified_handler
+        HTTP_REQUESTS.labels(service, route, info.method, info.modified_status).inc()
+        HTTP_LATENCY.labels(service, route, info.method).observe(info.modified_duration)
+
+    return record
 
 
 def install_metrics(app: FastAPI, service: str) -> None:
-    """Add request metrics middleware and the ``GET /metrics`` endpoint."""
+    """Add the request metrics middleware and the ``GET /metrics`` endpoint.
 
-    @app.middleware("http")
-    async def _measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        status = "5xx"
-        try:
-            response = await call_next(request)
-            status = f"{response.status_code // 100}xx"
-            return response
-        finally:
-            route = _route_template(request)
-            HTTP_REQUESTS.labels(service, route, request.method, status).inc()
-            HTTP_LATENCY.labels(service, route, request.method).observe(time.perf_counter() - start)
+    The middleware is prometheus-fastapi-instrumentator's (a plain ASGI
+    middleware: a streamed response is timed to its last byte), writing our own
+    ``churnwatch_http_*`` metrics, whose names and labels the dashboards and
+    alerts use, instead of its defaults.
+    """
+    Instrumentator(
+        should_group_status_codes=True,
+        should_group_untemplated=True,
+        should_respect_env_var=False,
+        excluded_handlers=[],
+    ).add(_record(service)).instrument(app)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
