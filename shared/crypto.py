@@ -103,6 +103,12 @@ class PhoneCipher:
 
     def __init__(self, master: bytes) -> None:
         # Three keys from one: the hash and the id must not be computable from the cipher's use.
+        # HMAC-SHA256(key, label) is a sound KDF here: the key is 32 uniformly random
+        # bytes (decode_key), so HKDF's extract step has nothing to do, and its expand
+        # step for one block is this HMAC with a counter byte. Kept rather than moved to
+        # HKDF: that would change every key id, AES key and lookup hash, so stored and
+        # in-flight values would stop opening (docs/security.md, "Key derivation";
+        # tests/test_crypto_compat.py pins them).
         self._aead = AESGCM(hmac.digest(master, b"churnwatch phone encryption", hashlib.sha256))
         self._mac_key = hmac.digest(master, b"churnwatch phone lookup", hashlib.sha256)
         self.key_id = hmac.digest(master, b"churnwatch phone key id", hashlib.sha256)[:4].hex()
