@@ -58,8 +58,8 @@ non-CDR share ({non_cdr}) of events, so the real need is likely far lower.
 
 OUTREACH = """
 No per-process figure (a gap). Its load is tasks: {peak} {X} {ratio} = {tasks} tasks/s at the
-peak, and its SMS rate is set by the provider (`SMS_RATE_LIMIT_PER_S` per replica); planned at
-{reps} replicas.
+peak, and its SMS rate is set by the provider (`SMS_RATE_LIMIT_PER_S`, shared by all replicas);
+planned at {reps} replicas.
 """
 
 PARTITIONS = """

@@ -33,7 +33,7 @@ from services.outreach import policy, service
 from services.outreach.app import create_app
 from services.outreach.policy import Action, ContactRules, cap_frees_at, decide, quiet_hours_end
 from services.outreach.settings import OutreachSettings
-from services.outreach.sms import MAX_BACKOFF_S, Dispatcher, ProviderError, SmsClient, TokenBucket
+from services.outreach.sms import MAX_BACKOFF_S, Dispatcher, ProviderError, SmsClient
 from services.outreach.templates import (
     KNOWN_VARIABLES,
     TEMPLATES,
@@ -356,17 +356,7 @@ async def test_backoff_is_full_jitter_exponential_bounded(env: dict[str, Any]) -
         await http.aclose()
 
 
-async def test_token_bucket_paces_sends_to_the_rate() -> None:
-    clock = [0.0]
-
-    async def sleep(seconds: float) -> None:
-        clock[0] += seconds
-
-    bucket = TokenBucket(20.0, clock=lambda: clock[0], sleep=sleep)
-    for _ in range(42):
-        await bucket.acquire()
-    # 20/s, with a burst of 2 (a tenth of a second's worth): 40 more take 2 s.
-    assert clock[0] == pytest.approx(2.0)
+# The send rate (one bucket in PostgreSQL for every replica) is tested in test_sms_rate.py.
 
 
 # --- the rig: our gateway and outreach, over HTTP ---------------------------------------

@@ -59,7 +59,11 @@ class OutreachSettings(PhoneKeySettings, BaseServiceSettings):
     )
 
     sms_rate_limit_per_s: float = Field(
-        default=20.0, gt=0, le=10_000, description="Global SMS send rate (messages per second)."
+        default=20.0,
+        gt=0,
+        le=10_000,
+        description="SMS send rate of the whole deployment (messages per second), shared by all "
+        "outreach replicas through PostgreSQL.",
     )
     sms_receipt_secret: SecretStr = Field(
         default=SecretStr(DEV_RECEIPT_SECRET),

@@ -1,9 +1,10 @@
-"""SMS: the provider client over httpx, the send rate limit, and the dispatcher loop.
+"""SMS: the provider client over httpx, and the dispatcher loop.
 
 Sending is an outbox: the consumer only stores tasks; the dispatcher claims
 due SMS tasks from PostgreSQL, asks the contact policy (``policy``) about
 each, sends the ones that may go through the provider with the task id as
-idempotency key, and records the outcome. Texts come from ``templates``.
+idempotency key, no faster than the deployment's rate (``ratelimit``, shared
+by all replicas), and records the outcome. Texts come from ``templates``.
 
 Every retry is durable: a retryable failure puts the task back to
 ``pending`` with ``attempts`` and ``next_attempt_at`` in its row, so a
@@ -21,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast, get_args
@@ -32,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import RetryCallState, Retrying, wait_random_exponential
 
 from services.outreach import metrics, policy, service
+from services.outreach.ratelimit import SharedTokenBucket
 from services.outreach.schemas import SmsStatus
 from services.outreach.settings import OutreachSettings
 from services.outreach.templates import check_templates, render
@@ -190,42 +190,6 @@ def _parse_status(body: Any) -> ProviderStatus:
     )
 
 
-class TokenBucket:
-    """The global send rate limit of one dispatcher (so of one replica).
-
-    ``rate`` tokens per second; the bucket holds at most a tenth of a second's
-    worth (at least one), so the rate holds over any second give or take 10%,
-    while sends still overlap the provider's latency.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate / 10)
-        self.tokens = self.capacity
-        self._clock, self._sleep = clock, sleep
-        self._updated = clock()
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        """Wait for a token and take it; waiters are served in order."""
-        async with self._lock:
-            now = self._clock()
-            self.tokens = min(self.capacity, self.tokens + (now - self._updated) * self.rate)
-            self._updated = now
-            # Take the token now, into debt if need be, and sleep the debt off: the
-            # next refill repays it. (Waiting for a full token in a loop can spin
-            # forever on a float a hair below 1.)
-            self.tokens -= 1
-            if self.tokens < 0:
-                await self._sleep(-self.tokens / self.rate)
-
-
 _BACKOFF_STATE = Retrying()  # only a holder for RetryCallState; never runs anything
 
 
@@ -249,7 +213,8 @@ class Dispatcher:
         self.engine = engine
         self.sms = sms
         self.rules = policy.ContactRules.from_settings(settings)
-        self.bucket = TokenBucket(settings.sms_rate_limit_per_s)
+        # The deployment's rate, shared with every other replica through PostgreSQL.
+        self.bucket = SharedTokenBucket(engine, settings.sms_rate_limit_per_s)
         # Enough requests in flight to reach the rate with a second of provider latency.
         rate = settings.sms_rate_limit_per_s
         self.concurrency = max(1, min(MAX_SEND_CONCURRENCY, math.ceil(rate)))

@@ -186,3 +186,19 @@ phone_reveals = Table(
     Column("at", DateTime(timezone=True), nullable=False),
     comment="Audit: every time a person revealed a subscriber's phone number to call it.",
 )
+
+# --- the deployment-wide SMS send rate (services/outreach/ratelimit.py) ----------------
+
+send_rates = Table(
+    "send_rates",
+    metadata,
+    # The bucket's name: 'sms', the provider's contracted rate, for the whole deployment.
+    Column("name", String(32), primary_key=True),
+    # Tokens left at updated_at (each one SMS), at most the bucket's capacity.
+    Column("tokens", Float, nullable=False),
+    # The database's clock (clock_timestamp()) when tokens was last refilled and taken.
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    comment="Token buckets shared by every outreach replica: one send rate per deployment.",
+    # Rewritten tens of times a second: room on the page keeps the updates heap-only.
+    postgresql_with={"fillfactor": 50},
+)

@@ -6,6 +6,7 @@ One module per job; every public name is re-exported here, so callers use
 - ``tasks``: storing tasks, state transitions, the audit trail, the outcome outbox
 - ``updates``: alerting's task updates (cancel, close, reroute)
 - ``sms``: the SMS lifecycle (the dispatcher's and the reconciler's rows, contact facts)
+- ``rate``: the deployment-wide send rate (a token bucket in one row)
 - ``receipts``: delivery receipts
 - ``opt_outs``: the do-not-contact list
 - ``phones``: phone numbers at rest (lookup by phone, encrypting plain ones)
@@ -86,6 +87,7 @@ from services.outreach.service.people import (
     unlock,
 )
 from services.outreach.service.phones import encrypt_plain_phones, subscribers_with_phone
+from services.outreach.service.rate import Grant, take_tokens
 from services.outreach.service.receipts import ReceiptResult, apply_receipt
 from services.outreach.service.sessions import (
     TOUCH_EVERY,
@@ -187,6 +189,7 @@ __all__ = [
     "Change",
     "ContactFacts",
     "Counts",
+    "Grant",
     "Miss",
     "Person",
     "ReceiptResult",
@@ -265,6 +268,7 @@ __all__ = [
     "store_tasks",
     "subscriber_tasks",
     "subscribers_with_phone",
+    "take_tokens",
     "task_for",
     "team_report",
     "todays_calls",
