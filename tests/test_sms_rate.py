@@ -50,6 +50,10 @@ class ManualClock:
     async def advance(self, seconds: float) -> None:
         self.elapsed += seconds
 
+    def monotonic(self) -> float:
+        """For the limiter's lapse of unused tokens: lapses in this clock's time too."""
+        return self.elapsed
+
 
 def bucket_name() -> str:
     """A bucket of this test's own: the session's other tests use ``sms``."""
@@ -78,7 +82,12 @@ async def test_one_replica_keeps_the_rate_and_burst_it_had(engines: list[AsyncEn
     """Rate and burst as the per-process bucket had them: 20/s, a tenth of a second's worth."""
     clock = ManualClock()
     bucket = SharedTokenBucket(
-        engines[0], 20.0, name=bucket_name(), clock=clock, sleep=clock.advance
+        engines[0],
+        20.0,
+        name=bucket_name(),
+        clock=clock,
+        sleep=clock.advance,
+        monotonic=clock.monotonic,
     )
     assert (bucket.capacity, bucket.max_grant) == (2.0, 1)
     for _ in range(42):
@@ -93,7 +102,12 @@ async def test_one_replica_reaches_a_high_rate_in_few_round_trips(
     """At 1,000/s (the bench's rate) 64 senders get exactly the rate, a grant per 25 SMS."""
     clock = ManualClock()
     bucket = SharedTokenBucket(
-        engines[0], 1000.0, name=bucket_name(), clock=clock, sleep=clock.advance
+        engines[0],
+        1000.0,
+        name=bucket_name(),
+        clock=clock,
+        sleep=clock.advance,
+        monotonic=clock.monotonic,
     )
     assert (bucket.capacity, bucket.max_grant) == (100.0, 25)
     sent = 0
@@ -111,6 +125,25 @@ async def test_one_replica_reaches_a_high_rate_in_few_round_trips(
     # Not a statement per SMS: grants of up to 25, plus a round trip that finds
     # the bucket short after each wait at most.
     assert bucket.round_trips <= 2 * 2560 / 25
+
+
+async def test_tokens_a_replica_did_not_use_in_time_lapse(engines: list[AsyncEngine]) -> None:
+    """Left-over tokens of a grant cannot add to a later burst: after 0.1 s they are gone."""
+    clock = ManualClock()
+    bucket = SharedTokenBucket(
+        engines[0],
+        1000.0,
+        name=bucket_name(),
+        clock=clock,
+        sleep=clock.advance,
+        monotonic=clock.monotonic,
+    )
+    await bucket.acquire()  # a grant of 25: 24 left in hand
+    await bucket.acquire()
+    assert bucket.round_trips == 1
+    await clock.advance(bucket.hold_s)
+    await bucket.acquire()  # the 23 left lapsed: a new grant
+    assert bucket.round_trips == 2
 
 
 async def test_replicas_taking_at_one_instant_get_one_bucket_between_them(
