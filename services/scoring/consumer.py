@@ -31,6 +31,7 @@ from services.scoring import metrics, service
 from services.scoring.batch import SnapshotKey, process_batch
 from services.scoring.cache import StateCache
 from services.scoring.features import State
+from services.scoring.listing import listed_columns
 from services.scoring.model import ChurnModel
 from services.scoring.scorer import Scorer, Snapshot
 from services.scoring.settings import ScoringSettings
@@ -288,6 +289,7 @@ class ScoringHandler:
             "updated_at": now,
             "events_applied": version,
             "score": state.get("last_score"),
+            **listed_columns(state),
         }
 
 

@@ -158,7 +158,8 @@ class State(TypedDict, total=False):
     ``bill_split`` (recurring or None, overage or None, amount due), ``arrears``
     (overdue amount, days overdue), ``stop_notice`` (suspension time, amount to pay),
     ``profile`` (tier, monthly value, activation time or None), ``profile_v2``
-    (``_profile_v2``'s dict), ``churned`` (churn kind; None after a reactivation)."""
+    (``_profile_v2``'s dict), ``churned`` (churn kind; None after a reactivation),
+    ``manager`` (account manager id or None; absent until a profile names one)."""
     first_seen: Required[float | None]
     """Oldest event time seen (None before the first event)."""
     last_activity: Required[float | None]
@@ -308,6 +309,10 @@ def apply_event(state: State, event: Event) -> None:
         p2 = event.payload
         activated = p2.activated_at.timestamp() if p2.activated_at else None
         _set_latest(state, "profile", (p2.tier.value, float(p2.monthly_value), activated), t)
+        # Not a model input: what GET /v1/subscribers filters on (listing.py). Kept only
+        # once a profile names a manager, so states without one stay as small as before.
+        if p2.account_manager_id is not None or "manager" in state["latest"]:
+            _set_latest(state, "manager", p2.account_manager_id, t)
         extra = _profile_v2(p2, t)
         if extra:
             _set_latest(state, "profile_v2", extra, t)

@@ -6,7 +6,17 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, case, cast, delete, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    case,
+    cast,
+    delete,
+    func,
+    literal_column,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -59,20 +69,39 @@ def _stored_state(blob: bytes | None, state: State | None) -> State | None:
 
 
 async def save_features(conn: AsyncConnection, *, rows: list[dict[str, Any]]) -> None:
-    """Insert or replace feature rows (``blob``: the encoded state, events applied, score)."""
+    """Insert or replace feature rows (``blob``: the encoded state, events applied, score).
+
+    Each row also carries the listed columns (``listing.listed_columns``: band,
+    tier, manager). When the score or one of them changes, the row's
+    ``changed_at`` and ``changed_xid`` become this transaction's time and id
+    (what a listing's ``changed_since`` and its walk's snapshot test read);
+    otherwise they stay.
+    """
     if not rows:
         return
-    stmt = insert(features)
+    stmt = insert(features).values(changed_at=func.now(), changed_xid=_THIS_XID)
+    listed = ("score", "band", "tier", "account_manager_id")
+    changed = tuple_(*(features.c[c] for c in listed)).is_distinct_from(
+        tuple_(*(stmt.excluded[c] for c in listed))
+    )
     await conn.execute(
         stmt.on_conflict_do_update(
             index_elements=["subscriber_id"],
             set_={
-                c: stmt.excluded[c]
-                for c in ("state", "blob", "events_applied", "score", "updated_at")
+                **{
+                    c: stmt.excluded[c]
+                    for c in ("state", "blob", "events_applied", "updated_at", *listed)
+                },
+                "changed_at": case((changed, func.now()), else_=features.c.changed_at),
+                "changed_xid": case((changed, _THIS_XID), else_=features.c.changed_xid),
             },
         ),
         [{"state": None, **row} for row in rows],
     )
+
+
+# The writing transaction's id (xid8, as a bigint): a listing's walk compares it with its snapshot.
+_THIS_XID: ColumnElement[int] = literal_column("CAST(CAST(pg_current_xact_id() AS text) AS bigint)")
 
 
 async def add_snapshots(conn: AsyncConnection, *, items: list[tuple[str, Snapshot]]) -> None:

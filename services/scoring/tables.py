@@ -49,8 +49,28 @@ features = Table(
     ),
     Column("events_applied", BigInteger, nullable=False, server_default="0"),
     # The latest score (also inside `state`); a column to query by.
-    Column("score", Double, nullable=True, index=True),
+    Column("score", Double, nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # What GET /v1/subscribers lists and filters on (services/scoring/listing.py),
+    # copied from the state on every write so the listing never decodes a blob.
+    Column("band", String(8), nullable=True, comment="The served score's band; NULL: unserved."),
+    Column("tier", String(16), nullable=True, comment="The profile's tier; NULL: no profile."),
+    Column("account_manager_id", String(64), nullable=True),
+    Column(
+        "changed_at",
+        DateTime(timezone=True),
+        nullable=True,
+        comment="Database time of the last change of score, band, tier or manager.",
+    ),
+    Column(
+        "changed_xid",
+        BigInteger,
+        nullable=True,
+        comment="The transaction (xid8) of that change: a listing walk's snapshot test.",
+    ),
+    # The listing's order (score descending, subscriber id as the tie-break) and
+    # its keyset; also what the score alone was indexed for before.
+    Index("ix_features_score_subscriber", "score", "subscriber_id"),
     comment="Per-subscriber feature state, pending snapshot times and the latest score.",
     postgresql_with={"fillfactor": 80},
 )

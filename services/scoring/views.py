@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+import orjson
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.scoring import service
+from services.scoring import listing, service
 from services.scoring.batch import SCORED_FIELDS
 from services.scoring.deps import EngineDep, HandlerDep, SettingsDep
 from services.scoring.features import vector
-from services.scoring.schemas import TREND_POINTS, CheckpointOut, ModelOut, RiskOut, TrendPoint
+from services.scoring.schemas import (
+    TREND_POINTS,
+    CheckpointOut,
+    ListedSubscriber,
+    ListingQuery,
+    ModelOut,
+    RiskOut,
+    SubscriberPage,
+    TrendPoint,
+)
 from shared.auth import require_scope
-from shared.errors import NotFound
+from shared.errors import BadRequest, NotFound, error_responses
 from shared.events import ScoreReason
 
 # Every route reads scores: one scope for the router (shared.auth).
@@ -72,3 +88,110 @@ async def get_model(engine: EngineDep, handler: HandlerDep, settings: SettingsDe
         calibration=model.calibrator.summary(),
         checkpoint=CheckpointOut.model_validate(info) if info else None,
     )
+
+
+# --- the at-risk listing (listing.py) ------------------------------------------------------
+
+NDJSON = "application/x-ndjson"
+CSV = "text/csv"
+_EXPORTS = {"ndjson": NDJSON, "csv": CSV}
+
+
+def _export_format(query: ListingQuery, accept: str | None) -> str | None:
+    """``ndjson``, ``csv`` or None (a JSON page): the ``format`` parameter, else ``Accept``."""
+    if query.format is not None:
+        return None if query.format == "json" else query.format
+    for part in (accept or "").split(","):
+        media = part.split(";")[0].strip().lower()
+        if media in (NDJSON, CSV):
+            return "ndjson" if media == NDJSON else "csv"
+        if media in ("application/json", "*/*", "application/*"):
+            return None
+    return None
+
+
+_ROW_SCHEMA = {"$ref": "#/components/schemas/ListedSubscriber"}
+
+
+@router.get(
+    "/subscribers",
+    response_model=SubscriberPage,
+    summary="List subscribers at risk (paged), or export them (NDJSON, CSV)",
+    responses={
+        200: {
+            "description": "A page (JSON), or with format/Accept the whole filtered set, "
+            "streamed: NDJSON (one ListedSubscriber a line) or CSV (a header line, then "
+            "the same fields).",
+            "content": {
+                NDJSON: {"schema": _ROW_SCHEMA},
+                CSV: {"schema": {"type": "string"}},
+            },
+        },
+        **error_responses(400, 422, 503),
+    },
+)
+async def list_subscribers(
+    query: Annotated[ListingQuery, Query()],
+    engine: EngineDep,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> SubscriberPage | StreamingResponse:
+    """Subscribers with a served score, highest first, filtered; paged with ``next_cursor``.
+
+    Unknown parameters, a ``limit`` over the maximum and a reversed score range
+    are 422s; a cursor that is not one of this listing's, was altered, or was
+    made for other filters is a 400. An export (``format=ndjson|csv`` or the
+    ``Accept`` header) streams every matching row and takes no cursor or limit.
+    """
+    filters = query.filters()
+    export = _export_format(query, accept)
+    if export is not None:
+        if query.cursor is not None or query.limit is not None:
+            raise BadRequest(
+                "an export is the whole filtered set: it takes no cursor or limit",
+                details={"parameters": ["cursor", "limit"]},
+            )
+        headers = {"Content-Disposition": f'attachment; filename="subscribers.{export}"'}
+        return StreamingResponse(
+            _export(engine, filters, export),
+            media_type=_EXPORTS[export] + ("; charset=utf-8" if export == "csv" else ""),
+            headers=headers,
+        )
+    async with engine.connect() as conn:
+        rows, next_cursor, as_of = await listing.list_page(
+            conn,
+            filters=filters,
+            limit=query.limit or listing.LIMIT_DEFAULT,
+            cursor=query.cursor,
+        )
+    return SubscriberPage(
+        items=[ListedSubscriber.model_validate(r) for r in rows],
+        next_cursor=next_cursor,
+        as_of=as_of,
+    )
+
+
+async def _export(engine: AsyncEngine, filters: listing.Filters, fmt: str) -> AsyncIterator[bytes]:
+    """The filtered set as NDJSON or CSV bytes, a chunk of rows at a time."""
+    async with engine.connect() as conn:  # autobegins: the server-side cursor needs it
+        if fmt == "csv":
+            yield _csv_lines([listing.FIELDS])
+        async for part in listing.stream_listed(conn, filters=filters):
+            if fmt == "csv":
+                yield _csv_lines(
+                    [["" if v is None else _csv_value(v) for v in row] for row in part]
+                )
+            else:
+                yield b"".join(
+                    orjson.dumps(dict(zip(listing.FIELDS, row, strict=True))) + b"\n"
+                    for row in part
+                )
+
+
+def _csv_value(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _csv_lines(rows: list[Any]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerows(rows)
+    return out.getvalue().encode()
