@@ -48,8 +48,10 @@ LIMIT_DEFAULT = 100
 """Rows a page has when the caller does not say."""
 LIMIT_MAX = 1000
 """Most rows a page may have; a bigger ``limit`` is a 422."""
-CURSOR_MAX_CHARS = 4000
+CURSOR_MAX_CHARS = 8000
 """Longest cursor accepted (its snapshot lists the transactions running then)."""
+_SNAPSHOT_MAX_CHARS = 5000
+"""Longest snapshot a cursor carries as it is (some 450 writers running at once)."""
 
 FIELDS = ("subscriber_id", "score", "band", "tier", "account_manager_id", "changed_at")
 """A listed row's fields, in the export's column order (no phone: scoring holds none)."""
@@ -62,6 +64,17 @@ _SNAPSHOT = re.compile(r"^([0-9]{1,19}):([0-9]{1,19}):((?:[0-9]{1,19})(?:,[0-9]{
 _VISIBLE = text(
     "(scoring.features.changed_xid IS NULL OR pg_visible_in_snapshot("
     "CAST(CAST(scoring.features.changed_xid AS text) AS xid8), CAST(:snap AS pg_snapshot)))"
+)
+
+
+# When a walk begins, for changed_since afterwards: now(), or the start of the oldest
+# writing transaction still running (a write's changed_at is its transaction's start,
+# and the walk leaves out what the running ones change). pg_stat_activity shows other
+# sessions' start times to the same role (scoring's own consumer) or to
+# pg_read_all_stats; to anyone else they are NULL, and as_of is just now().
+_WALK_START = text(
+    "SELECT LEAST(now(), min(xact_start)) FROM pg_stat_activity WHERE backend_xid IS NOT NULL"
+    " AND datname = current_database() AND pid <> pg_backend_pid()"
 )
 
 
@@ -200,8 +213,14 @@ async def list_page(
     page leaves out rows whose listed values changed after the snapshot.
     """
     if cursor is None:
-        row = (await conn.execute(text("SELECT pg_current_snapshot()::text, now()"))).one()
-        snapshot, as_of = str(row[0]), row[1]
+        snapshot = str(await conn.scalar(text("SELECT pg_current_snapshot()::text")))
+        if len(snapshot) > _SNAPSHOT_MAX_CHARS:
+            # Too many writers running to list in a cursor: treat every transaction
+            # from the oldest running one on as running (more rows left to changed_since).
+            xmin = snapshot.split(":", 1)[0]
+            snapshot = f"{xmin}:{xmin}:"
+        # After the snapshot: the writers it saw running are still listed (or just done).
+        as_of = await conn.scalar(_WALK_START)
         query = filters.apply(select(*LISTED))
     else:
         at = Cursor.decode(cursor, filters=filters)

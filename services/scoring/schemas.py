@@ -156,6 +156,7 @@ class SubscriberPage(BaseModel):
     items: list[ListedSubscriber]
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null: the end.")
     as_of: datetime = Field(
-        description="When this walk began (its first page). Rows changed since are left out of "
-        "its later pages: find them afterwards with changed_since a little before as_of."
+        description="When this walk began (its first page), or the start of the oldest scoring "
+        "transaction then writing. Rows changed since are left out of the walk's later pages: "
+        "find them afterwards with changed_since=as_of."
     )

@@ -188,7 +188,16 @@ async def _export(engine: AsyncEngine, filters: listing.Filters, fmt: str) -> As
 
 
 def _csv_value(value: Any) -> str:
-    return value.isoformat() if isinstance(value, datetime) else str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        # A manager id is free text: a spreadsheet would run "=..." as a formula (OWASP
+        # "CSV injection"), so such a cell is quoted as text with a leading apostrophe.
+        return "'" + value
+    return str(value)
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _csv_lines(rows: list[Any]) -> bytes:
