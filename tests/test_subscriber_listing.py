@@ -18,6 +18,7 @@ import httpx
 import orjson
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -502,7 +503,7 @@ async def test_events_reach_the_listing_with_tier_manager_and_band(
         await producer.stop()
 
 
-async def test_migration_0012_fills_the_listed_columns_of_stored_rows(stack: Stack) -> None:
+async def test_the_listing_migration_fills_the_listed_columns_of_stored_rows(stack: Stack) -> None:
     state = new_state()
     state["watermark"] = 1_770_000_000.0
     state["latest"]["profile"] = (("silver", 30.0, None), 1_769_000_000.0)
@@ -517,11 +518,18 @@ async def test_migration_0012_fills_the_listed_columns_of_stored_rows(stack: Sta
         "scored_at": "2026-02-02T00:00:01+00:00",
         "published_score": 0.8,
     }
-    async with scratch_database(stack.database_url, prefix="list0012") as url:
+    async with scratch_database(stack.database_url, prefix="listmig") as url:
         config = alembic_config(url)
+        # By its file, not its number: the revision before it is whatever it revises.
+        mine = next(
+            r
+            for r in ScriptDirectory.from_config(config).walk_revisions()
+            if r.path.endswith("_scoring_listing.py")
+        )
+        before = str(mine.down_revision)
         engine = create_async_engine(url, poolclass=NullPool)
         try:
-            await asyncio.to_thread(command.upgrade, config, "0011")
+            await asyncio.to_thread(command.upgrade, config, before)
             async with engine.begin() as conn:
                 await conn.execute(
                     text(
@@ -531,7 +539,7 @@ async def test_migration_0012_fills_the_listed_columns_of_stored_rows(stack: Sta
                     ),
                     {"blob": encode(state), "cold": encode(new_state())},
                 )
-            await asyncio.to_thread(command.upgrade, config, "head")
+            await asyncio.to_thread(command.upgrade, config, mine.revision)
             async with engine.connect() as conn:
                 got = {
                     r.subscriber_id: (r.band, r.tier, r.changed_xid is not None)
@@ -540,7 +548,7 @@ async def test_migration_0012_fills_the_listed_columns_of_stored_rows(stack: Sta
                     )
                 }
             assert got == {"old": ("high", "silver", True), "cold": (None, None, True)}
-            await asyncio.to_thread(command.downgrade, config, "0011")
+            await asyncio.to_thread(command.downgrade, config, before)
             await asyncio.to_thread(command.upgrade, config, "head")
         finally:
             await engine.dispose()
