@@ -37,6 +37,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 K8S = ROOT / "deploy" / "k8s"
 BASE = K8S / "base"
 OVERLAYS = {"dev": K8S / "overlays" / "dev", "production": K8S / "overlays" / "production"}
+# production plus the Prometheus Operator objects (its own checks: tests/test_monitoring.py).
+OVERLAYS["kube-prometheus"] = K8S / "overlays" / "kube-prometheus"
 
 SETTING_NAMES = frozenset(name.upper() for cls in SETTINGS_CLASSES for name in cls.model_fields)
 # Credentials: only ever from a Secret, never a literal in a manifest or ConfigMap.
@@ -246,7 +248,12 @@ def test_configmap_keys_are_settings(tree: str) -> None:
     assert set(data) <= SETTING_NAMES, f"not settings: {sorted(set(data) - SETTING_NAMES)}"
     assert not set(data) & SECRET_SETTINGS, "credentials belong in a Secret"
     assert data["HOST"] == "0.0.0.0"
-    plain = of_kind(manifests(all_trees()[tree]), "ConfigMap")
+    plain = [
+        doc
+        for doc in of_kind(manifests(all_trees()[tree]), "ConfigMap")
+        # Grafana dashboards for the sidecar (kube-prometheus overlay), not settings.
+        if "grafana_dashboard" not in doc["metadata"].get("labels", {})
+    ]
     for doc in plain:
         assert set(doc.get("data", {})) <= SETTING_NAMES
 
@@ -430,7 +437,7 @@ def test_overlays_deployments() -> None:
 
 
 def test_no_secret_values_outside_the_dev_overlay() -> None:
-    for tree in ("base", "production"):
+    for tree in ("base", "production", "kube-prometheus"):
         directory = all_trees()[tree]
         for doc in of_kind(manifests(directory), "Secret"):
             assert not doc.get("data"), f"{tree}: Secret data"
@@ -609,6 +616,8 @@ def rendered(tree: str) -> list[dict[str, Any]]:
 
 # Custom resources kubernetes-validate has no schema for; checked by their own tests below.
 CUSTOM_KINDS = frozenset({"ScaledObject"})
+# The Prometheus Operator's: validated against its CRDs in tests/test_monitoring.py.
+CUSTOM_KINDS |= {"ServiceMonitor", "PrometheusRule"}
 
 
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed; cannot render overlays")

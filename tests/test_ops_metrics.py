@@ -182,10 +182,17 @@ def test_dashboards_are_the_generated_ones() -> None:
 
 
 def test_dashboards_use_the_provisioned_datasource() -> None:
+    """Under compose, the datasource variable lands on the provisioned Prometheus.
+
+    Panels name the ``datasource`` variable (tests/test_monitoring.py); Grafana fills it
+    with the default data source of its type: the provisioned one must be that.
+    """
     provisioning = DEPLOY / "grafana" / "provisioning"
     (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
         "datasources"
     ]
+    assert source["type"] == "prometheus"
+    assert source["isDefault"] is True
     (provider,) = yaml.safe_load((provisioning / "dashboards" / "churnwatch.yml").read_text())[
         "providers"
     ]
@@ -194,11 +201,13 @@ def test_dashboards_use_the_provisioned_datasource() -> None:
     for path in DASHBOARDS.glob("*.json"):
         dashboard = json.loads(path.read_text(encoding="utf-8"))
         uids.add(dashboard["uid"])
+        (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+        assert variable["query"] == source["type"]
         panels = [p for p in dashboard["panels"] if p["type"] != "row"]
         assert panels, path.name
         for panel in panels:
             assert panel["targets"], f"{path.name}: {panel['title']} has no query"
-            assert panel["datasource"]["uid"] == source["uid"]
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
     assert uids == {"churnwatch-pipeline", "churnwatch-model", "churnwatch-outreach"}
 
 

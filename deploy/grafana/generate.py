@@ -10,467 +10,161 @@ deploy/prometheus/check_dashboards.py runs every query against a real Prometheus
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
+# The panel definitions are modules beside this script (run as a script or loaded by a test).
+sys.path.append(str(Path(__file__).resolve().parent))
+
+from panels import PIPELINE, Dashboard, Panel
+from panels_business import MODEL, OUTREACH
+
 OUT = Path(__file__).resolve().parent / "dashboards"
-# The provisioned data source's uid (provisioning/datasources/prometheus.yml).
-DATASOURCE = {"type": "prometheus", "uid": "churnwatch-prometheus"}
-
-
-@dataclass(frozen=True)
-class Panel:
-    """One time-series (or stat) panel: a title, its queries and their legends."""
-
-    title: str
-    queries: tuple[tuple[str, str], ...]  # (PromQL, legend format)
-    unit: str = "short"
-    kind: str = "timeseries"
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class Dashboard:
-    """A dashboard: rows of panels, laid out two (or four stats) per row."""
-
-    uid: str
-    title: str
-    description: str
-    rows: tuple[tuple[str, tuple[Panel, ...]], ...]
-    tags: tuple[str, ...] = field(default=("churnwatch",))
-
-
-def q(expr: str, legend: str = "") -> tuple[str, str]:
-    """A query and its legend (Grafana ``legendFormat``)."""
-    return (expr, legend)
-
-
-def p95(metric: str, by: str = "") -> str:
-    """The 95th percentile of a histogram over 5 minutes, optionally per label."""
-    labels = f"{by}, le" if by else "le"
-    return f"histogram_quantile(0.95, sum by ({labels}) (rate({metric}_bucket[5m])))"
-
-
-def rate(metric: str, by: str, selector: str = "", window: str = "5m") -> str:
-    """Per-second rate of a counter summed by some labels."""
-    return f"sum by ({by}) (rate({metric}{selector}[{window}]))"
-
-
-PIPELINE = Dashboard(
-    uid="churnwatch-pipeline",
-    title="churnwatch / pipeline",
-    description="Throughput, consumer lag, latency and errors of the four services.",
-    rows=(
-        (
-            "Services",
+# Every panel's data source is the dashboard's `datasource` variable (type datasource,
+# any Prometheus): the provisioned one under compose (provisioning/datasources, the
+# default), whichever the viewer picks in an operator's Grafana.
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+# The matchers every metric selector of every panel gets: the dashboard's job, namespace
+# and instance variables. Under compose there is no namespace label; ".*" (All) also
+# matches a series without one.
+SCOPE = 'job=~"$job", namespace=~"$namespace", instance=~"$instance"'
+# The variables, in the order Grafana shows them. job lists the jobs that export
+# churnwatch's HTTP metrics (so "All" never pulls in other applications' targets);
+# namespace and instance narrow that down (a pod's address is its instance).
+VARIABLES: tuple[dict[str, Any], ...] = (
+    {
+        "name": "datasource",
+        "label": "Data source",
+        "type": "datasource",
+        "query": "prometheus",
+        "current": {},
+        "hide": 0,
+        "refresh": 1,
+        "regex": "",
+        "options": [],
+    },
+    *(
+        {
+            "name": name,
+            "label": label,
+            "type": "query",
+            "datasource": DATASOURCE,
+            "query": {"query": query, "refId": f"{name}-variable"},
+            "definition": query,
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+            "includeAll": True,
+            "multi": True,
+            **({"allValue": ".*"} if name != "job" else {}),
+            "hide": 0,
+            "refresh": 2,  # on time range change: pods come and go
+            "regex": "",
+            "sort": 1,
+            "options": [],
+        }
+        for name, label, query in (
+            ("job", "Job", "label_values(churnwatch_http_requests_total, job)"),
             (
-                Panel("Up", (q('up{job="churnwatch"}', "{{component}}"),), kind="stat"),
-                Panel(
-                    "HTTP requests /s",
-                    (q(rate("churnwatch_http_requests_total", "service"), "{{service}}"),),
-                    unit="reqps",
-                ),
-                Panel(
-                    "HTTP 5xx /s",
-                    (
-                        q(
-                            rate(
-                                "churnwatch_http_requests_total",
-                                "service",
-                                '{status="5xx", route!~"/healthz|/readyz"}',
-                            ),
-                            "{{service}}",
-                        ),
-                    ),
-                    unit="reqps",
-                    description="Probes excluded (/readyz answers 503 while a dependency is "
-                    "down). No data means no 5xx since the services started.",
-                ),
-                Panel(
-                    "HTTP latency p95",
-                    (q(p95("churnwatch_http_request_duration_seconds", "service"), "{{service}}"),),
-                    unit="s",
-                ),
+                "namespace",
+                "Namespace",
+                'label_values(churnwatch_http_requests_total{job=~"$job"}, namespace)',
             ),
-        ),
-        (
-            "Ingest",
             (
-                Panel(
-                    "Events accepted /s by type",
-                    (
-                        q(
-                            rate(
-                                "churnwatch_ingest_events_total",
-                                "event_type",
-                                '{result="accepted"}',
-                            ),
-                            "{{event_type}}",
-                        ),
-                    ),
-                ),
-                Panel(
-                    "Events /s by result",
-                    (q(rate("churnwatch_ingest_events_total", "result"), "{{result}}"),),
-                ),
-                Panel(
-                    "Events per request p95",
-                    (q(p95("churnwatch_ingest_batch_events"), "events"),),
-                ),
-                Panel(
-                    "Produce latency p95",
-                    (q(p95("churnwatch_ingest_produce_duration_seconds"), "produce"),),
-                    unit="s",
-                ),
+                "instance",
+                "Instance",
+                'label_values(up{job=~"$job", namespace=~"$namespace"}, instance)',
             ),
-        ),
-        (
-            "Kafka entry point (landing topic, docs/kafka-producers.md)",
-            (
-                Panel(
-                    "Landing records /s: consumed, relayed, dead-lettered",
-                    (
-                        q(
-                            'sum(rate(churnwatch_consumer_records_total{service="ingest"}[5m]))',
-                            "consumed",
-                        ),
-                        q("sum(rate(churnwatch_ingest_landing_relayed_total[5m]))", "relayed"),
-                        q(
-                            'sum(rate(churnwatch_dlq_messages_total{service="ingest"}[5m]))',
-                            "dead-lettered",
-                        ),
-                    ),
-                    description="Records read from the landing topic; valid events written to "
-                    "the events topic; records refused (by reason on the next panel).",
-                ),
-                Panel(
-                    "Landing dead letters (1h) by reason",
-                    (
-                        q(
-                            "sum by (reason) "
-                            '(increase(churnwatch_dlq_messages_total{service="ingest"}[1h]))',
-                            "{{reason}}",
-                        ),
-                    ),
-                    description="No data means no landing record was refused since the start.",
-                ),
-                Panel(
-                    "Landing lag",
-                    (
-                        q(
-                            'sum by (partition) (churnwatch_consumer_lag{service="ingest"})',
-                            "partition {{partition}}",
-                        ),
-                    ),
-                ),
-            ),
-        ),
-        (
-            "Consumers",
-            (
-                Panel(
-                    "Records consumed /s",
-                    (
-                        q(
-                            rate("churnwatch_consumer_records_total", "service, topic"),
-                            "{{service}} {{topic}}",
-                        ),
-                    ),
-                ),
-                Panel(
-                    "Consumer lag per partition",
-                    (q("churnwatch_consumer_lag", "{{service}} {{topic}}/{{partition}}"),),
-                ),
-                Panel(
-                    "Batch size p95",
-                    (q(p95("churnwatch_consumer_batch_size", "service"), "{{service}}"),),
-                ),
-                Panel(
-                    "Batch duration p95",
-                    (
-                        q(
-                            p95("churnwatch_consumer_batch_duration_seconds", "service"),
-                            "{{service}}",
-                        ),
-                    ),
-                    unit="s",
-                ),
-                Panel(
-                    "Failed batches /s",
-                    (
-                        q(
-                            rate(
-                                "churnwatch_consumer_batches_total", "service", '{result="failed"}'
-                            ),
-                            "{{service}}",
-                        ),
-                    ),
-                    description="No data means no batch has failed since the services started.",
-                ),
-                Panel(
-                    "Dead-lettered records (1h)",
-                    (
-                        q(
-                            "sum by (service, topic, reason) "
-                            "(increase(churnwatch_dlq_messages_total[1h]))",
-                            "{{service}} {{topic}} {{reason}}",
-                        ),
-                    ),
-                    description="No data means nothing was dead-lettered since the start.",
-                ),
-            ),
-        ),
-        (
-            "Latency through the pipeline",
-            (
-                Panel(
-                    "Event -> scored p95",
-                    (q(p95("churnwatch_scoring_event_to_score_seconds"), "event -> score"),),
-                    unit="s",
-                    description="From the event's occurred_at: large for historical imports.",
-                ),
-                Panel(
-                    "Scored -> alerting decision p95",
-                    (q(p95("churnwatch_alerting_score_to_decision_seconds"), "score -> task"),),
-                    unit="s",
-                ),
-                Panel(
-                    "Task -> SMS sent p95",
-                    (q(p95("churnwatch_outreach_task_to_sent_seconds"), "task -> sent"),),
-                    unit="s",
-                ),
-                Panel(
-                    "Outbox pending",
-                    (q("churnwatch_outreach_outbox_pending", "pending"),),
-                ),
-            ),
-        ),
+        )
     ),
 )
 
-MODEL = Dashboard(
-    uid="churnwatch-model",
-    title="churnwatch / model",
-    description="The online churn model: prequential quality, drift, what it learned, scores.",
-    rows=(
-        (
-            "Quality",
-            (
-                Panel("ROC AUC (rolling)", (q("churnwatch_scoring_model_roc_auc", "AUC"),)),
-                Panel("Log loss (rolling)", (q("churnwatch_scoring_model_log_loss", "log loss"),)),
-                Panel(
-                    "Precision at top",
-                    (q("churnwatch_scoring_model_precision_at_top", "precision"),),
-                    unit="percentunit",
-                ),
-                Panel("Drift flag", (q("churnwatch_scoring_model_drift", "drift"),), kind="stat"),
-            ),
-        ),
-        (
-            "Learning",
-            (
-                Panel("Examples learned", (q("churnwatch_scoring_model_examples", "examples"),)),
-                Panel(
-                    "Model weight (vs prior)",
-                    (q("churnwatch_scoring_model_weight", "weight"),),
-                    unit="percentunit",
-                ),
-                Panel(
-                    "Labels learned /s",
-                    (q(rate("churnwatch_scoring_labels_total", "label"), "{{label}}"),),
-                ),
-                Panel(
-                    "Checkpoints (1h)",
-                    (q("sum(increase(churnwatch_scoring_checkpoints_total[1h]))", "checkpoints"),),
-                ),
-            ),
-        ),
-        (
-            "Scores",
-            (
-                Panel(
-                    "Score distribution (5m)",
-                    (q("sum by (le) (increase(churnwatch_scoring_score_bucket[5m]))", "{{le}}"),),
-                    kind="bargauge",
-                ),
-                Panel(
-                    "Re-scores /s",
-                    (q(rate("churnwatch_scoring_scores_total", "result"), "{{result}}"),),
-                ),
-                Panel(
-                    "Events /s",
-                    (
-                        q(rate("churnwatch_scoring_events_total", "result"), "{{result}}"),
-                        q("sum(rate(churnwatch_scoring_late_events_total[5m]))", "late"),
-                    ),
-                ),
-                Panel(
-                    "State cache hit ratio",
-                    (
-                        q(
-                            'sum(rate(churnwatch_scoring_state_cache_total{result="hit"}[5m]))'
-                            " / sum(rate(churnwatch_scoring_state_cache_total[5m]))",
-                            "hit ratio",
-                        ),
-                    ),
-                    unit="percentunit",
-                ),
-            ),
-        ),
-    ),
+# PromQL words that are never metric names: aggregations (followed by `by`/`without` or
+# a parenthesis), binary and set operators, modifiers. Functions are told by their `(`.
+_AGGREGATIONS = frozenset(
+    [
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "group",
+    ]
 )
+_KEYWORDS = frozenset(["and", "or", "unless", "bool", "offset", "inf", "nan"])
+_GROUPING = frozenset(["by", "without", "on", "ignoring", "group_left", "group_right"])
+_IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
-OUTREACH = Dashboard(
-    uid="churnwatch-outreach",
-    title="churnwatch / outreach and KPIs",
-    description="For the retention team: alerts, SMS, the call queue and the business KPIs.",
-    rows=(
-        (
-            "KPIs by tier",
-            (
-                Panel(
-                    "Reminder before suspension (this month)",
-                    (
-                        q(
-                            "churnwatch_outreach_kpi_reminder_before_suspension_ratio",
-                            "{{tier}}",
-                        ),
-                    ),
-                    unit="percentunit",
-                    description="No series while no VIP was suspended this month.",
-                ),
-                Panel(
-                    "Win-back rate (this month)",
-                    (q("churnwatch_outreach_kpi_win_back_ratio", "{{tier}}"),),
-                    unit="percentunit",
-                    description="No series while no win-back offer reached anyone this month.",
-                ),
-                Panel(
-                    "Churned share by tier",
-                    (
-                        q(
-                            'sum by (tier) (churnwatch_alerting_subscribers{state="churned"})'
-                            " / sum by (tier) (churnwatch_alerting_subscribers)",
-                            "{{tier}}",
-                        ),
-                    ),
-                    unit="percentunit",
-                ),
-                Panel(
-                    "Retention call outcomes by tier (1d)",
-                    (
-                        q(
-                            "sum by (tier, outcome) "
-                            "(increase(churnwatch_outreach_retention_outcomes_total[1d]))",
-                            "{{tier}} {{outcome}}",
-                        ),
-                    ),
-                    description="No data until an agent records a call outcome.",
-                ),
-            ),
-        ),
-        (
-            "Alerts",
-            (
-                Panel(
-                    "Alerts fired (1h) by rule",
-                    (
-                        q(
-                            "sum by (rule, tier) "
-                            "(increase(churnwatch_alerting_alerts_fired_total[1h]))",
-                            "{{rule}} {{tier}}",
-                        ),
-                    ),
-                ),
-                Panel(
-                    "Suppressed (1h) by reason",
-                    (
-                        q(
-                            "sum by (reason) (increase(churnwatch_alerting_suppressed_total[1h]))",
-                            "{{reason}}",
-                        ),
-                    ),
-                ),
-                Panel(
-                    "Tasks published /s",
-                    (
-                        q(
-                            rate("churnwatch_alerting_tasks_total", "kind, channel"),
-                            "{{kind}} {{channel}}",
-                        ),
-                    ),
-                ),
-                Panel("Open tasks by kind", (q("churnwatch_alerting_open_tasks", "{{kind}}"),)),
-            ),
-        ),
-        (
-            "SMS",
-            (
-                Panel(
-                    "SMS /s by result",
-                    (q(rate("churnwatch_outreach_sms_total", "result"), "{{result}}"),),
-                ),
-                Panel(
-                    "Receipts /s (delivered, failed)",
-                    (q(rate("churnwatch_outreach_receipts_total", "result"), "{{result}}"),),
-                ),
-                Panel(
-                    "Provider latency p95",
-                    (q(p95("churnwatch_outreach_provider_request_seconds"), "provider"),),
-                    unit="s",
-                ),
-                Panel(
-                    "Deferred and suppressed (1h)",
-                    (
-                        q(
-                            "sum by (reason) "
-                            "(increase(churnwatch_outreach_sms_deferred_total[1h]))",
-                            "deferred {{reason}}",
-                        ),
-                        q(
-                            "sum by (reason) "
-                            "(increase(churnwatch_outreach_sms_suppressed_total[1h]))",
-                            "suppressed {{reason}}",
-                        ),
-                    ),
-                    description="No data means the contact policy held nothing back.",
-                ),
-            ),
-        ),
-        (
-            "Call queue",
-            (
-                Panel("Calls waiting", (q("churnwatch_outreach_call_queue_depth", "queued"),)),
-                Panel(
-                    "Oldest due call",
-                    (q("churnwatch_outreach_call_queue_oldest_seconds", "oldest"),),
-                    unit="s",
-                ),
-                Panel(
-                    "Call events (1h)",
-                    (
-                        q(
-                            "sum by (event) (increase(churnwatch_outreach_calls_total[1h]))",
-                            "{{event}}",
-                        ),
-                    ),
-                    description="No data until a call is claimed, requeued or expires.",
-                ),
-                Panel(
-                    "Opt-outs (1d)",
-                    (
-                        q(
-                            "sum by (source) (increase(churnwatch_outreach_opt_outs_total[1d]))",
-                            "{{source}}",
-                        ),
-                    ),
-                    description="No data until someone opts out.",
-                ),
-            ),
-        ),
-    ),
-)
+
+def _string_end(expr: str, start: int) -> int:
+    """The index after the string literal opening at ``start``."""
+    quote, end = expr[start], start + 1
+    while expr[end] != quote:
+        end += 2 if expr[end] == "\\" else 1
+    return end + 1
+
+
+def _matchers_end(expr: str, start: int) -> int:
+    """The index after the ``{...}`` opening at ``start`` (a ``}`` in a string is text)."""
+    end = start + 1
+    while expr[end] != "}":
+        end = _string_end(expr, end) if expr[end] in "\"'" else end + 1
+    return end + 1
+
+
+def scoped(expr: str) -> str:
+    """``expr`` with the dashboard's SCOPE matchers in every metric selector.
+
+    ``rate(x{a="b"}[5m])`` becomes ``rate(x{<SCOPE>, a="b"}[5m])`` and a bare ``x``
+    becomes ``x{<SCOPE>}``. Strings, range windows and grouping label lists are copied
+    as they are; an identifier before ``(`` is a function, one after a digit a unit.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(expr):
+        char = expr[i]
+        if char in "\"'":
+            end = _string_end(expr, i)
+        elif char == "[":
+            end = expr.index("]", i) + 1
+        elif char.isalpha() or char in "_:":
+            match = _IDENT.match(expr, i)
+            assert match is not None
+            word, end = match.group(), match.end()
+            before = "".join(out).rstrip()
+            rest = expr[end:].lstrip()
+            if word in _GROUPING:
+                if rest.startswith("("):  # a label list, not selectors
+                    end = expr.index(")", end) + 1
+            elif (
+                word in _KEYWORDS
+                or word in _AGGREGATIONS
+                or rest.startswith("(")
+                or (before and (before[-1].isdigit() or before[-1] == "."))
+            ):
+                pass  # syntax, a function, or a number's unit (5m, 1e3)
+            elif expr.startswith("{", end):
+                close = _matchers_end(expr, end)
+                inner = expr[end + 1 : close - 1].strip()
+                out.append(f"{word}{{{SCOPE}{', ' + inner if inner else ''}}}")
+                i = close
+                continue
+            else:
+                out.append(f"{word}{{{SCOPE}}}")
+                i = end
+                continue
+        else:
+            end = i + 1
+        out.append(expr[i:end])
+        i = end
+    return "".join(out)
+
 
 DASHBOARDS = (PIPELINE, MODEL, OUTREACH)
 
@@ -489,7 +183,7 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
             {
                 "datasource": DATASOURCE,
                 "refId": chr(ord("A") + i),
-                "expr": expr,
+                "expr": scoped(expr),
                 "legendFormat": legend,
                 "range": True,
             }
@@ -532,7 +226,7 @@ def render(dashboard: Dashboard) -> dict[str, Any]:
         "editable": True,
         "refresh": "30s",
         "time": {"from": "now-6h", "to": "now"},
-        "templating": {"list": []},
+        "templating": {"list": list(VARIABLES)},
         "annotations": {"list": []},
         "panels": panels,
     }

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -39,14 +40,29 @@ RULES = HERE / "rules.yml"
 DEFAULT_PORTS = {"ingest": 8081, "scoring": 8082, "alerting": 8083, "outreach": 8084}
 
 
-def queries() -> list[tuple[str, str]]:
-    """(where, expression) for every dashboard target and every rule."""
+# What Grafana puts for the dashboards' variables when "All" is selected and the one job
+# is churnwatch (deploy/grafana/generate.py, VARIABLES).
+ALL_VARIABLES = {"job": "churnwatch", "namespace": ".*", "instance": ".*"}
+
+
+def expand(expr: str, variables: dict[str, str] | None = None) -> str:
+    """A panel query with the dashboard variables replaced, as Grafana sends it."""
+    values = ALL_VARIABLES if variables is None else variables
+    return re.sub(r"\$(\w+)|\$\{(\w+)\}", lambda m: values[m.group(1) or m.group(2)], expr)
+
+
+def queries(variables: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(where, expression) for every dashboard target and every rule.
+
+    Dashboard queries have their variables replaced by ``variables`` (default: All).
+    """
     found = []
     for path in sorted(DASHBOARDS.glob("*.json")):
         dashboard = json.loads(path.read_text(encoding="utf-8"))
         for panel in dashboard["panels"]:
             for target in panel.get("targets", []):
-                found.append((f"{dashboard['uid']}: {panel['title']}", target["expr"]))
+                where = f"{dashboard['uid']}: {panel['title']}"
+                found.append((where, expand(target["expr"], variables)))
     rules = yaml.safe_load(RULES.read_text(encoding="utf-8"))
     for group in rules["groups"]:
         for rule in group["rules"]:
