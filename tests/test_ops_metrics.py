@@ -447,6 +447,15 @@ EMPTY_AFTER_THE_SAMPLE = {
     "Deferred and suppressed (1h)": "the contact policy holds nothing back",
     "Call events (1h)": "no call is claimed, requeued or expires",
     "Opt-outs (1d)": "nobody opts out",
+    "Topic checks failed (1h) by kind": "every topic check passes",
+    "Topics re-created empty (1d)": "no topic is lost",
+    "Ingest refusals /s by reason": "ingest refuses no request",
+    "Consumer anomalies (1d)": "no header disagrees and no topic is re-created",
+    "Retention purge: rows deleted (1d)": "nothing is old enough to purge",
+    "Task updates published /s": "alerting cancels, closes or reroutes no task",
+    "Task updates applied /s": "no task update reaches outreach",
+    "Calls spilled to overflow (1d)": "no manager's day is full",
+    "SMS reconciled (1h) by result": "no SMS waits SMS_RECONCILE_AFTER_S for its receipt",
 }
 
 
@@ -489,12 +498,22 @@ def test_a_real_prometheus_answers_every_dashboard_query(
             answers = [
                 (where, expr, checker.query(client, url, expr)) for where, expr in checker.queries()
             ]
+            # Every selector of every panel obeys the dashboard's variables: with an
+            # instance nobody has, no panel shows anything.
+            nowhere = {**checker.ALL_VARIABLES, "instance": "nowhere:1"}
+            leaks = [
+                where
+                for where, expr in checker.queries(nowhere)
+                if not where.startswith("rule ")
+                and checker.query(client, url, expr)["data"]["result"]
+            ]
             rules = client.get(f"{url}/api/v1/rules").json()["data"]["groups"]
     finally:
         process.terminate()
         process.wait(30)
     errors = [(where, a.get("error")) for where, _, a in answers if a["status"] != "success"]
     assert not errors
+    assert not leaks, f"panels not narrowed by the instance variable: {leaks}"
     loaded = {rule["name"]: rule for group in rules for rule in group["rules"]}
     assert set(loaded) == {name for name, _ in rule_queries()}
     assert all(rule["health"] != "err" for rule in loaded.values()), loaded

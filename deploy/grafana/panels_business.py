@@ -182,7 +182,8 @@ OUTREACH = Dashboard(
                 Panel(
                     "Task updates published /s",
                     (q(rate("churnwatch_alerting_task_updates_total", "action"), "{{action}}"),),
-                    description="Cancel, close, reroute, sent by alerting to outreach.",
+                    description="Cancel, close, reroute, sent by alerting to outreach. "
+                    "No data until alerting updates a task.",
                 ),
                 Panel(
                     "Calls spilled to overflow (1d)",
@@ -193,7 +194,8 @@ OUTREACH = Dashboard(
                         ),
                     ),
                     description="A manager's day was full: the new call (full) or a less "
-                    "urgent one it replaced (bumped) went to the overflow queue.",
+                    "urgent one it replaced (bumped) went to the overflow queue. No data "
+                    "until that happens.",
                 ),
             ),
         ),
@@ -217,6 +219,7 @@ OUTREACH = Dashboard(
                             "{{action}} {{result}}",
                         ),
                     ),
+                    description="No data until alerting updates a task.",
                 ),
             ),
         ),
