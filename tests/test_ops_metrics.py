@@ -459,24 +459,95 @@ EMPTY_AFTER_THE_SAMPLE = {
 }
 
 
+SERVICE_MONITORS = DEPLOY / "k8s" / "overlays" / "kube-prometheus" / "servicemonitors.yaml"
+_META = "__meta_kubernetes_service_label_"
+
+
+def _camel_to_snake(name: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+def kube_prometheus_config(checker: Any, directory: Path, ports: dict[str, int]) -> Path:
+    """A scrape config labelling targets as the Prometheus Operator does for our ServiceMonitors.
+
+    One job per ServiceMonitor, its target carrying the labels the operator gives an
+    endpoint of a Service (namespace, service, pod, container, endpoint, the Service's
+    labels as ``__meta_kubernetes_service_label_*``), then the operator's jobLabel
+    relabeling and the ServiceMonitor's own relabelings, unchanged. So the dashboards
+    and rules are checked against series labelled as under kube-prometheus.
+    """
+    config = yaml.safe_load(checker.write_config(directory, ports, interval="1s").read_text())
+    monitors = {
+        doc["metadata"]["name"]: doc
+        for doc in yaml.safe_load_all(SERVICE_MONITORS.read_text(encoding="utf-8"))
+    }
+    jobs = []
+    for name, port in ports.items():
+        monitor = monitors[f"churnwatch-{name}"]
+        (endpoint,) = monitor["spec"]["endpoints"]
+        service_labels = {
+            "app.kubernetes.io/component": name,
+            "app.kubernetes.io/part-of": "churnwatch",
+        }
+        labels = {
+            **{_META + re.sub(r"\W", "_", k): v for k, v in service_labels.items()},
+            "namespace": "churnwatch",
+            "service": f"churnwatch-{name}",
+            "pod": f"churnwatch-{name}-0",
+            "container": name,
+            "endpoint": endpoint["port"],
+        }
+        job_label = _META + re.sub(r"\W", "_", monitor["spec"]["jobLabel"])
+        jobs.append(
+            {
+                "job_name": f"serviceMonitor/churnwatch/churnwatch-{name}/0",
+                "metrics_path": endpoint["path"],
+                "static_configs": [{"targets": [f"127.0.0.1:{port}"], "labels": labels}],
+                "relabel_configs": [
+                    {"source_labels": [job_label], "target_label": "job", "regex": "(.+)"},
+                    *(
+                        {_camel_to_snake(k): v for k, v in relabeling.items()}
+                        for relabeling in endpoint["relabelings"]
+                    ),
+                ],
+            }
+        )
+    config["scrape_configs"] = jobs
+    path = directory / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
 @pytest.mark.e2e
 @pytest.mark.skipif(
     PROMETHEUS_BIN is None,
     reason="prometheus is not installed (Debian package `prometheus`; .ci/run installs it)",
 )
+@pytest.mark.parametrize("labelled_as", ["compose", "kube-prometheus"])
 def test_a_real_prometheus_answers_every_dashboard_query(
-    running: dict[str, int], tmp_path: Path
+    running: dict[str, int], tmp_path: Path, labelled_as: str
 ) -> None:
-    """Prometheus scrapes the running services; every query parses, evaluates, mostly has data."""
+    """Prometheus scrapes the running services; every query parses, evaluates, mostly has data.
+
+    Once with deploy/prometheus/prometheus.yml's labels (compose), once with the labels
+    the kube-prometheus overlay's ServiceMonitors give (namespace, and the operator's
+    ``service`` target label that the ServiceMonitors drop).
+    """
     assert PROMETHEUS_BIN is not None
     checker = _load_script("churnwatch_check_dashboards", PROMETHEUS / "check_dashboards.py")
+    if labelled_as == "compose":
+        config = checker.write_config(tmp_path, running, interval="1s")
+        variables = checker.ALL_VARIABLES
+    else:
+        config = kube_prometheus_config(checker, tmp_path, running)
+        variables = {**checker.ALL_VARIABLES, "namespace": "churnwatch"}
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with (tmp_path / "prometheus.log").open("wb") as log:
         process = subprocess.Popen(
             [
                 PROMETHEUS_BIN,
-                f"--config.file={checker.write_config(tmp_path, running, interval='1s')}",
+                f"--config.file={config}",
                 f"--storage.tsdb.path={tmp_path / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
             ],
@@ -496,11 +567,12 @@ def test_a_real_prometheus_answers_every_dashboard_query(
                 assert time.monotonic() < deadline, "not every target scraped twice within 30 s"
                 time.sleep(0.5)
             answers = [
-                (where, expr, checker.query(client, url, expr)) for where, expr in checker.queries()
+                (where, expr, checker.query(client, url, expr))
+                for where, expr in checker.queries(variables)
             ]
             # Every selector of every panel obeys the dashboard's variables: with an
             # instance nobody has, no panel shows anything.
-            nowhere = {**checker.ALL_VARIABLES, "instance": "nowhere:1"}
+            nowhere = {**variables, "instance": "nowhere:1"}
             leaks = [
                 where
                 for where, expr in checker.queries(nowhere)
@@ -508,12 +580,25 @@ def test_a_real_prometheus_answers_every_dashboard_query(
                 and checker.query(client, url, expr)["data"]["result"]
             ]
             rules = client.get(f"{url}/api/v1/rules").json()["data"]["groups"]
+
+            def label_values(expr: str, label: str) -> set[str]:
+                result = checker.query(client, url, expr)["data"]["result"]
+                return {series["metric"].get(label, "") for series in result}
+
+            # The metrics' own `service` label survives (never exported_service), and
+            # every target is labelled with its component, as the rules' summaries say.
+            services = label_values("churnwatch_http_requests_total", "service")
+            renamed = label_values('{exported_service!=""}', "exported_service")
+            components = label_values('up{job="churnwatch"}', "component")
     finally:
         process.terminate()
         process.wait(30)
     errors = [(where, a.get("error")) for where, _, a in answers if a["status"] != "success"]
     assert not errors
     assert not leaks, f"panels not narrowed by the instance variable: {leaks}"
+    assert services == set(running)
+    assert renamed == set()
+    assert components == set(running)
     loaded = {rule["name"]: rule for group in rules for rule in group["rules"]}
     assert set(loaded) == {name for name, _ in rule_queries()}
     assert all(rule["health"] != "err" for rule in loaded.values()), loaded
