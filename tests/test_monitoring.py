@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -164,6 +165,13 @@ def test_every_alert_has_firing_and_quiet_unit_tests(name: str) -> None:
 
 def test_unit_tests_name_only_existing_alerts() -> None:
     assert {case["alertname"] for case in rule_test_cases()} <= set(alerts())
+
+
+def test_promtool_is_installed_where_required() -> None:
+    """CI (.ci/run) sets CHURNWATCH_REQUIRE_PROMTOOL=1: there the rule tests must not skip."""
+    if os.environ.get("CHURNWATCH_REQUIRE_PROMTOOL") != "1":
+        pytest.skip("CHURNWATCH_REQUIRE_PROMTOOL is not set: only CI requires promtool")
+    assert PROMTOOL is not None, NO_PROMTOOL
 
 
 def promtool(*args: str, cwd: Path = PROMETHEUS) -> subprocess.CompletedProcess[str]:
