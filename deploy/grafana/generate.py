@@ -1,10 +1,15 @@
 """Generate the Grafana dashboards in deploy/grafana/dashboards/ from one place.
 
-Run ``python deploy/grafana/generate.py`` after editing a panel here; the JSON
-files are committed so Grafana's file provisioning can load them as they are.
+The panels are defined in panels.py (pipeline) and panels_business.py (model,
+outreach/KPI) beside this script; it adds the dashboard variables (data source,
+job, namespace, instance) and renders the JSON. Run ``python
+deploy/grafana/generate.py`` after editing a panel, then ``python
+deploy/prometheus/generate_k8s.py`` for the kube-prometheus overlay's copies. The
+JSON files are committed so Grafana's file provisioning can load them as they are.
 tests/test_ops_metrics.py checks the files are what this script writes, that
-every metric a query names is exported by a running service, and
-deploy/prometheus/check_dashboards.py runs every query against a real Prometheus.
+every metric a query names is exported by a running service, and (with
+deploy/prometheus/check_dashboards.py) runs every query against a real Prometheus;
+tests/test_monitoring.py checks every selector carries the variables.
 """
 
 from __future__ import annotations

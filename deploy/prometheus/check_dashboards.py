@@ -9,7 +9,8 @@ The script writes a Prometheus config scraping the four services on
 localhost every 5 s (with deploy/prometheus/rules.yml), starts ``prometheus``
 (Debian package ``prometheus``) on a free port with a throw-away data
 directory, waits until every target is up, lets it scrape for ``--duration``
-seconds, then runs each query and prints one line per query: ``data`` (and
+seconds, then runs each query (dashboard variables set to All, job
+``churnwatch``) and prints one line per query: ``data`` (and
 how many series), ``empty`` or ``error`` for a dashboard query; ``firing``,
 ``not firing`` or ``error`` for a rule. With ``--prometheus-url`` it uses a
 running Prometheus instead of starting one. The exit status is 1 when a query
