@@ -16,6 +16,7 @@ from typing import Any
 import aiokafka.client
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
@@ -91,11 +92,85 @@ def make_producer(settings: BaseServiceSettings, **overrides: Any) -> AIOKafkaPr
     return AIOKafkaProducer(**opts)
 
 
+def topic_configs(settings: BaseServiceSettings, name: str) -> dict[str, str]:
+    """The topic configs churnwatch gives topic ``name`` (a name under the prefix).
+
+    The same values go into ``CreateTopics`` here and into the Strimzi
+    ``KafkaTopic`` objects (tests/test_deploy_strimzi.py keeps the two equal). A
+    setting left unset leaves the broker's default, so it is not listed.
+    ``cleanup.policy`` is always ``delete``: a compacted churnwatch topic would
+    keep only the newest record per subscriber and silently drop events.
+    """
+    topics = topics_for(settings)
+    configs = {"cleanup.policy": "delete"}
+    if settings.kafka_min_insync_replicas is not None:
+        configs["min.insync.replicas"] = str(settings.kafka_min_insync_replicas)
+    retention = {
+        topics.landing: settings.kafka_landing_retention_ms,
+        topics.dlq: settings.kafka_dlq_retention_ms,
+    }.get(name, settings.kafka_retention_ms)
+    if retention is not None:
+        configs["retention.ms"] = str(retention)
+    return configs
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDrift:
+    """One topic config whose value on the broker is not the configured one."""
+
+    topic: str
+    config: str
+    actual: str | None
+    """The broker's value; None if the broker did not report the config."""
+    expected: str
+
+
+async def topic_config_drift(
+    admin: AIOKafkaAdminClient, settings: BaseServiceSettings, names: list[str]
+) -> list[ConfigDrift]:
+    """Each config of ``names`` (existing topics) that differs from ``topic_configs``.
+
+    One ``DescribeConfigs`` request. A topic the broker refuses to describe (no
+    DescribeConfigs ACL, say) is logged and skipped: this is a report, never a
+    reason not to start.
+    """
+    if not names:
+        return []
+    wanted = {name: topic_configs(settings, name) for name in names}
+    # All configs of each topic, filtered here: Tansu cannot decode a request that
+    # names the configs it wants (it drops the connection).
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name) for name in wanted]
+    )
+    drift: list[ConfigDrift] = []
+    for response in responses:
+        for resource in response.to_object()["resources"]:
+            name = resource["resource_name"]
+            if resource["error_code"] != 0 or name not in wanted:
+                log.warning(
+                    "could not read a topic's configs",
+                    extra={"topic": name, "error_code": resource["error_code"]},
+                )
+                continue
+            actual = {e["config_names"]: e["config_value"] for e in resource["config_entries"]}
+            drift.extend(
+                ConfigDrift(name, key, actual.get(key), value)
+                for key, value in wanted[name].items()
+                if actual.get(key) != value
+            )
+    return drift
+
+
 async def ensure_topics(settings: BaseServiceSettings) -> list[str]:
     """Create any missing churnwatch topic; return the names created.
 
-    Existing topics with a different partition count are reported, not altered:
-    co-partitioning is broken and an operator must decide.
+    Missing topics are created with ``KAFKA_TOPIC_PARTITIONS`` partitions,
+    ``KAFKA_REPLICATION_FACTOR`` replicas and ``topic_configs``; with
+    ``KAFKA_CREATE_TOPICS=false`` they are only reported (Strimzi's Topic Operator
+    creates them). Existing topics whose partition count or configs differ are
+    reported (a warning each), never altered: a partition count breaks
+    co-partitioning, and a retention or ``min.insync.replicas`` on a live topic is
+    an operator's decision (docs/deploy.md, "Topic configuration").
     """
     topics = topics_for(settings)
     admin = AIOKafkaAdminClient(**client_options(settings))
@@ -121,7 +196,14 @@ async def ensure_topics(settings: BaseServiceSettings) -> list[str]:
                         "expected": settings.kafka_topic_partitions,
                     },
                 )
+        await _report_config_drift(admin, settings, list(present))
         missing = [name for name in topics.all() if name not in present]
+        if missing and not settings.kafka_create_topics:
+            log.error(
+                "topics missing and KAFKA_CREATE_TOPICS is false: waiting for them to be created",
+                extra={"topics": missing},
+            )
+            return []
         if missing:
             response = await admin.create_topics(
                 [
@@ -129,6 +211,7 @@ async def ensure_topics(settings: BaseServiceSettings) -> list[str]:
                         name=name,
                         num_partitions=settings.kafka_topic_partitions,
                         replication_factor=settings.kafka_replication_factor,
+                        topic_configs=topic_configs(settings, name),
                     )
                     for name in missing
                 ]
@@ -142,6 +225,27 @@ async def ensure_topics(settings: BaseServiceSettings) -> list[str]:
         return missing
     finally:
         await admin.close()
+
+
+async def _report_config_drift(
+    admin: AIOKafkaAdminClient, settings: BaseServiceSettings, names: list[str]
+) -> None:
+    """Log each existing topic config that differs from the settings; alter nothing."""
+    try:
+        drift = await topic_config_drift(admin, settings, names)
+    except Exception as exc:  # a report must never stop a service from starting
+        log.warning("could not compare topic configs", extra={"error": repr(exc)})
+        return
+    for item in drift:
+        log.warning(
+            "topic config differs from the settings; not altered",
+            extra={
+                "topic": item.topic,
+                "config": item.config,
+                "actual": item.actual,
+                "expected": item.expected,
+            },
+        )
 
 
 async def ping_broker(settings: BaseServiceSettings, *, timeout_s: float = 1.5) -> bool:

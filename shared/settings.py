@@ -31,8 +31,24 @@ class BaseServiceSettings(BaseSettings):
     kafka_topic_prefix: str = Field(default="churnwatch", pattern=r"^[A-Za-z0-9._-]+$")
     kafka_topic_partitions: int = Field(default=6, ge=1, le=1024)
     kafka_replication_factor: int = Field(default=1, ge=1, le=16)
+    # Topic configs given to every topic churnwatch creates (shared.kafka.topic_configs)
+    # and declared in the Strimzi KafkaTopic objects (deploy/k8s/overlays/strimzi).
+    # None leaves the broker's default. An existing topic whose config differs is
+    # reported at start-up, never altered (docs/deploy.md, "Topic configuration").
+    # min.insync.replicas: with acks=all, a write needs this many in-sync copies.
+    kafka_min_insync_replicas: int | None = Field(default=None, ge=1, le=16)
+    # retention.ms of the pipeline topics (events, scores, tasks, outcomes); -1: forever.
+    kafka_retention_ms: int | None = Field(default=None, ge=-1)
+    # retention.ms of the landing topic (events.in, billing systems' raw records).
+    kafka_landing_retention_ms: int | None = Field(default=None, ge=-1)
+    # retention.ms of the dead-letter topic: long enough to investigate and replay.
+    kafka_dlq_retention_ms: int | None = Field(default=None, ge=-1)
+    # false: the services never create topics (Strimzi's Topic Operator owns them, and
+    # their Kafka users have no Create ACL); a missing topic is reported and waited for.
+    kafka_create_topics: bool = True
     # Off by default: the embedded broker (Tansu) fails InitProducerId. Consumers
     # are idempotent on event_id, so duplicates from producer retries are harmless.
+    # Production (Apache Kafka / Strimzi) turns it on: no duplicates from retries.
     kafka_enable_idempotence: bool = False
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -79,6 +95,30 @@ class BaseServiceSettings(BaseSettings):
     # and published outbox rows older than this are purged; 0 keeps everything.
     retention_days: int = Field(default=30, ge=0, le=3650)
     retention_interval_s: float = Field(default=3600.0, gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _kafka_settings_agree(self) -> Self:
+        """Combinations the broker or the client would only refuse later, at run time."""
+        if (
+            self.kafka_min_insync_replicas is not None
+            and self.kafka_min_insync_replicas > self.kafka_replication_factor
+        ):
+            # Every acks=all write would fail with NOT_ENOUGH_REPLICAS.
+            raise ValueError(
+                "KAFKA_MIN_INSYNC_REPLICAS must not exceed KAFKA_REPLICATION_FACTOR"
+            )
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not self.kafka_sasl_mechanism:
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "KAFKA_SASL_MECHANISM"
+            )
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production_defaults(self) -> Self:
