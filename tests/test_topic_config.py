@@ -175,7 +175,10 @@ async def test_idempotent_producer_accepts_the_producer_settings() -> None:
     """
     settings = BaseServiceSettings(kafka_enable_idempotence=True)
     producer = make_producer(settings)
-    assert producer._txn_manager is not None  # idempotence on
-    assert producer._sender._acks == -1  # acks=all
+    try:
+        assert producer._txn_manager is not None  # idempotence on
+        assert producer._sender._acks == -1  # acks=all
+    finally:
+        await producer.stop()  # never started: closes its client only
     with pytest.raises(ValueError, match="acks"):
         make_producer(settings, acks=1)
