@@ -343,9 +343,21 @@ def test_compose_dependencies_cover_what_each_service_needs() -> None:
     assert needs("migrate") == {"postgres": "service_healthy"}
     for name in SERVICES:
         assert needs(name).get("kafka") == "service_healthy", name
-    for name in ("scoring", "alerting", "outreach"):
+    # Every service uses PostgreSQL, ingest too (API keys, shared.auth): each waits for
+    # it to be healthy and for the migrations to have run.
+    for name in SERVICES:
+        assert needs(name).get("postgres") == "service_healthy", name
         assert needs(name).get("migrate") == "service_completed_successfully", name
     assert needs("outreach").get("sms-gateway") == "service_healthy"
+
+
+def test_compose_kafka_keeps_its_log_on_a_named_volume() -> None:
+    kafka = compose_services()["kafka"]
+    log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"]
+    mounts = dict(volume.split(":", 1) for volume in kafka["volumes"])
+    named = {target: source for source, target in mounts.items() if not source.startswith(".")}
+    assert log_dirs in named, "KAFKA_LOG_DIRS must be on a volume, not in the container"
+    assert named[log_dirs] in compose()["volumes"], "a named volume, declared at the top"
 
 
 @pytest.mark.parametrize("name", [*SERVICES, "sms-gateway"])
