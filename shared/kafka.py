@@ -53,7 +53,17 @@ aiokafka.client.MetadataRequest = _MetadataRequestNoAutoCreate
 
 
 def client_options(settings: BaseServiceSettings) -> dict[str, Any]:
-    """Connection options common to producers, consumers and the admin client."""
+    """Connection options common to producers, consumers and the admin client.
+
+    Raises ``ValueError`` naming the missing settings when SASL is configured
+    without a username or password (a clear start-up error, not a failed handshake).
+    """
+    missing = settings.missing_kafka_credentials()
+    if missing:
+        raise ValueError(
+            f"KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} needs "
+            + " and ".join(missing)
+        )
     opts: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "security_protocol": settings.kafka_security_protocol,

@@ -107,18 +107,26 @@ class BaseServiceSettings(BaseSettings):
             raise ValueError(
                 "KAFKA_MIN_INSYNC_REPLICAS must not exceed KAFKA_REPLICATION_FACTOR"
             )
-        sasl = self.kafka_security_protocol.startswith("SASL_")
-        if sasl and not self.kafka_sasl_mechanism:
+        # The credentials themselves are checked when a Kafka client is made
+        # (shared.kafka.client_options): tools that never talk to Kafka (the
+        # migration Job) share the ConfigMap but not a Kafka user.
+        if self.kafka_security_protocol.startswith("SASL_") and not self.kafka_sasl_mechanism:
             raise ValueError(
                 f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
                 "KAFKA_SASL_MECHANISM"
             )
-        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
-            raise ValueError(
-                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
-                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
-            )
         return self
+
+    def missing_kafka_credentials(self) -> list[str]:
+        """The settings a Kafka client still needs for SASL (empty when none are missing)."""
+        if not self.kafka_security_protocol.startswith("SASL_"):
+            return []
+        missing = []
+        if not self.kafka_sasl_username:
+            missing.append("KAFKA_SASL_USERNAME")
+        if not self.kafka_sasl_password or not self.kafka_sasl_password.get_secret_value():
+            missing.append("KAFKA_SASL_PASSWORD")
+        return missing
 
     @model_validator(mode="after")
     def _refuse_unsafe_production_defaults(self) -> Self:

@@ -84,10 +84,14 @@ def test_min_insync_replicas_cannot_exceed_the_replication_factor() -> None:
 def test_sasl_needs_a_mechanism_and_credentials() -> None:
     with pytest.raises(ValueError, match="KAFKA_SASL_MECHANISM"):
         BaseServiceSettings(kafka_security_protocol="SASL_SSL")
+    # Settings without a Kafka user build (the migration Job shares the ConfigMap) ...
+    settings = BaseServiceSettings(
+        kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512"
+    )
+    assert settings.missing_kafka_credentials() == ["KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"]
+    # ... but no Kafka client is made from them.
     with pytest.raises(ValueError, match="KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"):
-        BaseServiceSettings(
-            kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512"
-        )
+        client_options(settings)
 
 
 async def test_created_topics_carry_the_configs(env: dict[str, Any]) -> None:
