@@ -77,6 +77,10 @@ GATEWAY_ROUTES = {getattr(r, "path", None) for r in create_gateway_app(GatewaySe
 READINESS_PATH = dict.fromkeys([*SERVICES, "sms-gateway"], "/readyz")
 SERVED_PATHS = {**dict.fromkeys(SERVICES, SERVICE_PROBES), "sms-gateway": GATEWAY_ROUTES}
 
+# Secrets the manifests may reference outside dev: churnwatch's own and, in production,
+# each service's Strimzi KafkaUser Secret (deploy/k8s/overlays/strimzi/users.yaml).
+EXTERNAL_SECRETS = frozenset({"churnwatch-secrets", *(f"churnwatch-{s}" for s in SERVICES)})
+
 USER_ID = 10001
 TMP = "/tmp"  # noqa: S108 - the emptyDir mount point checked below, not a temp file
 COMPONENT_LABEL = "app.kubernetes.io/component"
@@ -424,6 +428,11 @@ def test_every_manifest_is_listed_in_a_kustomization() -> None:
         (path.parent / resource).resolve()
         for path in kustomization_files()
         for resource in load_one(path).get("resources", [])
+    } | {  # patch files count as listed too
+        (path.parent / patch["path"]).resolve()
+        for path in kustomization_files()
+        for patch in load_one(path).get("patches", [])
+        if "path" in patch
     }
     manifest_files = {p.resolve() for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml"}
     assert manifest_files <= listed, f"orphans: {sorted(map(str, manifest_files - listed))}"
@@ -607,9 +616,13 @@ def test_kubectl_kustomize_renders(tree: str) -> None:
                 assert source["configMapRef"]["name"] == config["metadata"]["name"]
             for item in container.get("env", []):
                 assert item["name"] in SETTING_NAMES
+                if "value" in item:  # production's KAFKA_SASL_USERNAME: a name, not a secret
+                    assert item["name"] not in SECRET_SETTINGS
+                    continue
                 ref = item["valueFrom"]["secretKeyRef"]["name"]
-                # Generated in dev (hashed name); external everywhere else.
-                assert ref in secrets if tree == "dev" else ref == "churnwatch-secrets"
+                # Generated in dev (hashed name); external everywhere else: churnwatch-secrets
+                # or, in production, the service's Strimzi KafkaUser Secret.
+                assert ref in secrets if tree == "dev" else ref in EXTERNAL_SECRETS
 
 
 def rendered(tree: str) -> list[dict[str, Any]]:
@@ -627,7 +640,7 @@ def rendered(tree: str) -> list[dict[str, Any]]:
 
 
 # Custom resources kubernetes-validate has no schema for; checked by their own tests below.
-CUSTOM_KINDS = frozenset({"ScaledObject"})
+CUSTOM_KINDS = frozenset({"ScaledObject", "TriggerAuthentication"})
 # The Prometheus Operator's: validated against its CRDs in tests/test_monitoring.py.
 CUSTOM_KINDS |= {"ServiceMonitor", "PrometheusRule"}
 
@@ -687,6 +700,31 @@ def test_keda_scales_scoring_within_the_partition_count() -> None:
     assert meta["consumerGroup"] == scoring.scoring_consumer_group  # type: ignore[attr-defined]
     assert int(meta["lagThreshold"]) > 0
     assert not scaled_objects("dev"), "dev runs without KEDA"
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed; cannot render overlays")
+@pytest.mark.parametrize("tree", list(OVERLAYS))
+def test_keda_alone_sets_the_replicas_of_what_it_scales(tree: str) -> None:
+    """A Deployment a ScaledObject targets sets no `replicas`: KEDA's HPA owns the count.
+
+    With both, every `kubectl apply` resets the count KEDA chose, and the two fight.
+    """
+    docs = rendered(tree)
+    deployments_by_name = {d["metadata"]["name"]: d for d in of_kind(docs, "Deployment")}
+    for scaled in of_kind(docs, "ScaledObject"):
+        target = scaled["spec"]["scaleTargetRef"]
+        assert target["kind"] == "Deployment"
+        deployment = deployments_by_name[target["name"]]
+        assert "replicas" not in deployment["spec"], f"{target['name']}: KEDA owns replicas"
+        spec = scaled["spec"]
+        assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    scaled_names = {s["spec"]["scaleTargetRef"]["name"] for s in of_kind(docs, "ScaledObject")}
+    # The others keep a fixed count (production: ingest 3, the rest 2).
+    for name, deployment in deployments_by_name.items():
+        if name not in scaled_names:
+            assert deployment["spec"]["replicas"] >= 1, name
+    if tree == "production":
+        assert scaled_names == {"churnwatch-scoring"}
 
 
 # --- docker-compose.yml against the Compose Specification ------------------------------------
