@@ -104,16 +104,13 @@ class BaseServiceSettings(BaseSettings):
             and self.kafka_min_insync_replicas > self.kafka_replication_factor
         ):
             # Every acks=all write would fail with NOT_ENOUGH_REPLICAS.
-            raise ValueError(
-                "KAFKA_MIN_INSYNC_REPLICAS must not exceed KAFKA_REPLICATION_FACTOR"
-            )
+            raise ValueError("KAFKA_MIN_INSYNC_REPLICAS must not exceed KAFKA_REPLICATION_FACTOR")
         # The credentials themselves are checked when a Kafka client is made
         # (shared.kafka.client_options): tools that never talk to Kafka (the
         # migration Job) share the ConfigMap but not a Kafka user.
         if self.kafka_security_protocol.startswith("SASL_") and not self.kafka_sasl_mechanism:
             raise ValueError(
-                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
-                "KAFKA_SASL_MECHANISM"
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs KAFKA_SASL_MECHANISM"
             )
         return self
 

@@ -47,7 +47,12 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "churnwatch-outreach": OutreachSettings,
     "churnwatch-migrate": PhoneKeyToolSettings,
 }
-KAFKA_CLIENTS = {"churnwatch-ingest", "churnwatch-scoring", "churnwatch-alerting", "churnwatch-outreach"}
+KAFKA_CLIENTS = {
+    "churnwatch-ingest",
+    "churnwatch-scoring",
+    "churnwatch-alerting",
+    "churnwatch-outreach",
+}
 
 # Placeholder Secret values: well-formed, and none of them a development default.
 PLACEHOLDERS = {
@@ -86,7 +91,9 @@ def container_env(
     Secret values are placeholders; optional refs are left out unless ``optional``
     (a pod must start without them).
     """
-    config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    config_maps = {
+        d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"
+    }
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         env.update(config_maps[source["configMapRef"]["name"]])
@@ -149,9 +156,7 @@ def test_each_workload_builds_its_production_settings(
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))
-def test_every_required_secret_key_is_needed(
-    production: list[dict[str, Any]], name: str
-) -> None:
+def test_every_required_secret_key_is_needed(production: list[dict[str, Any]], name: str) -> None:
     """Leaving out any non-optional Secret key stops the workload: none is decoration.
 
     The same proves the check above can fail.

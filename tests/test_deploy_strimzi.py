@@ -197,9 +197,7 @@ def test_each_topic_has_one_writer_and_its_readers() -> None:
     """Who writes a topic is unambiguous (the DLQ aside, which every service writes)."""
     uses = what_each_service_uses()
     topics = Topics(production_settings().kafka_topic_prefix)
-    writers = {
-        topic: {s for s, u in uses.items() if topic in u["write"]} for topic in topics.all()
-    }
+    writers = {topic: {s for s, u in uses.items() if topic in u["write"]} for topic in topics.all()}
     assert writers[topics.dlq] == set(uses)
     assert writers[topics.landing] == set(), "billing systems write it, not churnwatch"
     for topic in (topics.events, topics.scores, topics.tasks, topics.outcomes):

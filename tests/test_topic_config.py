@@ -149,9 +149,7 @@ async def test_a_differing_config_is_reported_not_altered(
         (topics.events, "retention.ms", str(DAY_MS))
     ]
     # Left as it was: the operator decides.
-    assert (await _configs(settings, [topics.events]))[topics.events]["retention.ms"] == str(
-        DAY_MS
-    )
+    assert (await _configs(settings, [topics.events]))[topics.events]["retention.ms"] == str(DAY_MS)
 
 
 async def test_create_topics_off_creates_nothing(
