@@ -12,10 +12,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from services.ingest.app import create_app
+from services.ingest.settings import IngestSettings
 from shared.kafka import (
     ConfigDrift,
     client_options,
@@ -26,6 +29,7 @@ from shared.kafka import (
 )
 from shared.settings import BaseServiceSettings
 from shared.topics import Topics
+from tests.helpers import eventually
 
 DAY_MS = 86_400_000
 
@@ -166,6 +170,37 @@ async def test_create_topics_off_creates_nothing(
     finally:
         await admin.close()
     assert not listed & set(Topics(settings.kafka_topic_prefix).all())
+
+
+async def test_ingest_waits_for_topics_it_may_not_create(env: dict[str, Any]) -> None:
+    """KAFKA_CREATE_TOPICS=false: ingest starts, is not ready, and is once they exist.
+
+    What production does while Strimzi's Topic Operator makes the topics.
+    """
+    settings = IngestSettings(
+        **env, kafka_create_topics=False, ingest_topic_check_ttl_s=0, ingest_landing_enabled=False
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["topics"] is False
+            # The guard did not make them either (KAFKA_RECREATE_LOST_TOPICS is on).
+            admin = AIOKafkaAdminClient(**client_options(settings))
+            await admin.start()
+            try:
+                assert Topics(settings.kafka_topic_prefix).events not in await admin.list_topics()
+            finally:
+                await admin.close()
+            # The operator (here: a creating ensure_topics) makes them.
+            await ensure_topics(_settings(env))
+
+            async def is_ready() -> bool:
+                return (await client.get("/readyz")).status_code == 200
+
+            await eventually(is_ready, timeout_s=30, what="ingest ready once the topics exist")
 
 
 async def test_idempotent_producer_accepts_the_producer_settings() -> None:
