@@ -102,7 +102,7 @@ def test_every_object_is_for_the_cluster_in_its_namespace() -> None:
     bootstrap = config_literals(OVERLAYS["production"])["KAFKA_BOOTSTRAP_SERVERS"]
     assert bootstrap.startswith(f"{cluster}-kafka-bootstrap.{namespace}.svc:")
     for doc in docs:
-        assert doc["apiVersion"] == "kafka.strimzi.io/v1beta2"
+        assert doc["apiVersion"] == "kafka.strimzi.io/v1"  # Strimzi 0.49+; 1.0 dropped v1beta2
 
 
 def test_kafka_topics_match_what_the_services_would_create() -> None:
