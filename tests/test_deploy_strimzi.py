@@ -203,3 +203,32 @@ def test_each_topic_has_one_writer_and_its_readers() -> None:
     for topic in (topics.events, topics.scores, topics.tasks, topics.outcomes):
         assert len(writers[topic]) == 1, topic
         assert any(topic in u["read"] for u in uses.values()), f"nobody reads {topic}"
+
+
+def test_keda_reads_lag_as_scoring_over_the_same_listener() -> None:
+    production = render(OVERLAYS["production"])
+    (scaled,) = of_kind(production, "ScaledObject").values()
+    (trigger,) = scaled["spec"]["triggers"]
+    auths = of_kind(production, "TriggerAuthentication")
+    auth = auths[trigger["authenticationRef"]["name"]]
+    # KAFKA_SECURITY_PROTOCOL=SASL_SSL and SCRAM-SHA-512, in KEDA's words.
+    assert trigger["metadata"]["sasl"] == "scram_sha512"
+    assert trigger["metadata"]["tls"] == "enable"
+    target = of_kind(production, "Deployment")[scaled["spec"]["scaleTargetRef"]["name"]]
+    (container,) = target["spec"]["template"]["spec"]["containers"]
+    env_names = {item["name"] for item in container["env"]}
+    from_env = {e["parameter"]: e for e in auth["spec"]["env"]}
+    assert set(from_env) == {"username", "password"}
+    assert from_env["username"]["name"] == "KAFKA_SASL_USERNAME"
+    assert from_env["password"]["name"] == "KAFKA_SASL_PASSWORD"
+    for item in from_env.values():
+        assert item["containerName"] == container["name"]
+        assert item["name"] in env_names
+    (ca,) = auth["spec"]["secretTargetRef"]
+    volumes = {
+        v["secret"]["secretName"]: [i["key"] for i in v["secret"]["items"]]
+        for v in target["spec"]["template"]["spec"]["volumes"]
+        if "secret" in v
+    }
+    assert ca["parameter"] == "ca"
+    assert ca["key"] in volumes[ca["name"]], "the CA the service itself trusts"
