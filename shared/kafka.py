@@ -329,8 +329,9 @@ class TopicGuard:
 
     One long-lived admin client; concurrent callers share one in-flight check
     (``check(newer_than=...)``); a verdict is cached for ``ttl_s``. A missing
-    topic is re-created through ``ensure_topics`` when
-    ``KAFKA_RECREATE_LOST_TOPICS`` is on (logged as an error and counted), never
+    topic is re-created through ``ensure_topics`` (with the partitions, replicas
+    and ``topic_configs`` of a first creation) when ``KAFKA_RECREATE_LOST_TOPICS``
+    and ``KAFKA_CREATE_TOPICS`` are on (logged as an error and counted), never
     one with the wrong partition count: that needs an operator. Every change of
     verdict is logged once and exported as ``churnwatch_kafka_topics_ok``.
     """
