@@ -8,9 +8,10 @@ the row, and the hashes are compared in constant time.
 
 Each route declares the one scope it needs with ``require_scope``: no key, or an
 unknown, revoked or malformed one, is a 401; a valid key without the scope is a
-403, both with the one error body (``shared.errors``). Key rows are cached per
-process for ``AUTH_CACHE_TTL_S`` seconds, so a revocation takes effect within
-that time everywhere without a database query per request.
+403, both problem details (``application/problem+json``, ``shared.errors``).
+Key rows are cached per process for ``AUTH_CACHE_TTL_S`` seconds, so a
+revocation takes effect within that time everywhere without a database query
+per request.
 
 Keys are managed with ``churnwatch keys create|list|revoke`` (``churnwatch.keys``).
 """
@@ -309,8 +310,20 @@ def route_scope(dependencies: Sequence[Any]) -> Scope | None:
 
 
 def auth_responses() -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the 401 and 403 of a router's key-checked routes."""
-    return error_responses(401, 403)
+    """OpenAPI ``responses`` of a router's key-checked routes: 401, 403, and 503.
+
+    The 503: a key is looked up in PostgreSQL (cached for ``AUTH_CACHE_TTL_S``),
+    so with the database down any key-checked route may answer it.
+    """
+    return error_responses(
+        401,
+        403,
+        503,
+        described={
+            503: "A dependency (the database that holds the API keys, the broker) is "
+            "unavailable; retry after Retry-After."
+        },
+    )
 
 
 def install_auth(app: FastAPI, settings: BaseServiceSettings, engine: AsyncEngine) -> None:

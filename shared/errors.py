@@ -1,13 +1,21 @@
 """One exception tree for churnwatch, mapped to HTTP in one handler, and request ids.
 
-Every error body has the same shape::
+Every error answer of every service is RFC 9457 problem details, served as
+``application/problem+json`` (``shared.problems`` has the body and its OpenAPI)::
 
-    {"error": {"code": "not_found", "message": "...", "details": ..., "request_id": "..."}}
+    {"type": "https://churnwatch.dev/problems/not-found", "title": "Not found",
+     "status": 404, "detail": "...", "instance": "/v1/...", "code": "not_found",
+     "request_id": "..."}
+
+Errors raised on purpose (``ChurnwatchError`` and its subclasses), the
+framework's (an unknown path, a wrong method, invalid parameters), a body over
+its limit and anything unexpected all get that body.
 
 Every response, error or not, carries an ``X-Request-ID`` header: the caller's
-own id if it sent a sane one, else a new UUID. The same id is in the error body
-and in every log line written while the request is served, so a caller's bug
-report can be matched to the logs.
+own id if it sent a sane one, else a new UUID (asgi-correlation-id's middleware,
+with our check of what is sane). The same id is in the error body and in every
+log line written while the request is served, so a caller's bug report can be
+matched to the logs.
 """
 
 from __future__ import annotations
@@ -17,16 +25,44 @@ import re
 import uuid
 from typing import Any
 
+from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.logging import REQUEST_ID
+from shared.problems import (
+    GENERIC_CODE,
+    ProblemResponse,
+    document_problems,
+    error_responses,
+    instance_of,
+    problem_body,
+)
+
+__all__ = [
+    "API_MAX_BODY_BYTES",
+    "REQUEST_ID_HEADER",
+    "BadRequest",
+    "BodyLimitMiddleware",
+    "ChurnwatchError",
+    "Conflict",
+    "Forbidden",
+    "NotFound",
+    "PayloadTooLarge",
+    "RequestIdMiddleware",
+    "ServiceUnavailable",
+    "Unauthorized",
+    "UnprocessableEntity",
+    "UnsupportedMediaType",
+    "current_request_id",
+    "error_responses",
+    "install_error_handlers",
+    "problem_response",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +75,17 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # What we accept from a caller as its request id: short, and only characters that
 # cannot break a log line or a header (a UUID, a trace id, "batch-42:7", ...).
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+# The framework's HTTP errors, by status: the code of their kind (shared.problems).
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
 
 
 class ChurnwatchError(Exception):
@@ -119,64 +166,32 @@ class ServiceUnavailable(ChurnwatchError):
     code = "service_unavailable"
 
 
-class ErrorDetail(BaseModel):
-    """What went wrong: a stable code, a sentence, and details that depend on the code."""
-
-    code: str = Field(description="Stable, e.g. not_found, conflict, validation_error.")
-    message: str = Field(description="For people; do not parse it.")
-    details: Any = Field(
-        default=None,
-        description="Null, or a JSON value that depends on the code "
-        '(validation_error: a list of {"loc", "msg", "type"}).',
-    )
-    request_id: str | None = Field(
-        default=None, description="The request's id, as in the X-Request-ID response header."
-    )
-
-
-class ErrorBody(BaseModel):
-    """The one error body of every churnwatch API."""
-
-    error: ErrorDetail
-
-
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for routes that answer these error statuses with ``ErrorBody``."""
-    meaning = {
-        400: "Malformed request (e.g. a bad cursor).",
-        401: "No API key, or one that is unknown, revoked or malformed.",
-        403: "The API key lacks the scope this route needs.",
-        404: "No such resource.",
-        409: "The resource's state does not allow this.",
-        413: "Body or batch over its limit.",
-        415: "Content type not accepted.",
-        422: "Invalid parameters or body; details lists each problem.",
-        500: "Unexpected error (logged with the request id).",
-        503: "A dependency is unavailable; retry after Retry-After.",
-    }
-    return {
-        status: {"model": ErrorBody, "description": meaning.get(status, "Error.")}
-        for status in statuses
-    }
-
-
 def current_request_id() -> str | None:
     """The id of the request being served in this context, if any."""
     return REQUEST_ID.get()
 
 
-def error_body(
-    code: str, message: str, details: Any = None, *, request_id: str | None = None
-) -> dict[str, Any]:
-    """The one error body shape; ``request_id`` defaults to the current request's."""
-    return {
-        "error": {
-            "code": code,
-            "message": message,
-            "details": details,
-            "request_id": request_id if request_id is not None else current_request_id(),
-        }
-    }
+def problem_response(
+    scope: Scope,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    details: Any = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> ProblemResponse:
+    """The ``application/problem+json`` answer to the request of ``scope``."""
+    body = problem_body(
+        code=code,
+        status=status,
+        detail=detail,
+        instance=instance_of(scope),
+        request_id=current_request_id(),
+        details=details,
+        errors=errors,
+    )
+    return ProblemResponse(body, status_code=status, headers=headers)
 
 
 def _json_safe(value: Any) -> Any:
@@ -190,66 +205,86 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _request_id_from(headers: Headers) -> str:
-    """The caller's request id if it is sane, else a new one."""
-    given = headers.get(REQUEST_ID_HEADER)
-    if given is not None and _SANE_REQUEST_ID.match(given):
-        return given
-    return str(uuid.uuid4())
+def _is_sane_request_id(given: str) -> bool:
+    """Whether a caller's request id may be kept (else a new one is made)."""
+    return _SANE_REQUEST_ID.match(given) is not None
 
 
-def _unexpected_response(exc: BaseException) -> JSONResponse:
+def _unexpected_response(scope: Scope, exc: BaseException) -> ProblemResponse:
     """The answer to an exception nothing else handled: 503 for a lost dependency, else 500."""
-    # The client gets the one body shape and no internals. A lost database or
+    # The client gets the problem body and no internals. A lost database or
     # broker connection is a 503 (retry), not a 500 (our bug).
     if isinstance(exc, (OperationalError, InterfaceError, ConnectionError, TimeoutError)):
-        return JSONResponse(
-            error_body("service_unavailable", "a dependency is unavailable; retry later"),
-            status_code=503,
+        return problem_response(
+            scope,
+            503,
+            "service_unavailable",
+            "a dependency is unavailable; retry later",
             headers={"Retry-After": "5"},
         )
-    return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+    return problem_response(scope, 500, "internal_error", "internal error")
 
 
-class RequestIdMiddleware:
-    """Gives every HTTP request an id, and turns an unhandled exception into the error body.
+class _AnswerUnhandled:
+    """Turns an exception nothing handled into the problem body, inside the request id.
 
-    A pure ASGI middleware (not ``BaseHTTPMiddleware``), so the endpoint and the
-    exception handlers run in the context where the id is set. It also answers
-    unhandled exceptions itself: Starlette's outermost error middleware would
-    answer them outside this one, without the request id header.
+    Starlette's outermost error middleware would answer it outside the request
+    id middleware, without the ``X-Request-ID`` header and without the id in
+    the body; and it re-raises, so the server would log the error a second time.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one ASGI call; only ``http`` calls get an id."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = _request_id_from(Headers(scope=scope))
-        scope.setdefault("state", {})["request_id"] = request_id
-        token = REQUEST_ID.set(request_id)
         started = False
 
-        async def send_with_id(message: Message) -> None:
+        async def watched(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                headers = MutableHeaders(scope=message)
-                if REQUEST_ID_HEADER not in headers:
-                    headers.append(REQUEST_ID_HEADER, request_id)
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, watched)
         except Exception as exc:
             if started:
                 raise  # too late for an error body; the server closes the connection
             # Not the path: it may hold a subscriber id. The request id ties it together.
             log.exception("unhandled error serving a %s request", scope.get("method"))
-            await _unexpected_response(exc)(scope, receive, send_with_id)
+            await _unexpected_response(scope, exc)(scope, receive, watched)
+
+
+class RequestIdMiddleware:
+    """Gives every HTTP request an id, and turns an unhandled exception into the error body.
+
+    The id is asgi-correlation-id's ``CorrelationIdMiddleware`` (the caller's
+    ``X-Request-ID`` if sane, else a new UUID; the header on every answer; the
+    id in a context variable, ``shared.logging.REQUEST_ID``). Around it, the id
+    is scoped to the request: the context variable is reset afterwards (an
+    ASGI client in a test calls the app in its own task). Inside it,
+    ``_AnswerUnhandled`` answers unhandled exceptions, so their answer carries
+    the id too. Pure ASGI middlewares (not ``BaseHTTPMiddleware``), so the
+    endpoint and the exception handlers run in the context where the id is set.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = CorrelationIdMiddleware(
+            _AnswerUnhandled(app),
+            header_name=REQUEST_ID_HEADER,
+            update_request_header=True,
+            generator=lambda: str(uuid.uuid4()),
+            validator=_is_sane_request_id,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI call; only ``http`` calls get an id."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = REQUEST_ID.set(None)
+        try:
+            await self.app(scope, receive, send)
         finally:
             REQUEST_ID.reset(token)
 
@@ -273,7 +308,14 @@ class BodyLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await JSONResponse(self._body(), status_code=413)(scope, receive, send)
+            answer = problem_response(
+                scope,
+                413,
+                "payload_too_large",
+                self._message(),
+                details={"limit": self.limit},
+            )
+            await answer(scope, receive, send)
             return
         seen = 0
 
@@ -283,58 +325,53 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise StarletteHTTPException(413, self._body()["error"]["message"])
+                    raise StarletteHTTPException(413, self._message())
             return message
 
         await self.app(scope, counted, send)
 
-    def _body(self) -> dict[str, Any]:
-        return error_body(
-            "payload_too_large",
-            f"body over {self.limit} bytes",
-            {"limit": self.limit},
-        )
+    def _message(self) -> str:
+        return f"body over {self.limit} bytes"
 
 
 def install_error_handlers(
     app: FastAPI, *, max_body_bytes: int | None = API_MAX_BODY_BYTES
 ) -> None:
-    """Request ids, a body limit, and errors of every kind mapped to one body.
+    """Request ids, a body limit, errors of every kind as problem details, and their OpenAPI.
 
     ``max_body_bytes=None`` leaves bodies to the app (ingest streams and limits its own).
+    The app's OpenAPI document describes every error response as
+    ``application/problem+json`` (``shared.problems.document_problems``).
     """
     if max_body_bytes is not None:
         # Added first, so it runs inside RequestIdMiddleware: its 413 has the request id.
         app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
 
-    async def _churnwatch(_: Request, exc: Exception) -> JSONResponse:
+    async def _churnwatch(request: Request, exc: Exception) -> ProblemResponse:
         assert isinstance(exc, ChurnwatchError)
-        return JSONResponse(
-            error_body(exc.code, exc.message, exc.details),
-            status_code=exc.status_code,
+        return problem_response(
+            request.scope,
+            exc.status_code,
+            exc.code,
+            exc.message,
+            details=exc.details,
             headers=exc.headers,
         )
 
-    async def _http(_: Request, exc: Exception) -> JSONResponse:
+    async def _http(request: Request, exc: Exception) -> ProblemResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = {
-            400: "bad_request",
-            401: "unauthorized",
-            403: "forbidden",
-            404: "not_found",
-            405: "method_not_allowed",
-            413: "payload_too_large",
-        }
-        return JSONResponse(
-            error_body(code.get(exc.status_code, "http_error"), str(exc.detail)),
-            status_code=exc.status_code,
+        return problem_response(
+            request.scope,
+            exc.status_code,
+            _HTTP_CODES.get(exc.status_code, GENERIC_CODE),
+            str(exc.detail),
             headers=getattr(exc, "headers", None),
         )
 
-    async def _validation(_: Request, exc: Exception) -> JSONResponse:
+    async def _validation(request: Request, exc: Exception) -> ProblemResponse:
         assert isinstance(exc, RequestValidationError)
-        details = [
+        errors = [
             {
                 "loc": [_json_safe(part) for part in e.get("loc", ())],
                 "msg": _json_safe(e.get("msg")),
@@ -342,16 +379,23 @@ def install_error_handlers(
             }
             for e in exc.errors()
         ]
-        return JSONResponse(
-            error_body("validation_error", "request is invalid", details), status_code=422
+        return problem_response(
+            request.scope, 422, "validation_error", "request is invalid", errors=errors
         )
 
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
         # Normally RequestIdMiddleware answers these first; this covers an
         # exception raised outside it (in a middleware added after it).
-        return _unexpected_response(exc)
+        return _unexpected_response(request.scope, exc)
 
     app.add_exception_handler(ChurnwatchError, _churnwatch)
     app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document_problems(FastAPI.openapi(app))
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -18,6 +18,7 @@ from contextvars import ContextVar
 from numbers import Number
 from typing import Any
 
+from asgi_correlation_id import correlation_id
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 # International numbers (a '+' then digits, maybe spaced) and national numbers
@@ -39,7 +40,8 @@ _JSON_FIELDS = {
 }
 
 
-REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+# asgi-correlation-id's context variable, which its middleware sets (shared.errors).
+REQUEST_ID: ContextVar[str | None] = correlation_id
 """The id of the HTTP request being served (set by ``shared.errors``), for log lines."""
 
 

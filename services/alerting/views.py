@@ -13,7 +13,7 @@ from services.alerting.activity import ActivityOut, activity_out, load_activity
 from services.alerting.deps import EngineDep, RulesDep, RulesSourceDep
 from services.alerting.schemas import RulesOut, SilenceIn, SilenceOut, SilencePage, SilenceState
 from shared.auth import require_scope
-from shared.errors import BadRequest, NotFound
+from shared.errors import BadRequest, NotFound, error_responses
 
 # Silences and the rules in force are operators' business: the admin scope (shared.auth).
 router = APIRouter(prefix="/v1", dependencies=[require_scope("admin")])
@@ -24,7 +24,11 @@ activity_router = APIRouter(
 )
 
 
-@activity_router.get("/subscribers/{subscriber_id}/activity", response_model=ActivityOut)
+@activity_router.get(
+    "/subscribers/{subscriber_id}/activity",
+    response_model=ActivityOut,
+    responses=error_responses(404, described={404: "Alerting knows nothing of this subscriber."}),
+)
 async def get_activity(subscriber_id: str, engine: EngineDep) -> ActivityOut:
     """The subscriber's recent bills, payments, stop-notices and complaints, newest first.
 
@@ -45,7 +49,17 @@ def _out(row: dict[str, Any], now: datetime) -> SilenceOut:
     return SilenceOut.model_validate({**row, "state": state})
 
 
-@router.post("/silences", status_code=201, response_model=SilenceOut, tags=["silences"])
+@router.post(
+    "/silences",
+    status_code=201,
+    response_model=SilenceOut,
+    tags=["silences"],
+    responses=error_responses(
+        413,
+        422,
+        described={400: "The window is empty or in the past, or no rule has that name."},
+    ),
+)
 async def create_silence(body: SilenceIn, engine: EngineDep, rules: RulesDep) -> SilenceOut:
     """Silence alerts matching every given matcher (rule, tier, subscriber) until it ends."""
     now = datetime.now(UTC)
@@ -75,7 +89,9 @@ async def create_silence(body: SilenceIn, engine: EngineDep, rules: RulesDep) ->
     return _out(row, now)
 
 
-@router.get("/silences", response_model=SilencePage, tags=["silences"])
+@router.get(
+    "/silences", response_model=SilencePage, tags=["silences"], responses=error_responses(422)
+)
 async def list_silences(
     engine: EngineDep,
     state: SilenceState = "active",
@@ -88,7 +104,12 @@ async def list_silences(
     return SilencePage(items=[_out(r, now) for r in rows])
 
 
-@router.get("/silences/{silence_id}", response_model=SilenceOut, tags=["silences"])
+@router.get(
+    "/silences/{silence_id}",
+    response_model=SilenceOut,
+    tags=["silences"],
+    responses=error_responses(404, 422),
+)
 async def get_silence(silence_id: uuid.UUID, engine: EngineDep) -> SilenceOut:
     """One silence."""
     async with engine.connect() as conn:
@@ -98,7 +119,12 @@ async def get_silence(silence_id: uuid.UUID, engine: EngineDep) -> SilenceOut:
     return _out(row, datetime.now(UTC))
 
 
-@router.delete("/silences/{silence_id}", status_code=204, tags=["silences"])
+@router.delete(
+    "/silences/{silence_id}",
+    status_code=204,
+    tags=["silences"],
+    responses=error_responses(404, 422),
+)
 async def delete_silence(silence_id: uuid.UUID, engine: EngineDep) -> Response:
     """End a silence now; it stays listed as expired."""
     async with engine.begin() as conn:

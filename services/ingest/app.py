@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -117,19 +118,16 @@ def create_app(settings: IngestSettings) -> FastAPI:
     # Publish the event union in the OpenAPI document so POST /v1/events is documented.
     schema = EVENT_ADAPTER.json_schema(ref_template="#/components/schemas/{model}")
     defs = schema.pop("$defs", {})
+    # install_error_handlers's document: every error response as application/problem+json.
+    with_problems = app.openapi
 
-    def openapi() -> dict[str, object]:
+    def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            doc = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
+            doc = with_problems()
             components = doc.setdefault("components", {}).setdefault("schemas", {})
             components.update(defs)
             components["Event"] = schema
-            app.openapi_schema = doc
-        return app.openapi_schema
+        return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app

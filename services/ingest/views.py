@@ -20,7 +20,7 @@ from services.ingest.deps import (
 from services.ingest.schemas import IngestResult
 from services.ingest.service import produce_events, split_body, validate_items
 from shared.auth import require_scope
-from shared.errors import NotFound, PayloadTooLarge, UnprocessableEntity
+from shared.errors import NotFound, PayloadTooLarge, UnprocessableEntity, error_responses
 from shared.events import Event, json_schemas
 
 # The billing system's key: posting events and reading their schemas (shared.auth).
@@ -51,11 +51,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
     "/events",
     status_code=202,
     response_model=IngestResult,
-    responses={
-        413: {"description": "Body or batch over its limit"},
-        422: {"description": "No valid event in the request"},
-        503: {"description": "Broker unreachable; nothing accepted; see Retry-After"},
-    },
+    responses=error_responses(
+        described={
+            400: "The body is not valid JSON (application/json).",
+            413: "Body or batch over its limit (INGEST_MAX_BODY_BYTES, INGEST_MAX_BATCH_EVENTS).",
+            415: "Neither JSON nor NDJSON.",
+            422: "No valid event in the request; details lists each rejection.",
+            503: "Broker unreachable or topic missing (or the API-key database is down); "
+            "nothing accepted; see Retry-After.",
+        }
+    ),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -121,7 +126,11 @@ async def list_schemas() -> dict[str, Any]:
     return json_schemas()
 
 
-@router.get("/schemas/{name}", tags=["schemas"])
+@router.get(
+    "/schemas/{name}",
+    tags=["schemas"],
+    responses=error_responses(404, described={404: "No schema of that name."}),
+)
 async def get_schema(name: str) -> dict[str, Any]:
     """JSON Schema of one event type, e.g. ``stop_notice``."""
     schemas = json_schemas()

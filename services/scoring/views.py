@@ -35,7 +35,11 @@ from shared.events import ScoreReason
 router = APIRouter(prefix="/v1", tags=["risk"], dependencies=[require_scope("scores:read")])
 
 
-@router.get("/subscribers/{subscriber_id}/risk", response_model=RiskOut)
+@router.get(
+    "/subscribers/{subscriber_id}/risk",
+    response_model=RiskOut,
+    responses=error_responses(404, described={404: "No score for this subscriber yet."}),
+)
 async def get_risk(subscriber_id: str, engine: EngineDep, handler: HandlerDep) -> RiskOut:
     """The subscriber's latest churn risk: score, band, reasons, model version, inputs, trend."""
     async with engine.connect() as conn:

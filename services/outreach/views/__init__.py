@@ -6,8 +6,8 @@
   and the do-not-contact list
 - ``kpis``: the KPI report
 
-Every route answers errors with the common error body (``shared.errors``) and
-documents them in the OpenAPI document at ``/openapi.json``, which lists the
+Every route answers errors as problem details (``application/problem+json``,
+``shared.errors``) and documents them in the OpenAPI document at ``/openapi.json``, which lists the
 routes in the order ``include_routes`` adds them. The workbench's HTML pages
 (``/ui``) are in ``services.outreach.workbench``.
 """

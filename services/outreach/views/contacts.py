@@ -31,7 +31,14 @@ from services.outreach.schemas import (
 )
 from services.outreach.settings import OutreachSettings
 from shared.auth import auth_responses, require_scope
-from shared.errors import Conflict, ErrorBody, NotFound, PayloadTooLarge, Unauthorized
+from shared.errors import (
+    API_MAX_BODY_BYTES,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    error_responses,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +64,16 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _errors(**described: str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI for error answers (``status_NNN="meaning"``), all with the one error body."""
-    return {
-        int(key.removeprefix("status_")): {"model": ErrorBody, "description": meaning}
-        for key, meaning in described.items()
-    }
+    """OpenAPI for error answers (``status_NNN="meaning"``), all problem details."""
+    return error_responses(
+        described={int(key.removeprefix("status_")): text for key, text in described.items()}
+    )
 
 
 UNAUTHORIZED = "Missing, malformed, wrong or stale signature; nothing read or changed."
 TOO_LARGE = f"Body over {MAX_WEBHOOK_BYTES} bytes."
-INVALID = "Invalid parameters or body; details lists each problem."
+INVALID = "Invalid parameters or body; errors lists each problem."
+UNAVAILABLE = "The database is unavailable; retry after Retry-After."
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -124,6 +131,7 @@ async def _signed(
         status_409="The reference names a task that was never sent.",
         status_413=TOO_LARGE,
         status_422=INVALID,
+        status_503=UNAVAILABLE,
     ),
 )
 async def receipt(
@@ -171,7 +179,12 @@ async def receipt(
     summary="Inbound SMS reply from a subscriber (signed)",
     response_model=InboundOut,
     openapi_extra=_body_schema(InboundIn),
-    responses=_errors(status_401=UNAUTHORIZED, status_413=TOO_LARGE, status_422=INVALID),
+    responses=_errors(
+        status_401=UNAUTHORIZED,
+        status_413=TOO_LARGE,
+        status_422=INVALID,
+        status_503=UNAVAILABLE,
+    ),
 )
 async def inbound(
     request: Request,
@@ -245,7 +258,7 @@ async def get_contact(subscriber_id: SubscriberPath, engine: EngineDep) -> Conta
     response_model=ContactOut,
     responses={
         201: {"description": "Put on the list now.", "model": ContactOut},
-        **_errors(status_422=INVALID),
+        **_errors(status_413=f"Body over {API_MAX_BODY_BYTES} bytes.", status_422=INVALID),
         **auth_responses(),
     },
 )

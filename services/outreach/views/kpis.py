@@ -13,6 +13,7 @@ from pydantic import AfterValidator
 
 from services.outreach.deps import ClockDep, EngineDep, SettingsDep
 from services.outreach.feedback import KpiReport, compute_kpis, current_period
+from shared.errors import error_responses
 
 router = APIRouter(prefix="/v1", tags=["kpis"])
 
@@ -36,7 +37,7 @@ PeriodQuery = Annotated[
 ]
 
 
-@router.get("/kpis", response_model=KpiReport)
+@router.get("/kpis", response_model=KpiReport, responses=error_responses(422))
 async def get_kpis(
     engine: EngineDep, clock: ClockDep, settings: SettingsDep, period: PeriodQuery = None
 ) -> KpiReport:

@@ -1,7 +1,7 @@
 """Outreach HTTP routes: the tasks API for other systems, and the call queue for agents.
 
-Every route answers errors with the common error body (``shared.errors``) and
-documents them in the OpenAPI document at ``/openapi.json``.
+Every route answers errors as problem details (``application/problem+json``,
+``shared.errors``) and documents them in the OpenAPI document at ``/openapi.json``.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ async def list_tasks(
     summary="Create a task by hand (idempotent)",
     responses={
         200: {"model": TaskOut, "description": "The task this key made before (a replay)."},
-        **error_responses(409, 422, 503),
+        **error_responses(409, 413, 422, 503),
     },
 )
 async def create_task(
@@ -201,7 +201,7 @@ async def get_task(task_id: TaskId, engine: EngineDep) -> TaskDetail:
     response_model=TaskOut,
     tags=[TASKS],
     summary="Cancel a task not yet done",
-    responses=error_responses(404, 409, 422, 503),
+    responses=error_responses(404, 409, 413, 422, 503),
 )
 async def cancel_task(
     task_id: TaskId, body: CancelRequest, engine: EngineDep, clock: ClockDep
@@ -232,7 +232,7 @@ async def cancel_task(
     summary="Claim the most urgent due call of a queue",
     responses={
         204: {"description": "No call in this queue is due now."},
-        **error_responses(422, 503),
+        **error_responses(413, 422, 503),
     },
 )
 async def claim(
@@ -276,7 +276,7 @@ async def claim(
     response_model=TaskOut,
     tags=[CALL_QUEUE],
     summary="Start a claimed call",
-    responses=error_responses(404, 409, 422, 503),
+    responses=error_responses(404, 409, 413, 422, 503),
 )
 async def start(task_id: TaskId, body: AgentRequest, engine: EngineDep, clock: ClockDep) -> TaskOut:
     """``assigned → in_progress``, by the agent who claimed the call."""
@@ -291,7 +291,7 @@ async def start(task_id: TaskId, body: AgentRequest, engine: EngineDep, clock: C
     response_model=TaskOut,
     tags=[CALL_QUEUE],
     summary="Record a call's outcome",
-    responses=error_responses(404, 409, 422, 503),
+    responses=error_responses(404, 409, 413, 422, 503),
 )
 async def outcome(
     task_id: TaskId, body: OutcomeRequest, engine: EngineDep, clock: ClockDep

@@ -305,7 +305,7 @@ class FormSizeLimit:
     """Answers a workbench POST declared over ``MAX_FORM_BYTES`` with the HTML 413 page.
 
     Outside the service's own body limit (``shared.errors.BodyLimitMiddleware``,
-    1 MiB, which answers API clients with the JSON error body): a person who
+    1 MiB, which answers API clients with problem+json): a person who
     pastes a whole document into a note gets a page in their language, not JSON.
     Bodies without a declared length are counted by ``read_form``.
     """
