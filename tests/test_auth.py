@@ -176,13 +176,13 @@ async def test_every_protected_route_answers_401_403_and_lets_its_scope_in(
                 ):
                     response = await _call(client, route, headers)
                     assert response.status_code == 401, (what, headers, response.text)
-                    assert response.json()["error"]["code"] == "unauthorized"
+                    assert response.json()["code"] == "unauthorized"
                     assert response.headers["WWW-Authenticate"].startswith("Bearer")
                 wrong = await _call(
                     client, route, {"Authorization": f"Bearer {keys.by_scope[other]}"}
                 )
                 assert wrong.status_code == 403, (what, wrong.text)
-                assert wrong.json()["error"]["details"]["required_scope"] == scope
+                assert wrong.json()["details"]["required_scope"] == scope
                 for headers in (
                     {"Authorization": f"Bearer {keys.by_scope[scope]}"},
                     {"X-API-Key": keys.by_scope[scope]},
@@ -208,7 +208,7 @@ async def test_probes_metrics_docs_and_webhooks_need_no_key(env: dict[str, Any])
         # unsigned is a 401 naming the signature, signed passes without any key.
         unsigned = await client.post("/v1/sms/inbound", content=b"{}")
         assert unsigned.status_code == 401
-        assert "X-Signature" in unsigned.json()["error"]["message"]
+        assert "X-Signature" in unsigned.json()["detail"]
         body = orjson.dumps({"message_id": "m-1", "sender": "+15550001234", "text": "hello"})
         secret = apps["outreach"].state.settings.sms_receipt_secret.get_secret_value()
         signed = await client.post(

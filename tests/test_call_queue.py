@@ -185,7 +185,7 @@ async def test_start_then_outcome_completes_the_call_audited_and_published(
     task_id = (await harness.claim(queue, "AM-07")).json()["task_id"]
 
     other = await harness.api.post(f"/v1/tasks/{task_id}/start", json={"agent_id": "AM-99"})
-    assert other.status_code == 409 and other.json()["error"]["code"] == "conflict"
+    assert other.status_code == 409 and other.json()["code"] == "conflict"
     started = await harness.api.post(f"/v1/tasks/{task_id}/start", json={"agent_id": "AM-07"})
     assert started.status_code == 200 and started.json()["status"] == "in_progress"
     again = await harness.api.post(f"/v1/tasks/{task_id}/start", json={"agent_id": "AM-07"})
@@ -221,7 +221,7 @@ async def test_start_then_outcome_completes_the_call_audited_and_published(
         f"/v1/tasks/{task_id}/outcome", json={"agent_id": "AM-07", "outcome": "not_interested"}
     )
     assert late.status_code == 409
-    error = late.json()["error"]
+    error = late.json()
     assert error["code"] == "conflict" and error["details"] == {"status": "completed"}
     assert error["request_id"] == late.headers["x-request-id"]
 
@@ -232,16 +232,16 @@ async def test_an_outcome_needs_a_claimed_call_by_the_same_agent(harness: Harnes
     await harness.store(target)
     url = f"/v1/tasks/{target.task_id}/outcome"
     queued = await harness.api.post(url, json={"agent_id": "AM-07", "outcome": "retained"})
-    assert queued.status_code == 409 and queued.json()["error"]["details"]["status"] == "queued"
+    assert queued.status_code == 409 and queued.json()["details"]["status"] == "queued"
     await harness.claim(queue, "AM-07")
     someone_else = await harness.api.post(url, json={"agent_id": "AM-08", "outcome": "retained"})
     assert someone_else.status_code == 409
     unknown = await harness.api.post(
         f"/v1/tasks/{uuid.uuid4()}/outcome", json={"agent_id": "AM-07", "outcome": "retained"}
     )
-    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
     bad = await harness.api.post(url, json={"agent_id": "AM-07", "outcome": "delighted"})
-    assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error"
+    assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
     # Assigned (not started) is enough to record an outcome.
     ok = await harness.api.post(url, json={"agent_id": "AM-07", "outcome": "unreachable"})
     assert ok.status_code == 200 and ok.json()["outcome"] == "unreachable"
@@ -324,7 +324,7 @@ async def test_a_callback_returns_the_call_to_its_queue_at_the_callback_time(
         url, json={"agent_id": "AM-07", "outcome": "callback", "callback_at": after_due}
     )
     assert too_late.status_code == 422
-    assert too_late.json()["error"]["code"] == "unprocessable_entity"
+    assert too_late.json()["code"] == "unprocessable_entity"
 
     answer = await harness.api.post(
         url, json={"agent_id": "AM-07", "outcome": "callback", "callback_at": at.isoformat()}

@@ -647,8 +647,8 @@ async def test_kpis_on_a_hand_made_month(
             for bad in ("2024-13", "2024-1", "24-01", "0000-01", "9999-12", "x"):
                 refused = await api.get("/v1/kpis", params={"period": bad})
                 assert refused.status_code == 422, bad
-                assert refused.json()["error"]["code"] == "validation_error"
-                assert refused.json()["error"]["details"][0]["loc"] == ["query", "period"]
+                assert refused.json()["code"] == "validation_error"
+                assert refused.json()["errors"][0]["loc"] == ["query", "period"]
             assert "/v1/kpis" in (await api.get("/openapi.json")).json()["paths"]
 
         # As of a moment inside the month, suspensions still ahead do not count.

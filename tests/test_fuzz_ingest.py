@@ -198,9 +198,11 @@ def test_malformed_bodies_never_get_a_5xx_and_ingest_stays_up(ingest: Ingest) ->
             assert len(ids) == result["accepted"], (result, body[:300])
             accepted.extend(ids)
         else:
-            # The one error body shape (shared/errors.py), whatever the input.
-            error = response.json()["error"]
-            assert isinstance(error["code"], str) and isinstance(error["message"], str)
+            # Problem details (shared/problems.py), whatever the input.
+            assert response.headers["content-type"] == "application/problem+json"
+            error = response.json()
+            assert error["status"] == response.status_code
+            assert isinstance(error["code"], str) and isinstance(error["detail"], str)
 
     @FUZZ
     @given(st.binary(max_size=2048), st.sampled_from(MEDIA))

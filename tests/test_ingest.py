@@ -93,7 +93,8 @@ async def test_ndjson_with_a_broken_line(client: httpx.AsyncClient) -> None:
 async def test_nothing_valid_is_422_with_the_reasons(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/events", json=[{"event_type": "cdr"}])
     assert response.status_code == 422
-    error = response.json()["error"]
+    assert response.headers["content-type"] == "application/problem+json"
+    error = response.json()
     assert error["code"] == "unprocessable_entity"
     assert error["details"]["accepted"] == 0
     assert error["details"]["rejected"][0]["index"] == 0
@@ -104,7 +105,7 @@ async def test_malformed_json_and_wrong_media_type(client: httpx.AsyncClient) ->
         "/v1/events", content=b"{oops", headers={"content-type": "application/json"}
     )
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "bad_request"
+    assert response.json()["code"] == "bad_request"
     response = await client.post("/v1/events", content=b"a,b", headers={"content-type": "text/csv"})
     assert response.status_code == 415
 
@@ -117,14 +118,14 @@ async def test_limits_answer_413_naming_the_limit(env: dict[str, Any]) -> None:
             "/v1/events", json=calls(subscriber, n=3, competitor=False, days_ago=1)
         )
         assert response.status_code == 413
-        assert "INGEST_MAX_BATCH_EVENTS" in response.json()["error"]["message"]
+        assert "INGEST_MAX_BATCH_EVENTS" in response.json()["detail"]
         response = await client.post(
             "/v1/events",
             content=b"[" + b" " * 5000 + b"]",
             headers={"content-type": "application/json"},
         )
         assert response.status_code == 413
-        assert response.json()["error"]["details"]["limit"] == 4096
+        assert response.json()["details"]["limit"] == 4096
 
 
 async def test_schemas_are_served(client: httpx.AsyncClient) -> None:
@@ -164,7 +165,7 @@ async def test_unreachable_broker_answers_503_and_accepts_nothing(
             )
             assert response.status_code == 503
             assert response.headers["retry-after"] == str(settings.ingest_retry_after_s)
-            assert "nothing was accepted" in response.json()["error"]["message"]
+            assert "nothing was accepted" in response.json()["detail"]
             assert (await client.get("/readyz")).status_code == 503
     finally:
         broker.stop()
@@ -320,7 +321,7 @@ async def test_a_lone_bad_v2_profile_is_a_422_naming_its_index(client: httpx.Asy
     bad["payload"]["handset"] = {"model": "x", "colour": "red"}
     response = await client.post("/v1/events", json=bad)
     assert response.status_code == 422
-    [rejection] = response.json()["error"]["details"]["rejected"]
+    [rejection] = response.json()["details"]["rejected"]
     assert rejection["index"] == 0
     assert _locs(rejection) == {
         ("subscriber", "payload", "handset", "colour"): "Extra inputs are not permitted"
@@ -380,7 +381,7 @@ async def test_a_lost_events_topic_is_a_503_never_a_202_when_not_recreating(
         await _drop_events_topic(env)
         response = await client.post("/v1/events", json=stop_notice(sid()))
         assert response.status_code == 503, response.text
-        assert response.json()["error"]["details"]["reason"] == "missing"
+        assert response.json()["details"]["reason"] == "missing"
         ready = await client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"] == {
             "broker": True,
@@ -407,7 +408,7 @@ async def test_a_lost_events_topic_is_recreated_with_its_partitions_by_default(
         # Re-created at once, then refused while it settles (INGEST_TOPIC_SETTLE_S).
         response = await client.post("/v1/events", json=stop_notice(sid()))
         assert response.status_code == 503, response.text
-        assert response.json()["error"]["details"]["reason"] == "settling"
+        assert response.json()["details"]["reason"] == "settling"
         metrics = (await client.get("/metrics")).text
         assert 'churnwatch_kafka_topics_recreated_total{service="ingest"}' in metrics
         accepted: list[str] = []

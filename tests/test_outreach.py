@@ -593,13 +593,13 @@ async def test_tasks_are_paginated_with_a_cursor_and_filtered(
 
 async def test_api_errors_share_one_body_shape(api: httpx.AsyncClient) -> None:
     missing = await api.get(f"/v1/tasks/{uuid.uuid4()}")
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
     bad_cursor = await api.get("/v1/tasks", params={"cursor": "!!!"})
-    assert bad_cursor.status_code == 400 and bad_cursor.json()["error"]["code"] == "bad_request"
+    assert bad_cursor.status_code == 400 and bad_cursor.json()["code"] == "bad_request"
     bad_limit = await api.get("/v1/tasks", params={"limit": 1000})
     assert bad_limit.status_code == 422
-    assert bad_limit.json()["error"]["code"] == "validation_error"
-    assert bad_limit.json()["error"]["details"][0]["loc"] == ["query", "limit"]
+    assert bad_limit.json()["code"] == "validation_error"
+    assert bad_limit.json()["errors"][0]["loc"] == ["query", "limit"]
 
 
 async def test_call_queue_hides_calls_not_yet_due_and_filters_by_queue(

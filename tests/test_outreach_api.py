@@ -130,7 +130,7 @@ async def test_a_manual_task_is_idempotent_on_its_key(harness: Harness) -> None:
         "/v1/tasks", json=body | {"priority": 10}, headers={"Idempotency-Key": k}
     )
     assert other.status_code == 409
-    error = other.json()["error"]
+    error = other.json()
     assert error["code"] == "conflict" and error["details"] == {"task_id": made["task_id"]}
 
 
@@ -196,13 +196,13 @@ async def test_a_bad_manual_task_is_a_422(
         "/v1/tasks", json=new_task_body() | change, headers={"Idempotency-Key": key()}
     )
     assert answer.status_code == 422, answer.text
-    assert answer.json()["error"]["code"] == code
+    assert answer.json()["code"] == code
 
 
 async def test_a_manual_task_needs_an_idempotency_key(harness: Harness) -> None:
     answer = await harness.api.post("/v1/tasks", json=new_task_body())
     assert answer.status_code == 422
-    assert answer.json()["error"]["details"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert answer.json()["errors"][0]["loc"] == ["header", "Idempotency-Key"]
     spaced = await harness.api.post(
         "/v1/tasks", json=new_task_body(), headers={"Idempotency-Key": "has spaces"}
     )
@@ -298,9 +298,9 @@ async def test_filter_pages_chain_and_bad_parameters_are_refused(harness: Harnes
     for bad, status, code in cases:
         answer = await harness.api.get("/v1/tasks", params=bad)
         assert answer.status_code == status, (bad, answer.text)
-        assert answer.json()["error"]["code"] == code
+        assert answer.json()["code"] == code
     inverted = await harness.api.get("/v1/tasks", params=cases[0][0])
-    assert inverted.json()["error"]["details"][0]["loc"] == ["query", "created_to"]
+    assert inverted.json()["errors"][0]["loc"] == ["query", "created_to"]
 
 
 # --- POST /v1/tasks/{id}/cancel ---------------------------------------------------------
@@ -334,7 +334,7 @@ async def test_cancel_stops_a_task_not_yet_done_and_audits_who_and_why(harness: 
 
     again = await harness.api.post(f"/v1/tasks/{call.task_id}/cancel", json=body)
     assert again.status_code == 409
-    assert again.json()["error"]["details"] == {"status": "cancelled"}
+    assert again.json()["details"] == {"status": "cancelled"}
 
     assert (await harness.api.post(f"/v1/tasks/{sms.task_id}/cancel", json=body)).status_code == 200
 
@@ -395,9 +395,20 @@ async def test_errors_have_one_body_with_the_request_id(
     answer = await harness.api.request(method, path, headers={"X-Request-ID": "req-42"})
     assert answer.status_code == status
     assert answer.headers["x-request-id"] == "req-42"
-    error = answer.json()["error"]
-    assert set(error) == {"code", "message", "details", "request_id"}
+    assert answer.headers["content-type"] == "application/problem+json"
+    error = answer.json()
+    assert set(error) - {"errors"} == {
+        "type",
+        "title",
+        "status",
+        "detail",
+        "instance",
+        "code",
+        "request_id",
+    }
     assert (error["code"], error["request_id"]) == (code, "req-42")
+    assert (error["status"], error["instance"]) == (status, path)
+    assert ("errors" in error) == (code == "validation_error")
 
 
 async def test_unexpected_errors_are_500_or_503_in_the_same_shape(
@@ -421,17 +432,21 @@ async def test_unexpected_errors_are_500_or_503_in_the_same_shape(
     with caplog.at_level(logging.ERROR, logger="shared.errors"):
         boom = await harness.api.get("/test/boom", headers={"X-Request-ID": "r-500"})
     assert boom.status_code == 500 and boom.headers["x-request-id"] == "r-500"
-    assert boom.json()["error"] == {
+    assert boom.headers["content-type"] == "application/problem+json"
+    assert boom.json() == {
+        "type": "https://churnwatch.dev/problems/internal-error",
+        "title": "Internal error",
+        "status": 500,
+        "detail": "internal error",
+        "instance": "/test/boom",
         "code": "internal_error",
-        "message": "internal error",
-        "details": None,
         "request_id": "r-500",
     }
     assert any(r.exc_info and "bug" in str(r.exc_info[1]) for r in caplog.records)
     down = await harness.api.get("/test/db-down")
     assert down.status_code == 503 and down.headers["retry-after"] == "5"
-    assert down.json()["error"]["code"] == "service_unavailable"
-    assert down.json()["error"]["request_id"] == down.headers["x-request-id"]
+    assert down.json()["code"] == "service_unavailable"
+    assert down.json()["request_id"] == down.headers["x-request-id"]
     # The handler sees the id (so every log line written meanwhile can carry it).
     me = await harness.api.get("/test/whoami", headers={"X-Request-ID": "r-me"})
     assert me.json() == {"request_id": "r-me"}
@@ -453,7 +468,7 @@ async def test_log_lines_carry_the_request_id() -> None:
 # --- the OpenAPI document -------------------------------------------------------------------
 
 
-async def test_every_api_route_is_documented_with_the_error_body(harness: Harness) -> None:
+async def test_every_api_route_is_documented_with_problem_details(harness: Harness) -> None:
     doc = (await harness.api.get("/openapi.json")).json()
     ours = {
         (path, method): operation
@@ -472,8 +487,9 @@ async def test_every_api_route_is_documented_with_the_error_body(harness: Harnes
         assert "422" in operation["responses"], f"{where} does not document 422"
         for status, response in operation["responses"].items():
             if status.startswith(("4", "5")):
-                ref = response["content"]["application/json"]["schema"]["$ref"]
-                assert ref == "#/components/schemas/ErrorBody", f"{where} {status}: {ref}"
+                assert list(response["content"]) == ["application/problem+json"], where
+                ref = response["content"]["application/problem+json"]["schema"]["$ref"]
+                assert ref == "#/components/schemas/Problem", f"{where} {status}: {ref}"
 
 
 # --- schemathesis over /openapi.json ----------------------------------------------------------

@@ -175,7 +175,7 @@ async def test_risk_and_model_api(env: dict[str, Any]) -> None:
     assert risk["model_version"] == "prior-v1"
     assert model["kind"] == "ga2m" and model["weight"] == 0.0
     assert model["quality"]["resolved"] == 0 and model["checkpoint"] is None
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
 
 
 async def test_kill_9_mid_stream_loses_and_doubles_nothing(env: dict[str, Any]) -> None:

@@ -270,8 +270,8 @@ async def test_a_declared_oversized_body_is_refused_before_it_is_read(
         "/v1/tasks", content=big, headers={"content-type": "application/json"}
     )
     assert response.status_code == 413
-    assert response.json()["error"]["code"] == "payload_too_large"
-    assert response.json()["error"]["request_id"] == response.headers["X-Request-ID"]
+    assert response.json()["code"] == "payload_too_large"
+    assert response.json()["request_id"] == response.headers["X-Request-ID"]
 
 
 @session_loop
@@ -286,7 +286,7 @@ async def test_a_chunked_oversized_body_is_refused(outreach: httpx.AsyncClient) 
         "/v1/tasks", content=chunks(), headers={"content-type": "application/json"}
     )
     assert response.status_code == 413
-    assert response.json()["error"]["code"] == "payload_too_large"
+    assert response.json()["code"] == "payload_too_large"
 
 
 @session_loop
