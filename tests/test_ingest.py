@@ -381,6 +381,8 @@ async def test_a_lost_events_topic_is_a_503_never_a_202_when_not_recreating(
         await _drop_events_topic(env)
         response = await client.post("/v1/events", json=stop_notice(sid()))
         assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"] == "https://churnwatch.dev/problems/service-unavailable"
         assert response.json()["details"]["reason"] == "missing"
         ready = await client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"] == {

@@ -45,7 +45,12 @@ from services.scoring.app import create_app as scoring_app
 from services.scoring.settings import ScoringSettings
 from shared.auth import SCOPES, KeyStore, create_key, route_scope
 from shared.db import create_engine
-from shared.errors import API_MAX_BODY_BYTES, ChurnwatchError
+from shared.errors import (
+    API_MAX_BODY_BYTES,
+    ChurnwatchError,
+    current_request_id,
+    install_error_handlers,
+)
 from shared.problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_BASE, PROBLEM_TYPES, problem_type
 from shared.settings import BaseServiceSettings
 from tests.conftest import REPO, Stack
@@ -469,6 +474,31 @@ async def test_framework_errors_are_problem_json_on_every_service(
         wrong = await s.call("PUT", _url(path))
         assert _check_problem(wrong, 405, s.name)["code"] == "method_not_allowed"
         assert "allow" in {k.lower() for k in wrong.headers}
+
+
+@session_loop
+async def test_a_request_id_belongs_to_its_request() -> None:
+    """asgi-correlation-id's context variable is reset after the request.
+
+    A bare app (the services' metrics middleware would run the rest in a task
+    of its own): the ASGI client calls it in this very task.
+    """
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/id")
+    async def the_id() -> dict[str, str | None]:
+        return {"id": current_request_id()}
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://bare"
+    ) as client:
+        mine = await client.get("/id", headers={"X-Request-ID": "mine-1"})
+        assert mine.json() == {"id": "mine-1"} and mine.headers["x-request-id"] == "mine-1"
+        assert current_request_id() is None
+        replaced = await client.get("/id", headers={"X-Request-ID": "not sane"})
+        assert replaced.json()["id"] == replaced.headers["x-request-id"] != "not sane"
+        assert current_request_id() is None
 
 
 @session_loop
