@@ -237,7 +237,16 @@ async def _unavailable(s: Service, op: Op) -> httpx.Response:
         )
 
 
+async def _bad_cursor(s: Service, op: Op) -> httpx.Response:
+    """A page cursor the service did not make (any paged listing's 400)."""
+    names = {p["name"] for p in op.operation.get("parameters", []) if p["in"] == "query"}
+    assert "cursor" in names, "no cursor here: give this route's 400 a recipe in SPECIFIC"
+    url = f"{_url(op.path)}?cursor=not-a-cursor"
+    return await s.call(op.method, url, headers=s.key(op.method, op.path))
+
+
 GENERIC: dict[int, Probe] = {
+    400: _bad_cursor,
     401: _no_key,
     403: _wrong_scope,
     413: _too_large,
@@ -279,9 +288,11 @@ async def _new_task(s: Service, **fields: Any) -> str:
     return task_id
 
 
-def _get(url: str | None = None) -> Probe:
+def _get() -> Probe:
+    """The route with made-up ids (its 404)."""
+
     async def probe(s: Service, op: Op) -> httpx.Response:
-        return await s.call(op.method, url or _url(op.path), headers=s.key(op.method, op.path))
+        return await s.call(op.method, _url(op.path), headers=s.key(op.method, op.path))
 
     return probe
 
@@ -345,7 +356,6 @@ SPECIFIC: dict[tuple[str, str, str, int], Probe] = {
     ("alerting", "POST", "/v1/silences", 400): _send(
         {"rule": "no_such_rule", "duration_s": 60, "comment": "c", "created_by": "me"}
     ),
-    ("outreach", "GET", "/v1/tasks", 400): _get("/v1/tasks?cursor=not-a-cursor"),
     ("outreach", "POST", "/v1/tasks", 409): _key_reused,
     ("outreach", "GET", "/v1/tasks/{task_id}", 404): _get(),
     ("outreach", "POST", "/v1/tasks/{task_id}/cancel", 404): _send(
