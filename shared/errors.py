@@ -278,7 +278,7 @@ class RequestIdMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one ASGI call; only ``http`` calls get an id."""
+        """Serve one ASGI call; an ``http`` call's id is forgotten after it."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
