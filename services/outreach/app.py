@@ -17,7 +17,8 @@ from services.outreach.queue import QueueKeeper
 from services.outreach.reconcile import Reconciler
 from services.outreach.service import encrypt_plain_phones, newest_task_time
 from services.outreach.settings import OutreachSettings
-from services.outreach.sms import Dispatcher, SmsClient
+from services.outreach.smpp import SmppTransport, receipt_sink
+from services.outreach.sms import Dispatcher, SmsClient, SmsTransport
 from services.outreach.tables import outbox, web_sessions
 from services.outreach.templates import check_templates
 from services.outreach.views import include_routes
@@ -65,9 +66,18 @@ def create_app(settings: OutreachSettings) -> FastAPI:
         async with httpx.AsyncClient(
             base_url=settings.sms_gateway_url, timeout=settings.sms_timeout_s
         ) as http:
-            sms = SmsClient(
-                http, settings.sms_gateway_token.get_secret_value(), settings.sms_sender_id
-            )
+            # SMS_TRANSPORT: the JSON HTTP provider, or SMPP to the operator's SMSC (smpp.py).
+            smpp: SmppTransport | None = None
+            sms: SmsTransport
+            if settings.sms_transport == "smpp":
+                smpp = SmppTransport(settings, sink=receipt_sink(runtime.engine, clock))
+                await smpp.start()
+                sms = smpp
+            else:
+                sms = SmsClient(
+                    http, settings.sms_gateway_token.get_secret_value(), settings.sms_sender_id
+                )
+            app.state.sms = sms
             dispatcher = Dispatcher(settings, runtime.engine, sms, clock=clock)
             app.state.dispatcher = dispatcher
             # Asks the provider about SMS whose receipt never came (sms.py, reconcile.py).
@@ -116,6 +126,8 @@ def create_app(settings: OutreachSettings) -> FastAPI:
                 for loop in loops:
                     loop.stop()
                 await asyncio.gather(*tasks)
+                if smpp is not None:
+                    await smpp.aclose()
                 await runtime.stop()
 
     app = FastAPI(

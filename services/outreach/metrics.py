@@ -114,3 +114,12 @@ KPI_WIN_BACK = Gauge(
     "This month's win-back offers that won the subscriber back / offers made, by tier",
     ["tier"],
 )
+# --- SMPP (smpp.py)
+SMPP_THROTTLED = Counter(
+    "churnwatch_outreach_smpp_throttled_total",
+    "submit_sm answered ESME_RTHROTTLED or ESME_RMSGQFUL (sends paused, then submitted again)",
+)
+SMPP_BINDS = Counter(
+    "churnwatch_outreach_smpp_binds_total",
+    "SMPP sessions bound to the SMSC (more than one: it was lost and bound again)",
+)

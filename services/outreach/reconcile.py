@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.outreach import metrics, service
 from services.outreach.schemas import SmsStatus
 from services.outreach.settings import OutreachSettings
-from services.outreach.sms import ProviderError, ProviderStatus, SmsClient
+from services.outreach.sms import ProviderError, ProviderStatus, SmsTransport
 from shared.clock import Clock, WallClock
 from shared.periodic import Periodic
 
@@ -79,7 +79,7 @@ class Reconciler:
         self,
         settings: OutreachSettings,
         engine: AsyncEngine,
-        sms: SmsClient,
+        sms: SmsTransport,
         *,
         clock: Clock | None = None,
     ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import time
-from typing import Self
+from typing import Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, model_validator
@@ -14,6 +14,11 @@ from shared.settings import BaseServiceSettings
 
 DEV_GATEWAY_TOKEN = "dev-gateway-token"  # noqa: S105 - the embedded stand-in's token
 DEV_RECEIPT_SECRET = "dev-receipt-secret"  # noqa: S105 - the embedded stand-in's HMAC key
+
+SmppTon = Literal[0, 1, 2, 3, 4, 5, 6]
+"""SMPP 3.4's type of number (5.2.5)."""
+SmppNpi = Literal[0, 1, 3, 4, 6, 8, 9, 10, 14, 18]
+"""SMPP 3.4's numbering plan indicator (5.2.6)."""
 
 
 class OutreachSettings(PhoneKeySettings, BaseServiceSettings):
@@ -56,6 +61,61 @@ class OutreachSettings(PhoneKeySettings, BaseServiceSettings):
         gt=0,
         description="An SMS whose fate the provider has not told by this long after it was "
         "sent becomes 'unknown' (counted, alerted on).",
+    )
+
+    # --- the SMSC over SMPP 3.4 (smpp.py), with SMS_TRANSPORT=smpp ---
+    sms_transport: Literal["http", "smpp"] = Field(
+        default="http",
+        description="How SMS go out: 'http' (the JSON provider protocol, SMS_GATEWAY_*) or "
+        "'smpp' (SMPP 3.4 to the operator's SMSC, SMPP_*).",
+    )
+    smpp_host: str = Field(default="127.0.0.1", description="The SMSC's host name or address.")
+    smpp_port: int = Field(default=2775, ge=1, le=65535, description="The SMSC's SMPP port.")
+    smpp_system_id: str = Field(
+        default="churnwatch", min_length=1, max_length=15, description="The bind's system_id."
+    )
+    smpp_password: SecretStr = Field(
+        default=SecretStr(""), description="The bind's password (at most 8 characters, SMPP 3.4)."
+    )
+    smpp_system_type: str = Field(
+        default="", max_length=12, description="The bind's system_type (empty unless asked for)."
+    )
+    smpp_source_addr: str = Field(
+        default="Churnwatch",
+        min_length=1,
+        max_length=20,
+        description="source_addr of every submit_sm: an alphanumeric sender or a short code.",
+    )
+    smpp_source_ton: SmppTon = Field(
+        default=5, description="source_addr_ton: 5 alphanumeric, 3 short code, 1 international."
+    )
+    smpp_source_npi: SmppNpi = Field(default=0, description="source_addr_npi (0 unknown).")
+    smpp_dest_ton: SmppTon = Field(default=1, description="dest_addr_ton (1: international).")
+    smpp_dest_npi: SmppNpi = Field(default=1, description="dest_addr_npi (1: ISDN, E.164).")
+    smpp_window: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Most submit_sm sent and not yet answered at once (the SMSC's window).",
+    )
+    smpp_enquire_link_s: float = Field(
+        default=30.0, gt=0, le=3600, description="enquire_link after this long without traffic."
+    )
+    smpp_response_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="A submit_sm unanswered this long counts as lost with the connection; the "
+        "session is dropped and rebound.",
+    )
+    smpp_reconnect_max_s: float = Field(
+        default=30.0, gt=0, le=3600, description="Longest wait between two bind attempts."
+    )
+    smpp_throttle_backoff_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="First pause after ESME_RTHROTTLED or ESME_RMSGQFUL; doubles while they go on.",
     )
 
     sms_rate_limit_per_s: float = Field(
@@ -153,10 +213,22 @@ class OutreachSettings(PhoneKeySettings, BaseServiceSettings):
     def _no_dev_secrets_in_production(self) -> Self:
         """The stand-in gateway's token and receipt key must not reach a real provider."""
         if self.environment == "production":
-            if self.sms_gateway_token.get_secret_value() == DEV_GATEWAY_TOKEN:
+            dev_token = self.sms_gateway_token.get_secret_value() == DEV_GATEWAY_TOKEN
+            if self.sms_transport == "http" and dev_token:
                 raise ValueError("ENVIRONMENT=production needs an explicit SMS_GATEWAY_TOKEN")
             if self.sms_receipt_secret.get_secret_value() == DEV_RECEIPT_SECRET:
                 raise ValueError("ENVIRONMENT=production needs an explicit SMS_RECEIPT_SECRET")
+        return self
+
+    @model_validator(mode="after")
+    def _smpp_complete(self) -> Self:
+        """SMS_TRANSPORT=smpp needs the bind's password, within SMPP 3.4's 8 characters."""
+        if self.sms_transport == "smpp":
+            password = self.smpp_password.get_secret_value()
+            if not password:
+                raise ValueError("SMS_TRANSPORT=smpp needs SMPP_PASSWORD")
+            if len(password) > 8:
+                raise ValueError("SMPP_PASSWORD: at most 8 characters (SMPP 3.4)")
         return self
 
     @model_validator(mode="after")

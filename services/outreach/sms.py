@@ -24,7 +24,7 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, Protocol, cast, get_args
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -67,6 +67,24 @@ def _retry_after(response: httpx.Response) -> float | None:
     except ValueError:
         return None
     return value if 0 <= value <= MAX_BACKOFF_S else None
+
+
+class SmsTransport(Protocol):
+    """How the dispatcher and the reconciler reach the SMS provider (``SMS_TRANSPORT``).
+
+    ``SmsClient`` (the JSON HTTP protocol) and ``smpp.SmppTransport`` (SMPP 3.4
+    to an SMSC). Both raise ``ProviderError`` with ``retryable`` set; a
+    transport's delivery receipts end in ``service.apply_receipt``, the same
+    state changes as the HTTP webhook's.
+    """
+
+    async def send(self, *, to: str, text: str, idempotency_key: str) -> str:
+        """Submit one SMS (the task id is the key); return the provider's message id."""
+        ...
+
+    async def status(self, *, idempotency_key: str) -> ProviderStatus | None:
+        """What became of the SMS sent with this key; None if the provider never took it."""
+        ...
 
 
 @dataclass
@@ -200,7 +218,7 @@ class Dispatcher:
         self,
         settings: OutreachSettings,
         engine: AsyncEngine,
-        sms: SmsClient,
+        sms: SmsTransport,
         *,
         clock: Clock | None = None,
     ) -> None:

@@ -1,0 +1,469 @@
+"""SMPP 3.4 to the operator's SMSC (``SMS_TRANSPORT=smpp``), on aiosmpplib.
+
+aiosmpplib keeps the session: it binds as a transceiver, sends ``enquire_link``
+after ``SMPP_ENQUIRE_LINK_S`` without traffic, encodes and decodes the PDUs,
+answers the SMSC's ``deliver_sm``, and binds again after a loss (waits from 1 s
+doubling to ``SMPP_RECONNECT_MAX_S``). ``SmppTransport`` puts the dispatcher's
+``send`` on top of it:
+
+- the text becomes one short message or concatenated segments
+  (``smpp_text``: GSM 7-bit when it fits, else UCS-2), each a ``submit_sm``
+  with ``registered_delivery`` 1 (a final receipt, success or failure);
+- at most ``SMPP_WINDOW`` submit_sm are unanswered at once;
+- ``ESME_RTHROTTLED`` and ``ESME_RMSGQFUL`` pause every send, from
+  ``SMPP_THROTTLE_BACKOFF_S`` doubling to 30 s, and the segment is submitted
+  again; other refusals fail the SMS (or retry it later, for the SMSC's
+  temporary errors);
+- a send made while the session is down waits up to ``SMPP_RESPONSE_TIMEOUT_S``
+  for the next bind, then fails retryable (the dispatcher's backoff).
+
+**No idempotency key in SMPP.** A segment is "written" once aiosmpplib hands
+it to the socket. One never written (queued when the session dropped, or
+given up waiting) is withdrawn, never sent later, and safe to send again. One
+written and unanswered when the session drops, or after
+``SMPP_RESPONSE_TIMEOUT_S``, is ambiguous: the SMSC may have it. We submit it
+again (at least once): an SMSC that read it and died before answering would
+send it twice, one that never read it (the common case: a restart closes the
+connection, and what it had not read is gone) does not lose it. The same
+holds for outreach's own crash between the SMSC's answer and our ``sent``
+record: the task stays ``sending`` and is sent again after
+``OUTREACH_SENDING_STALE_S``. A planned SMSC restart (unbind, or closing the
+connection after answering what it read) loses and doubles nothing. A resend
+keeps each segment's concatenation reference and number, so a handset that
+got part of the first try completes the message.
+
+**Receipts.** ``deliver_sm`` with a delivery receipt (``esm_class`` 0x04) is
+applied by ``service.apply_receipt``, as the HTTP webhook's: ``DELIVRD`` is
+``delivered``, ``UNDELIV``/``EXPIRED``/``DELETED``/``REJECTD``/``UNKNOWN``
+are ``failed``. The task's ``provider_message_id`` is its first segment's id;
+a concatenated SMS is delivered once every segment's receipt says so, and
+failed at the first that does not. The segments are remembered in memory
+(the last 100,000 SMS): after outreach restarts, a receipt is matched by its
+message id alone, so the first segment's decides. The SMSC acknowledges
+nothing of ours until the receipt is in PostgreSQL (the ``deliver_sm_resp``
+goes after). SMPP's ``query_sm`` is not in aiosmpplib: ``status`` answers
+that the SMSC cannot be asked, and the reconciler makes an SMS without a
+receipt ``unknown`` after ``SMS_FINAL_STATE_DEADLINE_S``.
+
+Phone numbers and the password never reach a log: aiosmpplib's own log lines
+are passed on without their fields (which carry whole PDUs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiosmpplib import ESME, AbstractBroker, AbstractHook, AbstractRetryTimer, PhoneNumber
+from aiosmpplib.correlator import SimpleCorrelator
+from aiosmpplib.protocol import DeliverSm, SmppMessage, SubmitSm, SubmitSmResp
+from aiosmpplib.state import NPI, TON, SmppCommandStatus
+from aiosmpplib.throttle import AbstractThrottleHandler
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.outreach import metrics, service
+from services.outreach.settings import OutreachSettings
+from services.outreach.smpp_text import prepare
+from services.outreach.sms import ProviderError, ProviderStatus
+from shared.clock import Clock
+
+log = logging.getLogger(__name__)
+
+ReceiptSink = Callable[..., Awaitable[None]]
+"""``sink(message_id=..., reference=..., delivered=..., error=...)``: applies one receipt."""
+
+THROTTLE_MAX_S = 30.0
+"""Longest pause after the SMSC's throttling answers."""
+
+MAX_TRIES = 8
+"""Most submissions of one segment in one send (throttled, or lost with the session)."""
+
+REMEMBERED = 100_000
+"""SMS whose segments are remembered for their receipts."""
+
+THROTTLING = {SmppCommandStatus.ESME_RTHROTTLED, SmppCommandStatus.ESME_RMSGQFUL}
+TEMPORARY = {
+    SmppCommandStatus.ESME_RSYSERR,
+    SmppCommandStatus.ESME_RSUBMITFAIL,
+    SmppCommandStatus.ESME_RX_T_APPN,
+    SmppCommandStatus.ESME_RINVBNDSTS,
+}
+"""Refusals worth trying again later (the dispatcher's backoff); any other fails the SMS."""
+
+FINAL_STATES = {"DELIVRD", "UNDELIV", "EXPIRED", "DELETED", "REJECTD", "UNKNOWN"}
+"""Receipt ``stat`` values that are a message's fate (ACCEPTD and ENROUTE are not)."""
+
+
+class _Lost(Exception):
+    """The session ended with the segment written and unanswered."""
+
+
+@dataclass(eq=False)
+class _Message:
+    """A sent SMS whose receipts are awaited: its task, first segment, and outcomes so far."""
+
+    reference: str
+    first_id: str
+    parts: int
+    outcomes: dict[str, str | None] = field(default_factory=dict)  # message id -> error
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One submit_sm on its way: whether it was written, its answer to come."""
+
+    future: asyncio.Future[tuple[SmppCommandStatus, str]]
+    sms: _Message
+    written: bool = False
+    abandoned: bool = False
+
+
+class _Broker(AbstractBroker):
+    """aiosmpplib's outbound queue, from which a segment not yet written can be withdrawn."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[SmppMessage] = asyncio.Queue()
+
+    async def enqueue(self, message: SmppMessage) -> None:
+        """Queue one PDU for the session's sender."""
+        await self.queue.put(message)
+
+    async def dequeue(self) -> SmppMessage:
+        """The next PDU to write (the session's sender waits here)."""
+        return await self.queue.get()
+
+
+class _NoThrottle(AbstractThrottleHandler):
+    """Throttling is ``SmppTransport``'s (a pause and a resubmission), not aiosmpplib's."""
+
+    async def throttled(self) -> None:
+        """Nothing: the transport sees the answer."""
+
+    async def not_throttled(self) -> None:
+        """Nothing."""
+
+    async def allow_request(self) -> bool:
+        """Always."""
+        return True
+
+    async def throttle_delay(self) -> float:
+        """Never asked."""
+        return 0.0
+
+
+class _Reconnect(AbstractRetryTimer):
+    """Waits between binds (1 s doubling to the cap); tells the transport of binds and losses."""
+
+    def __init__(self, transport: SmppTransport, max_s: float) -> None:
+        self.transport, self.max_s, self.delay = transport, max_s, 0.0
+
+    async def wait(self) -> None:
+        """After a session ended (or a bind failed): fail what it left unanswered, then wait."""
+        self.transport._session_lost()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.delay = min(self.max_s, max(1.0, self.delay * 2))
+
+    def reset(self) -> None:
+        """Bound."""
+        self.delay = 0.0
+        self.transport._session_bound()
+
+    def next_delay(self) -> float:
+        """The wait before the next bind attempt."""
+        return self.delay
+
+
+class _Hook(AbstractHook):
+    """aiosmpplib's callbacks, passed to the transport."""
+
+    def __init__(self, transport: SmppTransport) -> None:
+        self.transport = transport
+
+    async def sending(self, smpp_message: SmppMessage, pdu: bytes, client_id: str) -> None:
+        """A PDU is about to be written; a withdrawn segment is refused (ValueError skips it)."""
+        if isinstance(smpp_message, SubmitSm):
+            self.transport._writing(smpp_message.log_id)
+
+    async def received(self, smpp_message: SmppMessage | None, pdu: bytes, client_id: str) -> None:
+        """An answer to a submit_sm, or a deliver_sm (acknowledged when this returns)."""
+        if isinstance(smpp_message, SubmitSmResp):
+            self.transport._answered(smpp_message)
+        elif isinstance(smpp_message, DeliverSm):
+            await self.transport._deliver(smpp_message)
+
+    async def send_error(self, smpp_message: SmppMessage, error: Exception, client_id: str) -> None:
+        """A PDU could not be written (or was refused by ``sending``): already accounted for."""
+
+
+class _Scrubbed(logging.Handler):
+    """aiosmpplib's log lines without their fields: those carry whole PDUs, phone numbers too."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Pass the event's name on to our logger."""
+        event = str(record.msg).split(" >>> ", 1)[0]
+        # Receipts are matched by the transport, not by aiosmpplib's correlator.
+        level = logging.DEBUG if "correlate delivery receipt" in event else record.levelno
+        log.log(level, "SMPP session: %s", event)
+
+
+class SmppTransport:
+    """SMS over SMPP 3.4: ``send`` returns the SMSC's message id; receipts go to ``sink``."""
+
+    def __init__(self, settings: OutreachSettings, *, sink: ReceiptSink) -> None:
+        """Configure the session (nothing connects before ``start``)."""
+        self.settings = settings
+        self.sink = sink
+        self.timeout_s = settings.smpp_response_timeout_s
+        self._broker = _Broker()
+        self._esme = ESME(
+            smsc_host=settings.smpp_host,
+            smsc_port=settings.smpp_port,
+            system_id=settings.smpp_system_id,
+            password=settings.smpp_password.get_secret_value(),
+            system_type=settings.smpp_system_type,
+            client_id="churnwatch-outreach",
+            enquire_link_interval=float(settings.smpp_enquire_link_s),
+            socket_timeout=float(settings.smpp_response_timeout_s),
+            log_level=logging.WARNING,
+            log_handler=_Scrubbed(),
+            hook=_Hook(self),
+            broker=self._broker,
+            throttle_handler=_NoThrottle(),
+            # Its receipt correlation is not used (``_messages`` is ours): kept briefly.
+            correlator=SimpleCorrelator(
+                "churnwatch",
+                max_ttl_response=max(1.0, float(settings.smpp_response_timeout_s)),
+                max_ttl_delivery=60.0,
+            ),
+            retry_timer=_Reconnect(self, settings.smpp_reconnect_max_s),
+        )
+        self._source = PhoneNumber(
+            settings.smpp_source_addr, TON(settings.smpp_source_ton), NPI(settings.smpp_source_npi)
+        )
+        self._window = asyncio.Semaphore(settings.smpp_window)
+        self._pending: dict[str, _Pending] = {}
+        self._messages: dict[str, _Message] = {}  # message id of every segment -> its SMS
+        self._ids = itertools.count(1)
+        self._bound = asyncio.Event()
+        self._throttled_until = 0.0
+        self._throttle_s = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self.binds = 0  # sessions bound so far (tests and the log watch reconnects)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the session in the background; it binds, and binds again after a loss."""
+        self._task = asyncio.create_task(self._esme.start(), name="outreach-smpp")
+
+    async def aclose(self) -> None:
+        """Unbind and stop."""
+        if self._task is None:
+            return
+        await self._esme.stop()
+        if not self._task.done():
+            self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
+        self._session_lost()
+
+    @property
+    def bound(self) -> bool:
+        """Whether a session is bound now."""
+        return self._bound.is_set()
+
+    def _session_bound(self) -> None:
+        self.binds += 1
+        metrics.SMPP_BINDS.inc()
+        self._bound.set()
+        log.info("SMPP session bound", extra={"binds": self.binds})
+
+    def _session_lost(self) -> None:
+        was_bound = self._bound.is_set()
+        self._bound.clear()
+        for pending in self._pending.values():
+            if pending.written and not pending.future.done():
+                pending.future.set_exception(_Lost())
+        if was_bound:
+            log.warning("SMPP session lost; binding again")
+
+    # --- sending -----------------------------------------------------------------------
+
+    async def send(self, *, to: str, text: str, idempotency_key: str) -> str:
+        """Submit the SMS (all its segments); return the first segment's message id.
+
+        Raises ``ProviderError``: retryable when the SMSC is unreachable, busy
+        or failing for now; not retryable when it refuses the message itself.
+        """
+        try:
+            encoded = prepare(text, key=idempotency_key)
+        except ValueError as exc:
+            raise ProviderError(str(exc), retryable=False) from exc
+        destination = PhoneNumber(
+            to.removeprefix("+"), TON(self.settings.smpp_dest_ton), NPI(self.settings.smpp_dest_npi)
+        )
+        # Remembered as each segment is taken: its receipt can come before the next answer.
+        message = _Message(idempotency_key, "", len(encoded.parts))
+        with metrics.PROVIDER_SECONDS.time():
+            for part in encoded.parts:
+                await self._submit_part(
+                    SubmitSm(
+                        short_message=" ",  # the encoded part below is what goes
+                        source=self._source,
+                        destination=destination,
+                        esm_class=encoded.esm_class,
+                        registered_delivery=0x01,
+                        encoding=encoded.encoding,
+                        auto_message_payload=True,  # never re-split by aiosmpplib
+                    ),
+                    part,
+                    message,
+                )
+        return message.first_id
+
+    async def status(self, *, idempotency_key: str) -> ProviderStatus | None:
+        """SMPP cannot be asked by our key (and aiosmpplib has no ``query_sm``): always an error."""
+        raise ProviderError("SMPP: the SMSC cannot be asked about a message", retryable=True)
+
+    async def _submit_part(self, message: SubmitSm, part: bytes, sms: _Message) -> str:
+        """Submit one segment until the SMSC takes or refuses it; return its message id."""
+        for _ in range(MAX_TRIES):
+            await self._wait_throttle()
+            if not self._bound.is_set():
+                try:
+                    await asyncio.wait_for(self._bound.wait(), self.timeout_s)
+                except TimeoutError:
+                    raise ProviderError("SMSC not bound", retryable=True) from None
+            async with self._window:
+                try:
+                    status, message_id = await self._exchange(message, part, sms)
+                except _Lost:
+                    continue  # written, unanswered: submitted again (at least once)
+            if status == SmppCommandStatus.ESME_ROK:
+                self._throttle_s = 0.0
+                return message_id
+            if status in THROTTLING:
+                self._throttle()
+                continue
+            raise ProviderError(f"SMSC refused: {status.name}", retryable=status in TEMPORARY)
+        raise ProviderError(f"SMSC did not take it in {MAX_TRIES} tries", retryable=True)
+
+    async def _exchange(
+        self, message: SubmitSm, part: bytes, sms: _Message
+    ) -> tuple[SmppCommandStatus, str]:
+        """Queue the segment and await its answer; ``_Lost`` if that is now unknowable."""
+        log_id = f"sm-{next(self._ids)}"
+        pending = _Pending(asyncio.get_running_loop().create_future(), sms)
+        self._pending[log_id] = pending
+        message.log_id = log_id
+        message.set_encoded_message(part)
+        try:
+            await self._broker.enqueue(message)
+            return await asyncio.wait_for(asyncio.shield(pending.future), self.timeout_s)
+        except TimeoutError:
+            pending.abandoned = True  # not written yet: it never will be
+            if pending.written:
+                raise _Lost() from None
+            raise ProviderError("SMSC session not ready", retryable=True) from None
+        finally:
+            pending.abandoned = True
+            del self._pending[log_id]
+
+    def _writing(self, log_id: str) -> None:
+        pending = self._pending.get(log_id)
+        if pending is None or pending.abandoned:
+            raise ValueError("withdrawn")  # aiosmpplib skips it: sent never
+        pending.written = True
+
+    def _answered(self, resp: SubmitSmResp) -> None:
+        pending = self._pending.get(resp.log_id)
+        if pending is not None and not pending.future.done():
+            if resp.command_status == SmppCommandStatus.ESME_ROK:
+                # Now, not when the sender wakes: its receipt may be the next PDU read.
+                self._remember(pending.sms, resp.message_id)
+            pending.future.set_result((resp.command_status, resp.message_id))
+
+    async def _wait_throttle(self) -> None:
+        # A pause can grow while we wait (another segment throttled): wait it out too.
+        while (wait := self._throttled_until - time.monotonic()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(wait)
+
+    def _throttle(self) -> None:
+        """The SMSC said it is too busy: every send pauses, longer each time in a row."""
+        base = self.settings.smpp_throttle_backoff_s
+        self._throttle_s = min(THROTTLE_MAX_S, self._throttle_s * 2 if self._throttle_s else base)
+        self._throttled_until = max(self._throttled_until, time.monotonic() + self._throttle_s)
+        metrics.SMPP_THROTTLED.inc()
+        log.warning("SMSC throttling; pausing sends", extra={"pause_s": self._throttle_s})
+
+    # --- receipts ----------------------------------------------------------------------
+
+    def _remember(self, message: _Message, message_id: str) -> None:
+        message.first_id = message.first_id or message_id
+        self._messages[message_id] = message
+        while len(self._messages) > REMEMBERED:
+            del self._messages[next(iter(self._messages))]
+
+    async def _deliver(self, pdu: DeliverSm) -> None:
+        """A deliver_sm: a receipt is applied before the SMSC is answered; an MO SMS is not ours."""
+        if not pdu.is_receipt():
+            log.info("SMPP deliver_sm that is no receipt ignored (replies come by webhook)")
+            return
+        receipt = pdu.parse_receipt()
+        message_id, stat = str(receipt.get("id") or ""), str(receipt.get("stat") or "").upper()
+        if not message_id or stat not in FINAL_STATES:
+            return  # not a final receipt (ENROUTE, ACCEPTD): the final one follows
+        error = None if stat == "DELIVRD" else f"stat:{stat} err:{receipt.get('err', '')}"
+        message = self._messages.get(message_id)
+        if message is None:
+            # Sent before outreach started: found by its message id (the first segment's).
+            await self._apply(message_id, None, error)
+            return
+        message.outcomes[message_id] = error
+        failed = next((e for e in message.outcomes.values() if e is not None), None)
+        if failed is None and len(message.outcomes) < message.parts:
+            return  # delivered so far; the other segments' receipts decide
+        if failed is not None and sum(e is not None for e in message.outcomes.values()) > 1:
+            return  # its failure was applied with the first failed segment
+        await self._apply(message.first_id, message.reference, failed)
+
+    async def _apply(self, message_id: str, reference: str | None, error: str | None) -> None:
+        try:
+            await self.sink(
+                message_id=message_id, reference=reference, delivered=error is None, error=error
+            )
+        except Exception:
+            # Acknowledged all the same (aiosmpplib answers once this returns): the
+            # reconciler's deadline gives the SMS a final state ('unknown').
+            log.exception("SMPP receipt not applied", extra={"message_id": message_id})
+
+
+def receipt_sink(engine: AsyncEngine, clock: Clock) -> ReceiptSink:
+    """Applies an SMPP receipt as the webhook applies an HTTP one (``service.apply_receipt``)."""
+
+    async def apply(
+        *, message_id: str, reference: str | None, delivered: bool, error: str | None
+    ) -> None:
+        now = clock.now()
+        async with engine.begin() as conn:
+            result, _ = await service.apply_receipt(
+                conn,
+                message_id=message_id,
+                reference=reference,
+                delivered=delivered,
+                error=error,
+                at=now,
+                now=now,
+                source="SMPP receipt",
+            )
+        log.debug("SMPP receipt applied", extra={"message_id": message_id, "result": result.value})
+        metrics.RECEIPTS.labels(
+            "unknown" if result is service.ReceiptResult.NOT_SENT else result.value
+        ).inc()
+
+    return apply
