@@ -251,7 +251,9 @@ async def test_segments_never_split_a_character_and_carry_one_reference() -> Non
 # --- against the SMSC -----------------------------------------------------------------------
 
 
-async def test_chinese_and_english_sms_survive_an_smsc_restart(rig: Rig) -> None:
+async def test_chinese_and_english_sms_survive_an_smsc_restart(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
     """2-segment Chinese and English SMS, receipts, an SMSC restart: none lost, none twice."""
     chinese = task("+8613800000001", language="zh", params=ZH_PARAMS)
     english = task("+447700900001", language="en", params=EN_PARAMS)
@@ -312,6 +314,27 @@ async def test_chinese_and_english_sms_survive_an_smsc_restart(rig: Rig) -> None
     assert rows[english.task_id]["provider_message_id"] == en["message_id"]
     assert all(r["delivered_at"] is not None for r in rows.values())
     assert not (rig.smsc.workdir / "receipts.json").read_text().strip("{}")  # all acknowledged
+    # No phone number in any log line (aiosmpplib's own lines carry whole PDUs: scrubbed).
+    logged = caplog.text
+    assert "SMPP session lost" in logged
+    assert not [t.phone for t in everything if t.phone.removeprefix("+") in logged]
+
+
+async def test_an_idle_session_is_kept_alive_with_enquire_link(rig: Rig) -> None:
+    await rig.transport.aclose()
+    settings = rig.settings.model_copy(update={"smpp_enquire_link_s": 0.2})
+    transport = SmppTransport(settings, sink=receipt_sink(rig.engine, WallClock()))
+    await transport.start()
+    links = rig.smsc.workdir / "enquire_link.log"
+
+    async def linked() -> bool:
+        return links.exists() and len(links.read_text().splitlines()) >= 3
+
+    try:
+        await eventually(linked, timeout_s=30, what="three enquire_link answered")
+        assert transport.bound and transport.binds == 1  # never dropped meanwhile
+    finally:
+        await transport.aclose()
 
 
 @pytest.mark.parametrize(

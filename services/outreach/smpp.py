@@ -265,7 +265,11 @@ class SmppTransport:
         """Unbind and stop."""
         if self._task is None:
             return
-        await self._esme.stop()
+        try:
+            # The unbind's answer, or the SMSC closing: not forever.
+            await asyncio.wait_for(self._esme.stop(), self.timeout_s)
+        except TimeoutError:
+            log.warning("SMPP unbind unanswered; closing anyway")
         if not self._task.done():
             self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)

@@ -8,6 +8,7 @@
 //   UDH and text by data_coding), written before the answer goes out.
 // DIR/receipts.json: receipts not yet acknowledged by the ESME, kept across a
 //   restart (store and forward, as an SMSC does) and sent on the next bind.
+// DIR/enquire_link.log: a line per enquire_link answered.
 // SIGTERM stops it for a restart: every submit_sm it read is answered, then the
 // connections close (what it had not read, it never took) and it exits.
 //
@@ -83,7 +84,10 @@ const server = smpp.createServer((session) => {
     bound.add(session);
     flush(session);
   });
-  session.on('enquire_link', (pdu) => session.send(pdu.response()));
+  session.on('enquire_link', (pdu) => {
+    fs.appendFileSync(path.join(dir, 'enquire_link.log'), '.\n');
+    session.send(pdu.response());
+  });
   session.on('unbind', (pdu) => {
     session.send(pdu.response());
     session.close();
