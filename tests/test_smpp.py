@@ -368,6 +368,34 @@ async def test_throttling_backs_off_and_undelivered_receipts_fail_the_task(rig: 
         assert texts[t.phone.removeprefix("+")] == [text_of(t)]
 
 
+@pytest.mark.parametrize("rig", [{"SMSC_DROP_AT": "4"}], indirect=True)
+async def test_a_segment_written_and_unanswered_when_the_session_drops_is_sent_again(
+    rig: Rig,
+) -> None:
+    """The SMSC drops the connection on reading one submit_sm, unanswered and not taken."""
+    tasks = [task(f"+4477009{n:05d}", language="zh", params=ZH_PARAMS) for n in range(4)]
+    await rig.store(*tasks)
+    dispatcher = Dispatcher(rig.settings, rig.engine, rig.transport)
+    running = asyncio.create_task(dispatcher.run())
+    try:
+
+        async def delivered() -> bool:
+            rows = await rig.statuses(tasks)
+            return all(r["status"] == "delivered" for r in rows.values())
+
+        await eventually(delivered, timeout_s=60, what="every SMS delivered")
+    finally:
+        dispatcher.stop()
+        await running
+    assert rig.transport.binds >= 2
+    texts = rig.smsc.messages()  # each segment taken once, the dropped one too
+    for t in tasks:
+        assert texts[t.phone.removeprefix("+")] == [text_of(t)]
+    assert len(rig.smsc.received()) == 2 * len(tasks)
+    rows = await rig.statuses(tasks)
+    assert {r["attempts"] for r in rows.values()} == {1}  # resubmitted within the one send
+
+
 async def test_bad_credentials_never_bind_and_sends_fail_retryable(
     env: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -14,7 +14,8 @@
 //
 // Environment: SMSC_SYSTEM_ID, SMSC_PASSWORD (the bind's credentials);
 // SMSC_THROTTLE_EVERY=N answers every Nth submit_sm ESME_RTHROTTLED;
-// SMSC_UNDELIV_PREFIX: receipts for destinations starting with it say UNDELIV.
+// SMSC_UNDELIV_PREFIX: receipts for destinations starting with it say UNDELIV;
+// SMSC_DROP_AT=N drops the connection on reading the Nth submit_sm, unanswered.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -27,6 +28,7 @@ const systemId = process.env.SMSC_SYSTEM_ID || 'churnwatch';
 const password = process.env.SMSC_PASSWORD || 'secret';
 const throttleEvery = Number(process.env.SMSC_THROTTLE_EVERY || 0);
 const undelivPrefix = process.env.SMSC_UNDELIV_PREFIX || '';
+const dropAt = Number(process.env.SMSC_DROP_AT || 0);
 const receivedFile = path.join(dir, 'received.jsonl');
 const spoolFile = path.join(dir, 'receipts.json');
 
@@ -98,6 +100,11 @@ const server = smpp.createServer((session) => {
       return;
     }
     submits += 1;
+    if (submits === dropAt) {
+      // As if it crashed having read this one: not stored, not answered, connection gone.
+      session.destroy();
+      return;
+    }
     if (throttleEvery && submits % throttleEvery === 0) {
       session.send(pdu.response({ command_status: smpp.ESME_RTHROTTLED }));
       return;
