@@ -125,16 +125,20 @@ class _Pending:
 class _Broker(AbstractBroker):
     """aiosmpplib's outbound queue, from which a segment not yet written can be withdrawn."""
 
-    def __init__(self) -> None:
+    def __init__(self, live: Callable[[SmppMessage], bool]) -> None:
         self.queue: asyncio.Queue[SmppMessage] = asyncio.Queue()
+        self.live = live
 
     async def enqueue(self, message: SmppMessage) -> None:
         """Queue one PDU for the session's sender."""
         await self.queue.put(message)
 
     async def dequeue(self) -> SmppMessage:
-        """The next PDU to write (the session's sender waits here)."""
-        return await self.queue.get()
+        """The next PDU to write (the session's sender waits here); withdrawn ones are dropped."""
+        while True:
+            message = await self.queue.get()
+            if self.live(message):
+                return message
 
 
 class _NoThrottle(AbstractThrottleHandler):
@@ -219,7 +223,7 @@ class SmppTransport:
         self.settings = settings
         self.sink = sink
         self.timeout_s = settings.smpp_response_timeout_s
-        self._broker = _Broker()
+        self._broker = _Broker(self._live)
         self._esme = ESME(
             smsc_host=settings.smpp_host,
             smsc_port=settings.smpp_port,
@@ -274,6 +278,7 @@ class SmppTransport:
             self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         self._task = None
+        self._bound.clear()  # closed, not lost: no rebind to announce
         self._session_lost()
 
     @property
@@ -377,6 +382,13 @@ class SmppTransport:
         finally:
             pending.abandoned = True
             del self._pending[log_id]
+
+    def _live(self, message: SmppMessage) -> bool:
+        """Whether a queued PDU is still wanted (a submit_sm not given up on)."""
+        if not isinstance(message, SubmitSm):
+            return True
+        pending = self._pending.get(message.log_id)
+        return pending is not None and not pending.abandoned
 
     def _writing(self, log_id: str) -> None:
         pending = self._pending.get(log_id)
