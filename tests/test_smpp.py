@@ -396,6 +396,41 @@ async def test_a_segment_written_and_unanswered_when_the_session_drops_is_sent_a
     assert {r["attempts"] for r in rows.values()} == {1}  # resubmitted within the one send
 
 
+async def test_the_outreach_app_sends_over_smpp_when_configured(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    """SMS_TRANSPORT=smpp in the app's lifespan: its dispatcher sends, its receipts apply."""
+    smsc = Smsc(tmp_path)
+    await smsc.start()
+    settings = OutreachSettings(
+        **env,
+        sms_transport="smpp",
+        smpp_port=smsc.port,
+        smpp_password=PASSWORD,
+        outreach_sms_hold_s=0,
+        outreach_dispatch_interval_s=0.2,
+    )
+    app = create_app(settings)
+    sms = task("+8613800000077", language="zh", params=ZH_PARAMS)
+    try:
+        async with app.router.lifespan_context(app):
+            assert isinstance(app.state.sms, SmppTransport)
+            engine = app.state.runtime.engine
+            async with engine.begin() as conn:
+                await service.store_tasks(conn, new_tasks=[sms], now=datetime.now(UTC))
+            app.state.dispatcher.wakeup.set()
+
+            async def delivered() -> bool:
+                async with engine.connect() as conn:
+                    row = await service.get_task(conn, task_id=sms.task_id)
+                return row is not None and row["status"] == "delivered"
+
+            await eventually(delivered, timeout_s=60, what="the SMS delivered")
+        assert smsc.messages()["8613800000077"] == [text_of(sms)]
+    finally:
+        await smsc.kill()
+
+
 async def test_bad_credentials_never_bind_and_sends_fail_retryable(
     env: dict[str, Any], tmp_path: Path
 ) -> None:
