@@ -268,6 +268,19 @@ OUTREACH = Dashboard(
                     ", Status query). No data until an SMS waits SMS_RECONCILE_AFTER_S.",
                 ),
                 Panel(
+                    "SMPP binds and throttling (1h)",
+                    (
+                        q("sum(increase(churnwatch_outreach_smpp_binds_total[1h]))", "binds"),
+                        q(
+                            "sum(increase(churnwatch_outreach_smpp_throttled_total[1h]))",
+                            "throttled",
+                        ),
+                    ),
+                    description="SMS_TRANSPORT=smpp only (docs/smpp.md): more binds than "
+                    "outreach processes means sessions were lost and bound again; throttled "
+                    "submit_sm paused every send. No data with the HTTP transport.",
+                ),
+                Panel(
                     "Oldest SMS without a final state",
                     (q("churnwatch_outreach_sms_unfinished_oldest_seconds", "oldest"),),
                     unit="s",
