@@ -39,6 +39,7 @@ from aiokafka import (
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import RecordMetadata
+from opentelemetry.context import Context
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -46,6 +47,7 @@ from shared import metrics
 from shared.dlq import DeadLetter
 from shared.kafka import TopicGuard, client_options, topics_for
 from shared.settings import BaseServiceSettings
+from shared.tracing import BatchTrace, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,8 @@ class Inbound(Generic[T]):
     partition: int
     offset: int
     timestamp_ms: int
+    context: Context | None = None
+    """The record's trace context (``shared.tracing``) while tracing is on, else None."""
 
 
 Parser = Callable[[ConsumerRecord[bytes, bytes]], T]
@@ -200,6 +204,7 @@ class ConsumerLoop(Generic[T]):
         restart_backoff_s: float = 1.0,
         lag_interval_s: float = 5.0,
         topic_check_interval_s: float = 1.0,
+        tracing: Tracing | None = None,
     ) -> None:
         self.service = service
         self.settings = settings
@@ -220,6 +225,8 @@ class ConsumerLoop(Generic[T]):
         self._lag_task: asyncio.Task[None] | None = None
         self.batches_handled = 0
         self.topic_check_interval_s = topic_check_interval_s
+        # None or off: no span, no header read (one check per batch).
+        self.tracing = tracing if tracing is not None and tracing.enabled else None
         # Every churnwatch topic, not only the subscribed ones: a handler that
         # produces into a lost topic would have its acks from a topic nobody reads.
         self.guard = TopicGuard(settings, service=service, timeout_s=1.0)
@@ -469,6 +476,9 @@ class ConsumerLoop(Generic[T]):
             metrics.CONSUMER_RECORDS.labels(self.service, topic).inc(count)
         parsed: list[Inbound[T]] = []
         dead: list[DeadLetter] = []
+        traced: BatchTrace | None = None
+        if self.tracing is not None:
+            traced = self.tracing.batch(group=self.group_id, size=len(records))
         for record in records:
             try:
                 value = self.parser(record)
@@ -476,7 +486,19 @@ class ConsumerLoop(Generic[T]):
                 dead.append(self._dead_letter(record, exc))
                 continue
             parsed.append(
-                Inbound(value, record.topic, record.partition, record.offset, record.timestamp)
+                Inbound(
+                    value,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    record.timestamp,
+                    # A record the parser skips (None) gets no span of its own.
+                    None
+                    if traced is None
+                    else traced.context
+                    if value is None
+                    else traced.context_for(record),
+                )
             )
         try:
             async with self.engine.begin() as conn:
@@ -495,9 +517,13 @@ class ConsumerLoop(Generic[T]):
                 # rolls back and the whole batch is redone, so nothing is half-done.
                 await outbox.flush()
             await consumer.commit()
-        except Exception:
+        except Exception as exc:
             metrics.CONSUMER_BATCHES.labels(self.service, "failed").inc()
+            if traced is not None:
+                traced.end(exc)
             raise
+        if traced is not None:
+            traced.end()
         for letter in dead:
             metrics.DLQ_MESSAGES.labels(self.service, letter.topic, letter.reason_class).inc()
             log.warning(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,14 +20,29 @@ from shared.health import Check
 from shared.kafka import ensure_topics, make_producer, topics_for
 from shared.settings import BaseServiceSettings
 from shared.topics import Topics
+from shared.tracing import Tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 
 class ServiceRuntime:
-    """Database engine + producer + one consumer loop, started and stopped together."""
+    """Database engine + producer + one consumer loop (+ the tracer), started and stopped together.
 
-    def __init__(self, settings: BaseServiceSettings, service: str) -> None:
+    ``span_exporter``: export spans there instead of the configured exporter
+    (tests pass an in-memory one; ``shared.tracing``).
+    """
+
+    def __init__(
+        self,
+        settings: BaseServiceSettings,
+        service: str,
+        *,
+        span_exporter: SpanExporter | None = None,
+    ) -> None:
         self.settings = settings
         self.service = service
+        self.tracing = Tracing(settings, service=service, exporter=span_exporter)
         self.topics: Topics = topics_for(settings)
         self.engine: AsyncEngine = create_engine(settings)
         self.producer: AIOKafkaProducer | None = None  # aiokafka needs a running loop
@@ -53,6 +68,7 @@ class ServiceRuntime:
         (scoring checkpoints its model there).
         """
         self._on_stop = on_stop
+        self.tracing.start()
         await ensure_topics(self.settings)
         self.producer = make_producer(self.settings)
         await self.producer.start()
@@ -68,6 +84,7 @@ class ServiceRuntime:
             on_failure=on_failure,
             on_revoked=on_revoked,
             max_records=max_records,
+            tracing=self.tracing,
         )
         self._task = asyncio.create_task(self.loop.run(), name=f"{self.service}-consumer")
 
@@ -82,6 +99,7 @@ class ServiceRuntime:
         if self.producer is not None:
             await self.producer.stop()
         await self.engine.dispose()
+        self.tracing.shutdown()  # exports what is left
 
     def checks(self) -> dict[str, Check]:
         """Readiness checks: database answers, consumer joined and healthy."""

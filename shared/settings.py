@@ -9,6 +9,7 @@ object passed in, so tests build their own.
 from __future__ import annotations
 
 from typing import Literal, Self
+from urllib.parse import unquote
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -96,6 +97,46 @@ class BaseServiceSettings(BaseSettings):
     retention_days: int = Field(default=30, ge=0, le=3650)
     retention_interval_s: float = Field(default=3600.0, gt=0, le=86_400)
 
+    # OpenTelemetry traces (shared.tracing, docs/operations.md "Tracing"), under
+    # OTel's own variable names. Off by default ("none"): no exporter, no spans.
+    otel_traces_exporter: Literal["none", "otlp", "console"] = "none"
+    # OTLP over HTTP/protobuf; the traces go to <endpoint>/v1/traces unless
+    # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT names the full URL.
+    otel_exporter_otlp_endpoint: str = "http://localhost:4318"
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    # "k1=v1,k2=v2" (e.g. a hosted backend's API key header): a secret, never logged.
+    otel_exporter_otlp_headers: SecretStr | None = None
+    otel_exporter_otlp_timeout: int = Field(default=10_000, ge=100, le=600_000)  # ms
+    # Default: churnwatch-<service>.
+    otel_service_name: str | None = Field(default=None, max_length=128)
+    # "k1=v1,k2=v2", e.g. k8s.pod.name=...,service.instance.id=...
+    otel_resource_attributes: str = ""
+    # Parent-based by default: scoring, alerting and outreach follow ingest's decision.
+    otel_traces_sampler: Literal[
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ] = "parentbased_always_on"
+    otel_traces_sampler_arg: float = Field(default=1.0, ge=0, le=1)
+
+    def otlp_traces_endpoint(self) -> str:
+        """Where OTLP/HTTP traces go (OTel's rule for the signal-specific endpoint)."""
+        if self.otel_exporter_otlp_traces_endpoint:
+            return self.otel_exporter_otlp_traces_endpoint
+        return self.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+
+    def otlp_headers(self) -> dict[str, str]:
+        """``OTEL_EXPORTER_OTLP_HEADERS`` as a dict."""
+        secret = self.otel_exporter_otlp_headers
+        return _otel_pairs(secret.get_secret_value()) if secret is not None else {}
+
+    def otel_resource_attributes_map(self) -> dict[str, str]:
+        """``OTEL_RESOURCE_ATTRIBUTES`` as a dict."""
+        return _otel_pairs(self.otel_resource_attributes)
+
     @model_validator(mode="after")
     def _kafka_settings_agree(self) -> Self:
         """Combinations the broker or the client would only refuse later, at run time."""
@@ -143,3 +184,13 @@ class BaseServiceSettings(BaseSettings):
                     + " (the development defaults are not allowed)"
                 )
         return self
+
+
+def _otel_pairs(raw: str) -> dict[str, str]:
+    """OTel's ``k1=v1,k2=v2`` list (URL-encoded values) as a dict; malformed items skipped."""
+    pairs: dict[str, str] = {}
+    for item in raw.split(","):
+        name, sep, value = item.partition("=")
+        if sep and name.strip():
+            pairs[unquote(name.strip())] = unquote(value.strip())
+    return pairs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -22,12 +23,16 @@ from shared.metrics import install_metrics
 from shared.retention import Purger, PurgeRule
 from shared.runtime import ServiceRuntime
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
-def create_app(settings: AlertingSettings) -> FastAPI:
+
+def create_app(settings: AlertingSettings, *, span_exporter: SpanExporter | None = None) -> FastAPI:
     """The alerting service: rules over events and scores, the dwell sweep, silences API.
 
     The rules file is loaded here, not in the lifespan, so a bad file stops
     the service before it binds a port, with the file and line in the error.
+    ``span_exporter``: where spans go instead of the configured exporter (tests).
     """
     rules = load_rules(settings.alerting_rules_file)
     use_phone_keyring(settings.phone_keyring())  # seals a plain phone from an old record
@@ -36,7 +41,7 @@ def create_app(settings: AlertingSettings) -> FastAPI:
         control_percent=settings.alerting_control_group_percent,
         control_salt=settings.alerting_control_group_salt,
     )
-    runtime = ServiceRuntime(settings, "alerting")
+    runtime = ServiceRuntime(settings, "alerting", span_exporter=span_exporter)
     purger = Purger(
         runtime.engine,
         [PurgeRule(processed_messages, "processed_at")],
@@ -79,6 +84,7 @@ def create_app(settings: AlertingSettings) -> FastAPI:
     app.state.purger = purger
     install_error_handlers(app)
     install_metrics(app, "alerting")
+    runtime.tracing.instrument(app)
     install_auth(app, settings, runtime.engine)
     app.include_router(health_router(runtime.checks()))
     app.include_router(router, responses=auth_responses())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 
 import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from opentelemetry.context import Context
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -30,6 +31,7 @@ from shared.events import (
 )
 from shared.periodic import Periodic
 from shared.topics import Topics
+from shared.tracing import headers
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +138,30 @@ class PostgresStore:
         return await service.due_pending(self.conn, pending_before=pending_before, limit=limit)
 
 
-async def publish(decisions: Decisions, *, outbox: Outbox, topics: Topics) -> None:
+async def publish(
+    decisions: Decisions,
+    *,
+    outbox: Outbox,
+    topics: Topics,
+    contexts: Mapping[uuid.UUID | str, Context] | None = None,
+) -> None:
     """Send what a batch or sweep decided through the ``Outbox`` and count it.
 
     The caller waits for every acknowledgement before committing, so a crash
     re-runs the batch and the deterministic ids make the re-run publish the
-    same messages (outreach stores them once).
+    same messages (outreach stores them once). ``contexts`` (tracing on): the
+    trace context of each message id and subscriber of the batch; a task goes
+    out with its cause's, an update with its subscriber's (``shared.tracing``).
     """
     for message in decisions.publish:
-        await outbox.send(topics.tasks, key=message.subscriber_id, value=message)
+        trace_headers = None
+        if contexts is not None:
+            cause = message.cause_event_id if isinstance(message, OutreachTask) else None
+            context = contexts.get(cause) if cause is not None else None
+            trace_headers = headers(context or contexts.get(message.subscriber_id))
+        await outbox.send(
+            topics.tasks, key=message.subscriber_id, value=message, headers=trace_headers
+        )
         if isinstance(message, OutreachTask):
             metrics.TASKS.labels(message.kind.value, message.channel.value).inc()
         else:
@@ -177,7 +194,14 @@ class AlertingHandler:
         metrics.MESSAGES.labels("duplicate").inc(decisions.duplicates)
         if not decisions.handled:
             return
-        await publish(decisions, outbox=outbox, topics=self.topics)
+        contexts: dict[uuid.UUID | str, Context] | None = None
+        if batch[0].context is not None:  # tracing on
+            contexts = {}
+            for item in batch:
+                if item.value is not None and item.context is not None:
+                    contexts[message_id(item.value)] = item.context
+                    contexts[item.value.subscriber_id] = item.context
+        await publish(decisions, outbox=outbox, topics=self.topics, contexts=contexts)
         # Score -> decision latency; tasks a score fires go out in this same batch.
         for message in decisions.handled:
             if isinstance(message, RiskScore):

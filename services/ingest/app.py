@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
@@ -22,15 +22,20 @@ from shared.events import EVENT_ADAPTER, Event
 from shared.health import Check, health_router
 from shared.kafka import OffsetLedger, TopicGuard, ensure_topics, make_producer, topics_for
 from shared.metrics import install_metrics
+from shared.tracing import Tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 
-def create_app(settings: IngestSettings) -> FastAPI:
+def create_app(settings: IngestSettings, *, span_exporter: SpanExporter | None = None) -> FastAPI:
     """The ingest service: ``POST /v1/events``, the landing topic, schemas, probes, metrics.
 
     Ingest keeps no data of its own; its database engine looks up API keys and
     holds the landing consumer's (empty) batch transactions. The landing consumer
     is not a readiness check: HTTP ingest serves without it; its lag and dead
     letters are on the dashboards and alerts (docs/kafka-producers.md).
+    ``span_exporter``: where spans go instead of the configured exporter (tests).
     """
     use_phone_keyring(settings.phone_keyring())  # produce_events seals phones with it
     db = create_engine(settings)
@@ -43,8 +48,11 @@ def create_app(settings: IngestSettings) -> FastAPI:
         timeout_s=settings.ingest_topic_check_timeout_s,
     )
 
+    tracing = Tracing(settings, service="ingest", exporter=span_exporter)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.start()
         await ensure_topics(settings)
         producer = make_producer(settings)
         await producer.start()
@@ -67,6 +75,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
                 handler=Relay(app.state.topics),
                 engine=db,
                 producer=producer,
+                tracing=tracing,
             )
             landing_task = asyncio.create_task(landing.run(), name="ingest-landing")
         app.state.landing = landing
@@ -82,6 +91,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
             await guard.close()
             await producer.stop()
             await db.dispose()
+            tracing.shutdown()  # exports what is left
 
     app = FastAPI(
         title="churnwatch ingest",
@@ -93,6 +103,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
     app.state.topics = topics_for(settings)
     app.state.topic_guard = guard
     app.state.offset_ledger = OffsetLedger()  # acknowledged offsets must move forward
+    app.state.tracing = tracing
 
     async def broker() -> bool:
         # A fresh check (never a cached verdict), shared by both probes: /readyz
@@ -108,6 +119,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
     # Ingest reads and limits its bodies itself (INGEST_MAX_BODY_BYTES, with NDJSON).
     install_error_handlers(app, max_body_bytes=None)
     install_metrics(app, "ingest")
+    tracing.instrument(app)
     install_auth(app, settings, db)
     # Without the database no API key can be checked, so ingest is not ready either.
     checks: dict[str, Check] = {"broker": broker, "topics": topics}

@@ -18,6 +18,7 @@ from services.ingest.settings import IngestSettings
 from shared.deps import on_loop
 from shared.kafka import OffsetLedger, TopicGuard
 from shared.topics import Topics
+from shared.tracing import Tracing
 
 
 def get_settings(request: Request) -> IngestSettings:
@@ -50,6 +51,12 @@ def get_topics(request: Request) -> Topics:
     return topics
 
 
+def get_tracing(request: Request) -> Tracing:
+    """The service's tracer (``shared.tracing``; a no-op one when tracing is off)."""
+    tracing: Tracing = request.app.state.tracing
+    return tracing
+
+
 SettingsDep = Annotated[IngestSettings, Depends(on_loop(get_settings))]
 """A route's parameter for :func:`get_settings`."""
 ProducerDep = Annotated[AIOKafkaProducer, Depends(on_loop(get_producer))]
@@ -58,5 +65,7 @@ TopicGuardDep = Annotated[TopicGuard, Depends(on_loop(get_topic_guard))]
 """A route's parameter for :func:`get_topic_guard`."""
 OffsetLedgerDep = Annotated[OffsetLedger, Depends(on_loop(get_offset_ledger))]
 """A route's parameter for :func:`get_offset_ledger`."""
+TracingDep = Annotated[Tracing, Depends(on_loop(get_tracing))]
+"""A route's parameter for :func:`get_tracing`."""
 TopicsDep = Annotated[Topics, Depends(on_loop(get_topics))]
 """A route's parameter for :func:`get_topics`."""

@@ -37,6 +37,7 @@ from services.ingest.service import duplicate_key_in, event_records
 from shared.consumer import Inbound, Outbox, describe
 from shared.events import Event, parse_event
 from shared.topics import Topics
+from shared.tracing import headers
 
 REASON_CLASSES = (
     "empty",
@@ -123,5 +124,9 @@ class Relay:
         """Queue the batch's events; the loop waits for their acks before committing."""
         del conn  # ingest stores nothing: the loop's transaction is empty
         events = [item.value for item in batch]
-        await outbox.send_many(self.topics.events, event_records(events))
+        # Tracing on: each event goes on with its landing record's trace (shared.tracing).
+        trace_headers = [headers(i.context) for i in batch] if batch[0].context else None
+        await outbox.send_many(
+            self.topics.events, event_records(events, trace_headers=trace_headers)
+        )
         metrics.LANDING_RELAYED.inc(len(events))

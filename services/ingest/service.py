@@ -7,12 +7,14 @@ import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from services.ingest import metrics
@@ -23,6 +25,7 @@ from shared.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, Unsup
 from shared.events import Event, parse_event
 from shared.kafka import OffsetLedger, TopicGuard, TopicVerdict
 from shared.topics import Topics
+from shared.tracing import Tracing, context_of, headers
 
 log = logging.getLogger(__name__)
 
@@ -219,13 +222,25 @@ def validate_items(items: list[Any]) -> tuple[list[Event], list[Rejection]]:
     return valid, rejected
 
 
-def event_records(events: list[Event]) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
+def event_records(
+    events: list[Event], *, trace_headers: Sequence[list[tuple[str, bytes]]] | None = None
+) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
     """The events topic's records of ``events``, as every way in writes them.
 
     Key: the subscriber id (partitioned by murmur2 of it, ``Outbox.send_many``);
     value: the event's JSON with its phone sealed (``shared.crypto``); header
     ``event_type``: the payload's own type, for consumers that skip usage records.
+    ``trace_headers`` (tracing on): each event's ``traceparent`` headers, in order.
     """
+    if trace_headers is not None:
+        return [
+            (
+                event.subscriber_id.encode(),
+                sealed_event_json(event),
+                [("event_type", event.event_type.encode()), *extra],
+            )
+            for event, extra in zip(events, trace_headers, strict=True)
+        ]
     return [
         (
             event.subscriber_id.encode(),
@@ -267,6 +282,7 @@ async def produce_events(
     timeout_s: float,
     retry_after_s: int,
     settle_s: float = 2.0,
+    tracing: Tracing | None = None,
 ) -> None:
     """Produce every event keyed by subscriber; return only once they are durably held.
 
@@ -289,6 +305,9 @@ async def produce_events(
     offset that did not was acknowledged by a log that had been lost, and Tansu
     acknowledges records for a topic it no longer has (storing nothing) in the
     moment after its restart, before any check can see the topic is gone.
+
+    ``tracing`` on: a ``send`` span (child of the request's) covers the produce,
+    and every record carries its ``traceparent`` (``shared.tracing``).
     """
     verdict = await guard.verdict()
     if not verdict.ok:
@@ -311,8 +330,17 @@ async def produce_events(
 
     async def _send_all() -> None:
         outbox = Outbox(producer, on_ack=_observe)
-        await outbox.send_many(topics.events, event_records(events))
-        await outbox.flush()
+        if tracing is None or not tracing.enabled:
+            await outbox.send_many(topics.events, event_records(events))
+            await outbox.flush()
+            return
+        span = tracing.start_send(topics.events, count=len(events))
+        with trace.use_span(span, end_on_exit=True):
+            extra = headers(context_of(span))
+            await outbox.send_many(
+                topics.events, event_records(events, trace_headers=[extra] * len(events))
+            )
+            await outbox.flush()
 
     try:
         await asyncio.wait_for(_send_all(), timeout_s)

@@ -16,6 +16,7 @@ from services.ingest.deps import (
     SettingsDep,
     TopicGuardDep,
     TopicsDep,
+    TracingDep,
 )
 from services.ingest.schemas import IngestResult
 from services.ingest.service import produce_events, split_body, validate_items
@@ -78,6 +79,7 @@ async def post_events(
     guard: TopicGuardDep,
     ledger: OffsetLedgerDep,
     topics: TopicsDep,
+    tracing: TracingDep,
 ) -> JSONResponse:
     """Accept one event, a JSON array of events, or NDJSON (one event per line).
 
@@ -106,6 +108,7 @@ async def post_events(
             timeout_s=settings.ingest_produce_timeout_s,
             retry_after_s=settings.ingest_retry_after_s,
             settle_s=settings.ingest_topic_settle_s,
+            tracing=tracing,
         )
     except Exception:
         _count(valid, "unavailable")

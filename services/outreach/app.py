@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
@@ -32,14 +33,20 @@ from shared.metrics import install_metrics
 from shared.retention import Purger, PurgeRule
 from shared.runtime import ServiceRuntime
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
-def create_app(settings: OutreachSettings) -> FastAPI:
-    """The outreach service: task consumer, SMS dispatcher, tasks API, probes, metrics."""
+
+def create_app(settings: OutreachSettings, *, span_exporter: SpanExporter | None = None) -> FastAPI:
+    """The outreach service: task consumer, SMS dispatcher, tasks API, probes, metrics.
+
+    ``span_exporter``: where spans go instead of the configured exporter (tests).
+    """
     check_templates()  # a broken SMS template stops outreach here, naming every problem
     # The tasks' phone column encrypts with this key (process-wide: a column type
     # has no other way to reach the settings).
     use_phone_keyring(settings.phone_keyring())
-    runtime = ServiceRuntime(settings, "outreach")
+    runtime = ServiceRuntime(settings, "outreach", span_exporter=span_exporter)
     # Published outbox rows only: an unpublished one is a message still to hand on.
     # Workbench sessions long expired (a live one is dropped when next presented).
     purger = Purger(
@@ -78,7 +85,9 @@ def create_app(settings: OutreachSettings) -> FastAPI:
                     http, settings.sms_gateway_token.get_secret_value(), settings.sms_sender_id
                 )
             app.state.sms = sms
-            dispatcher = Dispatcher(settings, runtime.engine, sms, clock=clock)
+            dispatcher = Dispatcher(
+                settings, runtime.engine, sms, clock=clock, tracing=runtime.tracing
+            )
             app.state.dispatcher = dispatcher
             # Asks the provider about SMS whose receipt never came (sms.py, reconcile.py).
             reconciler = Reconciler(settings, runtime.engine, sms, clock=clock)
@@ -144,6 +153,7 @@ def create_app(settings: OutreachSettings) -> FastAPI:
     app.state.directory = None  # set in the lifespan (directory.py)
     install_error_handlers(app)
     install_metrics(app, "outreach")
+    runtime.tracing.instrument(app)
     install_auth(app, settings, runtime.engine)
     app.include_router(health_router(runtime.checks()))
     # The REST API (tasks, call queue, contacts, KPIs): services/outreach/views/.

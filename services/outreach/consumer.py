@@ -15,6 +15,7 @@ from shared.clock import StreamClock, WallClock
 from shared.consumer import Inbound, Outbox
 from shared.crypto import open_phone
 from shared.events import TASK_MESSAGE_ADAPTER, Channel, OutreachTask, TaskUpdate
+from shared.tracing import traceparent
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,20 @@ class OutreachHandler:
             for update in updates:
                 self.clock.observe(update.at)
         now = self.clock.now()
+        traceparents = None
+        if batch[0].context is not None:  # tracing on: the SMS send joins the task's trace
+            traceparents = {
+                item.value.task_id: parent
+                for item in batch
+                if isinstance(item.value, OutreachTask)
+                and (parent := traceparent(item.context)) is not None
+            }
         stored = await service.store_tasks(
-            conn, new_tasks=new_tasks, now=now, sms_hold_until=now + self.sms_hold
+            conn,
+            new_tasks=new_tasks,
+            now=now,
+            sms_hold_until=now + self.sms_hold,
+            traceparents=traceparents,
         )
         for task in stored:
             metrics.TASKS_STORED.labels(task.kind.value, task.channel.value).inc()

@@ -20,6 +20,7 @@ SMS that have waited too long.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, cast, get_args
 
 import httpx
+from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import RetryCallState, Retrying, wait_random_exponential
 
@@ -37,6 +39,7 @@ from services.outreach.settings import OutreachSettings
 from services.outreach.templates import check_templates, render
 from shared.clock import Clock, WallClock
 from shared.periodic import Periodic
+from shared.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +224,13 @@ class Dispatcher:
         sms: SmsTransport,
         *,
         clock: Clock | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
-        """``clock``: what is due, and the times recorded (default: the wall clock)."""
+        """``clock``: what is due, and the times recorded (default: the wall clock).
+
+        ``tracing`` on: each send is a ``send sms`` span in its task's trace.
+        """
+        self.tracing = tracing if tracing is not None and tracing.enabled else None
         self.clock: Clock = clock or WallClock()
         # Templates are checked here, when the service starts, not when the first
         # SMS with a typo is due at night.
@@ -290,7 +298,8 @@ class Dispatcher:
                     return  # left in 'sending'; reclaimed after the stale interval
                 await self.bucket.acquire()
                 try:
-                    await self._send(task)
+                    with self._span(task):
+                        await self._send(task)
                 except Exception:
                     # One task's surprise must not hold the rest of the batch in
                     # 'sending'; this one is reclaimed after OUTREACH_SENDING_STALE_S.
@@ -300,6 +309,21 @@ class Dispatcher:
 
         await asyncio.gather(*(send_one(task) for task in claimed))
         return due
+
+    def _span(self, task: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
+        """The send's span, child of the task's stored trace (tracing off: nothing)."""
+        if self.tracing is None:
+            return contextlib.nullcontext()
+        span = self.tracing.start_child(
+            "send sms",
+            task.get("traceparent"),
+            attributes={
+                "churnwatch.task.id": str(task["task_id"]),
+                "churnwatch.task.kind": task["kind"],
+                "churnwatch.sms.attempt": task["attempts"],
+            },
+        )
+        return trace.use_span(span, end_on_exit=True)
 
     async def _claim(self, now: datetime) -> tuple[list[dict[str, Any]], int]:
         """In one transaction: expire, lock the due tasks, decide, mark the senders ``sending``.
@@ -439,6 +463,8 @@ class Dispatcher:
                 "SMS not sent", extra={"task_id": str(task_id), "error": str(exc), "retry": retry}
             )
         to_status, reason = outcome.pop("to_status"), outcome.pop("reason")
+        # On the send's span when tracing is on (a no-op span otherwise).
+        trace.get_current_span().set_attribute("churnwatch.sms.status", str(to_status))
         async with self.engine.begin() as conn:
             recorded = await service.transition(
                 conn,

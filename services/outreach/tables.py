@@ -84,6 +84,9 @@ tasks = Table(
     # A VIP reminder not done by OUTREACH_ESCALATION_MARGIN_S before the suspension
     # is escalated (escalation.py): to the team lead's page, and an SMS if configured.
     Column("escalated_at", DateTime(timezone=True), nullable=True),
+    # The W3C traceparent of the event behind it (tracing on, shared/tracing.py):
+    # the SMS send, later and from here, joins that event's trace.
+    Column("traceparent", String(55), nullable=True),
     Index("ix_tasks_subscriber_created", "subscriber_id", "created_at"),
     Index("ix_tasks_status_channel", "status", "channel"),
     Index("ix_tasks_created", "created_at", "task_id"),

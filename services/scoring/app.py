@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -20,10 +21,16 @@ from shared.metrics import install_metrics
 from shared.retention import Purger, PurgeRule
 from shared.runtime import ServiceRuntime
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
-def create_app(settings: ScoringSettings) -> FastAPI:
-    """The scoring service: the events and outcomes consumer, scores API, probes, metrics."""
-    runtime = ServiceRuntime(settings, "scoring")
+
+def create_app(settings: ScoringSettings, *, span_exporter: SpanExporter | None = None) -> FastAPI:
+    """The scoring service: the events and outcomes consumer, scores API, probes, metrics.
+
+    ``span_exporter``: where spans go instead of the configured exporter (tests).
+    """
+    runtime = ServiceRuntime(settings, "scoring", span_exporter=span_exporter)
     handler = ScoringHandler(settings, runtime.topics)
     purger = Purger(
         runtime.engine,
@@ -68,6 +75,7 @@ def create_app(settings: ScoringSettings) -> FastAPI:
     app.state.purger = purger
     install_error_handlers(app)
     install_metrics(app, "scoring")
+    runtime.tracing.instrument(app)
     install_auth(app, settings, runtime.engine)
     app.include_router(health_router(runtime.checks()))
     app.include_router(router, responses=auth_responses())

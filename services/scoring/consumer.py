@@ -45,6 +45,7 @@ from shared.events import (
     parse_event,
 )
 from shared.topics import Topics
+from shared.tracing import headers
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +195,15 @@ class ScoringHandler:
                 max(0.0, (now - scored.cause.occurred_at).total_seconds())
             )
         metrics.SCORES_UNCHANGED.inc(outcome.unchanged)
+        # Tracing on: each score carries its cause event's trace on (shared.tracing).
+        traced = {i.value.event_id: i.context for i in batch} if batch[0].context else None
         for message in outcome.published:
-            await outbox.send(self.topics.scores, key=message.subscriber_id, value=message)
+            await outbox.send(
+                self.topics.scores,
+                key=message.subscriber_id,
+                value=message,
+                headers=None if traced is None else headers(traced.get(message.cause_event_id)),
+            )
         metrics.SCORES_PUBLISHED.inc(len(outcome.published))
         for item in outcome.learnt:
             if item.kind == "step":

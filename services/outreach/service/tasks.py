@@ -76,12 +76,14 @@ async def store_tasks(
     created_by: str = "alerting",
     client_key: str | None = None,
     sms_hold_until: datetime | None = None,
+    traceparents: Mapping[uuid.UUID, str] | None = None,
 ) -> list[OutreachTask]:
     """Store tasks idempotently on ``task_id``; return the ones that were new.
 
     ``created_by`` and ``client_key`` are for tasks made through the API (one
     task per call, idempotent on the client's key as well). ``sms_hold_until``:
-    no SMS is sent before then (``OUTREACH_SMS_HOLD_S``).
+    no SMS is sent before then (``OUTREACH_SMS_HOLD_S``). ``traceparents``: a
+    task's trace context by id (tracing on), kept for the SMS send's span.
     """
     if not new_tasks:
         return []
@@ -122,6 +124,7 @@ async def store_tasks(
                     "client_key": client_key,
                     "created_at": t.created_at,
                     "updated_at": now,
+                    "traceparent": traceparents.get(t.task_id) if traceparents else None,
                 }
                 for t in unique
             ]
