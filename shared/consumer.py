@@ -485,21 +485,17 @@ class ConsumerLoop(Generic[T]):
             except (ValidationError, ValueError, orjson.JSONDecodeError) as exc:
                 dead.append(self._dead_letter(record, exc))
                 continue
-            parsed.append(
-                Inbound(
-                    value,
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    record.timestamp,
-                    # A record the parser skips (None) gets no span of its own.
-                    None
-                    if traced is None
-                    else traced.context
-                    if value is None
-                    else traced.context_for(record),
+            if traced is None:
+                item = Inbound(
+                    value, record.topic, record.partition, record.offset, record.timestamp
                 )
-            )
+            else:
+                # A record the parser skips (None) gets no span of its own.
+                context = traced.context if value is None else traced.context_for(record)
+                item = Inbound(
+                    value, record.topic, record.partition, record.offset, record.timestamp, context
+                )
+            parsed.append(item)
         try:
             async with self.engine.begin() as conn:
                 outbox = Outbox(self.producer)

@@ -144,7 +144,12 @@ class Tracing:
 
     def batch(self, *, group: str, size: int) -> BatchTrace:
         """The spans of one consumed batch: call ``context_for`` per record, then ``end``."""
-        return BatchTrace(self.tracer, group=group, size=size)
+        return BatchTrace(
+            self.tracer,
+            group=group,
+            size=size,
+            follow_parent=self.settings.otel_traces_sampler.startswith("parentbased"),
+        )
 
     def start_send(self, topic: str, *, count: int) -> Span:
         """A producer's span for sending ``count`` records to ``topic`` (child of the current)."""
@@ -175,13 +180,18 @@ class BatchTrace:
     A batch holds many events of many traces. Per record that carries a
     ``traceparent``, a ``process <topic>`` span is a child of its producer's
     context, so the event's trace goes on in this service, with a link to the
-    batch's span; a record without one is handled under the batch's span. All
+    batch's span; a record without one is handled under the batch's span, and
+    one its producer did not sample goes on unsampled, without a span. All
     of them last as long as the batch (its transaction and acks): that is when
     each record's effects became durable.
     """
 
-    def __init__(self, tracer: Tracer, *, group: str, size: int) -> None:
+    def __init__(
+        self, tracer: Tracer, *, group: str, size: int, follow_parent: bool = True
+    ) -> None:
+        """``follow_parent``: the sampler is parent-based (an unsampled record gets no span)."""
         self.tracer = tracer
+        self.follow_parent = follow_parent
         self.span = tracer.start_span(
             "process batch",
             kind=SpanKind.CONSUMER,
@@ -201,6 +211,13 @@ class BatchTrace:
         parent = extract(record.headers)
         if parent is None:
             return self.context
+        if (
+            self.follow_parent
+            and not trace.get_current_span(parent).get_span_context().trace_flags.sampled
+        ):
+            # Not sampled upstream, so not here either: skip the (non-recording) span
+            # and pass the context on as it came (a fifth of the cost per record).
+            return parent
         span = self.tracer.start_span(
             f"process {record.topic}",
             context=parent,

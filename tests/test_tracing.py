@@ -18,12 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracer, SpanKind
 
+from bench import tracing as bench_tracing
 from churnwatch.embedded import free_port
 from churnwatch.gateway import Faults, GatewaySettings, create_gateway_app
 from services.alerting.app import create_app as create_alerting
@@ -293,3 +294,41 @@ async def test_headers_round_trip_and_bad_ones_are_ignored() -> None:
     assert tracing.extract([("traceparent", b"00-not-a-trace-01")]) is None
     assert tracing.extract(None) is None and tracing.headers(None) == []
     assert [s.name for s in exporter.get_finished_spans()] == ["send topic"]
+
+
+def _record(headers: list[tuple[str, bytes]]) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord("t.events", 0, 7, 0, 0, b"k", b"v", None, 1, 1, headers)
+
+
+async def test_a_batch_spans_its_sampled_records_and_passes_unsampled_ones_on() -> None:
+    exporter = InMemorySpanExporter()
+    on = tracing.Tracing(BaseServiceSettings(), service="t", exporter=exporter)
+    on.start()
+    sampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    unsampled = "00-1af7651916cd43dd8448eb211c80319c-c7ad6b7169203331-00"
+    try:
+        batch = on.batch(group="g", size=3)
+        child = batch.context_for(_record([("traceparent", sampled.encode())]))
+        passed = batch.context_for(_record([("traceparent", unsampled.encode())]))
+        bare = batch.context_for(_record([("event_type", b"cdr")]))
+        batch.end()
+    finally:
+        on.shutdown()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"process batch", "process t.events"}  # one record span only
+    record, whole = spans["process t.events"], spans["process batch"]
+    assert record.parent is not None and record.parent.span_id == 0xB7AD6B7169203331
+    assert [link.context.span_id for link in record.links] == [span_id(whole)]
+    # (The flags: sampled, and the SDK's "random trace id" bit of Trace Context level 2.)
+    assert str(tracing.traceparent(child)).startswith(
+        f"00-{trace_of(record):032x}-{span_id(record):016x}-"
+    )
+    assert tracing.traceparent(passed) == unsampled  # goes on unsampled, as it came
+    assert str(tracing.traceparent(bare)).startswith(
+        f"00-{trace_of(whole):032x}-{span_id(whole):016x}-"
+    )
+
+
+async def test_the_overhead_benchmark_runs() -> None:
+    figures = await bench_tracing.measure(records=50, rounds=2, repeat=1)
+    assert len(figures) == 4 and all(value > 0 for value in figures.values())
