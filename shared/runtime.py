@@ -99,7 +99,7 @@ class ServiceRuntime:
         if self.producer is not None:
             await self.producer.stop()
         await self.engine.dispose()
-        self.tracing.shutdown()  # exports what is left
+        await self.tracing.aclose()  # exports what is left
 
     def checks(self) -> dict[str, Check]:
         """Readiness checks: database answers, consumer joined and healthy."""

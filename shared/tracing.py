@@ -29,6 +29,7 @@ every service follows ingest's decision) and exported in batches over OTLP/HTTP
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -123,10 +124,15 @@ class Tracing:
         )
 
     def shutdown(self) -> None:
-        """Export what is queued and stop the exporter (end of the lifespan)."""
+        """Export what is queued and stop the exporter (blocks up to the export timeout)."""
         if self._provider is not None and self._started:
             self._provider.shutdown()
             self._started = False
+
+    async def aclose(self) -> None:
+        """``shutdown`` off the event loop (end of the lifespan): the loop keeps serving."""
+        if self._provider is not None and self._started:
+            await asyncio.to_thread(self.shutdown)
 
     def instrument(self, app: FastAPI) -> None:
         """Server spans for the app's HTTP requests (probes and metrics excluded); off: nothing."""

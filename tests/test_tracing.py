@@ -19,7 +19,11 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracer, SpanKind
@@ -332,3 +336,55 @@ async def test_a_batch_spans_its_sampled_records_and_passes_unsampled_ones_on() 
 async def test_the_overhead_benchmark_runs() -> None:
     figures = await bench_tracing.measure(records=50, rounds=2, repeat=1)
     assert len(figures) == 4 and all(value > 0 for value in figures.values())
+
+
+async def test_configured_otlp_export_reaches_an_otlp_http_receiver(env: dict[str, Any]) -> None:
+    """Ingest with ``OTEL_TRACES_EXPORTER=otlp`` posts its spans as OTLP/HTTP protobuf.
+
+    The receiver decodes with opentelemetry-proto's own messages (what a collector
+    speaks); the spans arrive at shutdown at the latest (the lifespan flushes).
+    """
+    received: list[tuple[dict[str, str], ExportTraceServiceRequest]] = []
+    receiver = FastAPI()
+
+    @receiver.post("/v1/traces")
+    async def traces(request: Request) -> Response:
+        assert request.headers["content-type"] == "application/x-protobuf"
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(await request.body())
+        received.append((dict(request.headers), message))
+        return Response(
+            ExportTraceServiceResponse().SerializeToString(),
+            media_type="application/x-protobuf",
+        )
+
+    port = free_port()
+    server, serving = await serve(receiver, port)
+    try:
+        settings = IngestSettings(
+            **env,
+            otel_traces_exporter="otlp",
+            otel_exporter_otlp_endpoint=f"http://127.0.0.1:{port}",
+            otel_exporter_otlp_headers="x-api-key=k%2C1",
+            otel_resource_attributes="service.instance.id=ingest-0",
+        )
+        app = create_ingest(settings)
+        async with started(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+                response = await client.post("/v1/events", json=profile(sid()))
+            assert response.status_code == 202, response.text
+    finally:
+        server.should_exit = True
+        await serving
+    assert received, "no export reached the receiver"
+    assert {headers["x-api-key"] for headers, _ in received} == {"k,1"}
+    names, resources = set(), set()
+    for _, message in received:
+        for resource_spans in message.resource_spans:
+            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            resources.add((attributes["service.name"], attributes["service.instance.id"]))
+            for scope in resource_spans.scope_spans:
+                names.update(span.name for span in scope.spans)
+    assert resources == {("churnwatch-ingest", "ingest-0")}
+    assert {"POST /v1/events", f"send {topics_for(settings).events}"} <= names

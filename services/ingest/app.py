@@ -91,7 +91,7 @@ def create_app(settings: IngestSettings, *, span_exporter: SpanExporter | None =
             await guard.close()
             await producer.stop()
             await db.dispose()
-            tracing.shutdown()  # exports what is left
+            await tracing.aclose()  # exports what is left
 
     app = FastAPI(
         title="churnwatch ingest",
