@@ -5,11 +5,15 @@ loops, the SMS dispatcher) on the session's broker and PostgreSQL, each with
 opentelemetry's in-memory span exporter given to its app factory; the SMS
 gateway stand-in is served over real HTTP. Tracing off (the default) is checked
 on the records ingest writes: no ``traceparent`` header, no provider, no
-instrumentation.
+instrumentation. The configured OTLP/HTTP export is checked against a receiver
+that decodes opentelemetry-proto's messages, from ingest in this process and
+from the four services as processes (tests/pipeline.py), configured by their
+environment only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -43,7 +47,9 @@ from services.scoring.settings import ScoringSettings
 from shared import tracing
 from shared.kafka import topics_for
 from shared.settings import BaseServiceSettings
+from tests.conftest import Stack
 from tests.helpers import eventually, profile, serve, sid, stop_notice
+from tests.pipeline import post_events, run_pipeline, sms_to
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -338,13 +344,8 @@ async def test_the_overhead_benchmark_runs() -> None:
     assert len(figures) == 4 and all(value > 0 for value in figures.values())
 
 
-async def test_configured_otlp_export_reaches_an_otlp_http_receiver(env: dict[str, Any]) -> None:
-    """Ingest with ``OTEL_TRACES_EXPORTER=otlp`` posts its spans as OTLP/HTTP protobuf.
-
-    The receiver decodes with opentelemetry-proto's own messages (what a collector
-    speaks); the spans arrive at shutdown at the latest (the lifespan flushes).
-    """
-    received: list[tuple[dict[str, str], ExportTraceServiceRequest]] = []
+def otlp_receiver(received: list[tuple[dict[str, str], ExportTraceServiceRequest]]) -> FastAPI:
+    """An OTLP/HTTP traces receiver: decodes each export with opentelemetry-proto, keeps it."""
     receiver = FastAPI()
 
     @receiver.post("/v1/traces")
@@ -358,6 +359,17 @@ async def test_configured_otlp_export_reaches_an_otlp_http_receiver(env: dict[st
             media_type="application/x-protobuf",
         )
 
+    return receiver
+
+
+async def test_configured_otlp_export_reaches_an_otlp_http_receiver(env: dict[str, Any]) -> None:
+    """Ingest with ``OTEL_TRACES_EXPORTER=otlp`` posts its spans as OTLP/HTTP protobuf.
+
+    The receiver decodes with opentelemetry-proto's own messages (what a collector
+    speaks); the spans arrive at shutdown at the latest (the lifespan flushes).
+    """
+    received: list[tuple[dict[str, str], ExportTraceServiceRequest]] = []
+    receiver = otlp_receiver(received)
     port = free_port()
     server, serving = await serve(receiver, port)
     try:
@@ -388,3 +400,111 @@ async def test_configured_otlp_export_reaches_an_otlp_http_receiver(env: dict[st
                 names.update(span.name for span in scope.spans)
     assert resources == {("churnwatch-ingest", "ingest-0")}
     assert {"POST /v1/events", f"send {topics_for(settings).events}"} <= names
+
+
+@dataclass(frozen=True)
+class Exported:
+    service: str
+    name: str
+    trace_id: bytes
+    span_id: bytes
+    parent_id: bytes
+    attributes: dict[str, str]
+
+
+def exported(received: list[tuple[dict[str, str], ExportTraceServiceRequest]]) -> list[Exported]:
+    spans = []
+    for _, message in received:
+        for resource_spans in message.resource_spans:
+            resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            for scope in resource_spans.scope_spans:
+                for span in scope.spans:
+                    spans.append(
+                        Exported(
+                            resource["service.name"],
+                            span.name,
+                            span.trace_id,
+                            span.span_id,
+                            span.parent_span_id,
+                            {a.key: a.value.string_value for a in span.attributes},
+                        )
+                    )
+    return spans
+
+
+@pytest.mark.e2e
+async def test_the_pipeline_as_processes_exports_one_trace_per_event_over_otlp(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The four services as processes, configured by environment only, export over OTLP/HTTP.
+
+    One stop-notice's reminder SMS: its ``send sms`` span's ancestors run back
+    through outreach, alerting and ingest to ingest's HTTP request, one trace.
+    """
+    received: list[tuple[dict[str, str], ExportTraceServiceRequest]] = []
+    port = free_port()
+    server, serving = await serve(otlp_receiver(received), port)
+    environ = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+    }
+    # The harness waits and stops synchronously: in a thread, so this loop keeps
+    # receiving what the processes export (they flush when they stop, too).
+    processes = run_pipeline(stack, tmp_path_factory, extra_environ=environ)
+    pipeline = await asyncio.to_thread(next, processes)
+    try:
+        subscriber, phone = sid(), "+15550004999"
+        await post_events(
+            pipeline,
+            [
+                profile(subscriber, tier="gold", phone=phone, manager="AM-O"),
+                stop_notice(subscriber),
+            ],
+        )
+        [sms] = await eventually(lambda: sms_to(pipeline, phone), what="the reminder SMS")
+
+        async def send_span() -> Exported | None:
+            for span in exported(received):
+                if (
+                    span.name == "send sms"
+                    and span.attributes.get("churnwatch.task.id") == (sms["reference"])
+                ):
+                    return span
+            return None
+
+        # The batch exporter sends every few seconds.
+        send = await eventually(send_span, timeout_s=60, what="the send sms span over OTLP")
+        chain = [send]
+        for _ in range(10):  # up the parents, each exported by its own process
+            by_id = {s.span_id: s for s in exported(received) if s.trace_id == send.trace_id}
+            while chain[-1].parent_id and chain[-1].parent_id in by_id:
+                chain.append(by_id[chain[-1].parent_id])
+            if not chain[-1].parent_id:
+                break
+            await asyncio.sleep(0.5)  # a parent not exported yet: the next export brings it
+        assert [(s.service, s.name.split(" ")[0]) for s in chain] == [
+            ("churnwatch-outreach", "send"),
+            ("churnwatch-outreach", "process"),
+            ("churnwatch-alerting", "process"),
+            ("churnwatch-ingest", "send"),
+            ("churnwatch-ingest", "POST"),
+        ]
+        assert {s.trace_id for s in chain} == {send.trace_id}
+
+        async def scored() -> list[Exported]:
+            return [
+                s
+                for s in exported(received)
+                if s.service == "churnwatch-scoring" and s.trace_id == send.trace_id
+            ]
+
+        # Each process exports on its own schedule: scoring's may come later.
+        spans = await eventually(scored, timeout_s=30, what="scoring's spans in the trace")
+        assert {s.name for s in spans} == {
+            f"process {pipeline.settings['kafka_topic_prefix']}.events"
+        }
+    finally:
+        # Stops the processes (and checks they stopped gracefully); None: no StopIteration.
+        await asyncio.to_thread(next, processes, None)
+        server.should_exit = True
+        await serving
