@@ -1,7 +1,7 @@
 """outreach.tasks.traceparent: the trace of the event that made the task
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-07 17:20:00.000000
 
 Issue 21: with tracing on (shared/tracing.py), the SMS dispatcher sends a task
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0012"
-down_revision: str | None = "0011"
+revision: str = "0014"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
