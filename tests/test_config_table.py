@@ -199,14 +199,46 @@ def _attributes(path: Path) -> frozenset[str]:
     return frozenset(n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute))
 
 
+_VALIDATORS = frozenset({"model_validator", "field_validator"})
+
+
+@cache
+def _accessors() -> dict[str, frozenset[str]]:
+    """Field -> the settings methods that read it (``otlp_headers`` reads the OTLP headers).
+
+    A service that calls such a method reads the field through it; a validator
+    (decorated ``model_validator``/``field_validator``) only checks it.
+    """
+    found: dict[str, set[str]] = {}
+    for path in (REPO / "shared" / "settings.py", *REPO.glob("services/*/settings.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
+                continue
+            decorators = {
+                getattr(d.func if isinstance(d, ast.Call) else d, "id", "")
+                for d in node.decorator_list
+            }
+            if decorators & _VALIDATORS:
+                continue
+            for sub in ast.walk(node):
+                if (
+                    isinstance(sub, ast.Attribute)
+                    and isinstance(sub.value, ast.Name)
+                    and sub.value.id == "self"
+                ):
+                    found.setdefault(sub.attr, set()).add(node.name)
+    return {field: frozenset(methods) for field, methods in found.items()}
+
+
 def readers_in_code(variable: str) -> dict[str, Path]:
     """The services whose code reads this shared setting, with a file that does."""
     field = variable.lower()
+    names = {field} | _accessors().get(field, frozenset())
     found: dict[str, Path] = {}
     for service in SERVICES:
         for path in code_of(service):
             # A settings class's own validators check its fields: that is not a use.
-            if path.name != "settings.py" and field in _attributes(path):
+            if path.name != "settings.py" and names & _attributes(path):
                 found[service] = path
                 break
     return found
