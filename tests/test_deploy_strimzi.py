@@ -11,12 +11,9 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from services.alerting.settings import AlertingSettings
 from services.ingest.settings import IngestSettings
@@ -26,6 +23,7 @@ from shared.kafka import topic_configs
 from shared.settings import BaseServiceSettings
 from shared.topics import Topics
 from tests.test_deploy import K8S, OVERLAYS, config_literals
+from tests.test_deploy_production import render
 
 STRIMZI = K8S / "overlays" / "strimzi"
 KUBECTL = shutil.which("kubectl")
@@ -39,19 +37,6 @@ SECRETS = {
     "KAFKA_SASL_USERNAME": "u",
     "KAFKA_SASL_PASSWORD": "p",
 }
-
-
-def render(directory: Path) -> list[dict[str, Any]]:
-    assert KUBECTL is not None
-    result = subprocess.run(
-        [KUBECTL, "kustomize", str(directory)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
 
 
 def production_settings() -> BaseServiceSettings:
