@@ -251,10 +251,22 @@ async def test_segments_never_split_a_character_and_carry_one_reference() -> Non
 # --- against the SMSC -----------------------------------------------------------------------
 
 
+# 0.3 s: a slow database. Storing receipts must not hold back the SMSC's answers to
+# submit_sm (read on the same connection): answers read late, or left unread when the
+# SMSC closes, would have their segments submitted again (an SMS twice).
+@pytest.mark.parametrize("receipt_delay_s", [0.0, 0.3], ids=["fast-db", "slow-db"])
 async def test_chinese_and_english_sms_survive_an_smsc_restart(
-    rig: Rig, caplog: pytest.LogCaptureFixture
+    rig: Rig, caplog: pytest.LogCaptureFixture, receipt_delay_s: float
 ) -> None:
     """2-segment Chinese and English SMS, receipts, an SMSC restart: none lost, none twice."""
+    if receipt_delay_s:
+        store = rig.transport.sink
+
+        async def slow_store(**receipt: Any) -> None:
+            await asyncio.sleep(receipt_delay_s)
+            await store(**receipt)
+
+        rig.transport.sink = slow_store
     chinese = task("+8613800000001", language="zh", params=ZH_PARAMS)
     english = task("+447700900001", language="en", params=EN_PARAMS)
     assert segment_count(text_of(chinese)) == 2 and segment_count(text_of(english)) == 1

@@ -41,7 +41,9 @@ failed at the first that does not. The segments are remembered in memory
 (the last 100,000 SMS): after outreach restarts, a receipt is matched by its
 message id alone, so the first segment's decides. The SMSC acknowledges
 nothing of ours until the receipt is in PostgreSQL (the ``deliver_sm_resp``
-goes after). SMPP's ``query_sm`` is not in aiosmpplib: ``status`` answers
+goes after), and receipts are stored by a worker of their own, in the order
+read, so a slow database never holds back the answers to ``submit_sm`` read
+on the same connection (``_Esme``: late answers would mean segments sent twice). SMPP's ``query_sm`` is not in aiosmpplib: ``status`` answers
 that the SMSC cannot be asked, and the reconciler makes an SMS without a
 receipt ``unknown`` after ``SMS_FINAL_STATE_DEADLINE_S``.
 
@@ -57,11 +59,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiosmpplib import ESME, AbstractBroker, AbstractHook, AbstractRetryTimer, PhoneNumber
 from aiosmpplib.correlator import SimpleCorrelator
-from aiosmpplib.protocol import DeliverSm, SmppMessage, SubmitSm, SubmitSmResp
-from aiosmpplib.state import NPI, TON, SmppCommandStatus
+from aiosmpplib.protocol import DeliverSm, DeliverSmResp, SmppMessage, SubmitSm, SubmitSmResp
+from aiosmpplib.state import NPI, TON, PduHeader, SmppCommandStatus
 from aiosmpplib.throttle import AbstractThrottleHandler
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -182,6 +185,56 @@ class _Reconnect(AbstractRetryTimer):
         return self.delay
 
 
+class _Esme(ESME):
+    """aiosmpplib's ESME, with receipts answered after they are stored and no socket left open.
+
+    aiosmpplib reads one PDU at a time and awaits the hook before reading the
+    next: applying a receipt in the hook (a database commit) would hold back
+    the ``submit_sm_resp`` behind it. Under a slow database the answers then
+    come after ``SMPP_RESPONSE_TIMEOUT_S``, or are still unread when the SMSC
+    closes the connection, and the segments they answer are submitted again: a
+    subscriber would get the SMS twice. So a ``deliver_sm`` is handed to the
+    transport's receipt worker and not answered here; the worker answers it
+    (``deliver_sm_resp``) once the receipt is in PostgreSQL, on the session it
+    came on. aiosmpplib also drops a connection's writer without closing it
+    (on a reconnect, a refused bind, a stop): closed here.
+    """
+
+    def __init__(self, *, receipts: Callable[[DeliverSm, int], None], **options: Any) -> None:
+        super().__init__(**options)
+        self._on_deliver = receipts
+
+    async def _handle_request(self, pdu: bytes, header: PduHeader) -> SmppMessage | None:
+        message = await super()._handle_request(pdu, header)
+        if isinstance(message, DeliverSm):
+            self._on_deliver(message, header.sequence_num)
+            return None  # aiosmpplib then sends no answer: the receipt worker will
+        return message
+
+    async def answer_deliver(self, sequence_num: int) -> None:
+        """Answer a ``deliver_sm`` (its receipt is stored) on the session it came on."""
+        await self._send_data(DeliverSmResp(sequence_num))
+
+    async def connect(self) -> None:
+        if self._session_state != self.bind_mode.session_state:
+            self.close_socket()  # the last session's, or a refused bind's
+        await super().connect()
+
+    async def _disconnect(self) -> None:
+        writer: asyncio.StreamWriter | None = getattr(self, "_writer", None)
+        await super()._disconnect()
+        if writer is not None:
+            writer.close()
+
+    def close_socket(self) -> None:
+        """Close the connection's socket, if one is left."""
+        # aiosmpplib's attribute (untyped there): the open connection's writer, or None.
+        writer: asyncio.StreamWriter | None = getattr(self, "_writer", None)
+        if writer is not None:
+            writer.close()
+            self._writer = None
+
+
 class _Hook(AbstractHook):
     """aiosmpplib's callbacks, passed to the transport."""
 
@@ -194,11 +247,9 @@ class _Hook(AbstractHook):
             self.transport._writing(smpp_message.log_id)
 
     async def received(self, smpp_message: SmppMessage | None, pdu: bytes, client_id: str) -> None:
-        """An answer to a submit_sm, or a deliver_sm (acknowledged when this returns)."""
+        """An answer to a submit_sm (a deliver_sm goes to the receipt worker: ``_Esme``)."""
         if isinstance(smpp_message, SubmitSmResp):
             self.transport._answered(smpp_message)
-        elif isinstance(smpp_message, DeliverSm):
-            await self.transport._deliver(smpp_message)
 
     async def send_error(self, smpp_message: SmppMessage, error: Exception, client_id: str) -> None:
         """A PDU could not be written (or was refused by ``sending``): already accounted for."""
@@ -224,7 +275,8 @@ class SmppTransport:
         self.sink = sink
         self.timeout_s = settings.smpp_response_timeout_s
         self._broker = _Broker(self._live)
-        self._esme = ESME(
+        self._esme = _Esme(
+            receipts=self._queue_receipt,
             smsc_host=settings.smpp_host,
             smsc_port=settings.smpp_port,
             system_id=settings.smpp_system_id,
@@ -257,6 +309,9 @@ class SmppTransport:
         self._throttled_until = 0.0
         self._throttle_s = 0.0
         self._task: asyncio.Task[None] | None = None
+        # deliver_sm waiting to be stored and answered, each with the session it came on.
+        self._receipts: asyncio.Queue[tuple[DeliverSm, int, int]] = asyncio.Queue()
+        self._receipt_worker: asyncio.Task[None] | None = None
         self.binds = 0  # sessions bound so far (tests and the log watch reconnects)
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -264,6 +319,7 @@ class SmppTransport:
     async def start(self) -> None:
         """Start the session in the background; it binds, and binds again after a loss."""
         self._task = asyncio.create_task(self._esme.start(), name="outreach-smpp")
+        self._receipt_worker = asyncio.create_task(self._store_receipts(), name="smpp-receipts")
 
     async def aclose(self) -> None:
         """Unbind and stop."""
@@ -278,6 +334,12 @@ class SmppTransport:
             self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         self._task = None
+        # Receipts not stored yet stay unanswered: the SMSC delivers them again.
+        if self._receipt_worker is not None:
+            self._receipt_worker.cancel()
+            await asyncio.gather(self._receipt_worker, return_exceptions=True)
+            self._receipt_worker = None
+        self._esme.close_socket()
         self._bound.clear()  # closed, not lost: no rebind to announce
         self._session_lost()
 
@@ -424,6 +486,27 @@ class SmppTransport:
         self._messages[message_id] = message
         while len(self._messages) > REMEMBERED:
             del self._messages[next(iter(self._messages))]
+
+    def _queue_receipt(self, pdu: DeliverSm, sequence_num: int) -> None:
+        """A deliver_sm read (``_Esme``): stored and answered in order by ``_store_receipts``."""
+        self._receipts.put_nowait((pdu, sequence_num, self.binds))
+
+    async def _store_receipts(self) -> None:
+        """Apply each deliver_sm in the order read, then answer it on the session it came on.
+
+        A session lost meanwhile has taken the answer's sequence number with it:
+        the receipt is stored all the same, and the SMSC, never answered,
+        delivers it again on the next session (applied once: ``apply_receipt``
+        sees the duplicate).
+        """
+        while True:
+            pdu, sequence_num, session = await self._receipts.get()
+            await self._deliver(pdu)
+            if self._bound.is_set() and session == self.binds:
+                try:
+                    await self._esme.answer_deliver(sequence_num)
+                except (OSError, RuntimeError, AttributeError):
+                    log.info("SMPP session gone before a receipt could be answered")
 
     async def _deliver(self, pdu: DeliverSm) -> None:
         """A deliver_sm: a receipt is applied before the SMSC is answered; an MO SMS is not ours."""
