@@ -43,7 +43,8 @@ message id alone, so the first segment's decides. The SMSC acknowledges
 nothing of ours until the receipt is in PostgreSQL (the ``deliver_sm_resp``
 goes after), and receipts are stored by a worker of their own, in the order
 read, so a slow database never holds back the answers to ``submit_sm`` read
-on the same connection (``_Esme``: late answers would mean segments sent twice). SMPP's ``query_sm`` is not in aiosmpplib: ``status`` answers
+on the same connection (``_Esme``: late answers would mean segments sent
+twice). SMPP's ``query_sm`` is not in aiosmpplib: ``status`` answers
 that the SMSC cannot be asked, and the reconciler makes an SMS without a
 receipt ``unknown`` after ``SMS_FINAL_STATE_DEADLINE_S``.
 
