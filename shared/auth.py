@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared.db import make_metadata
+from shared.db import make_metadata, ping
 from shared.errors import Forbidden, Unauthorized, error_responses
 from shared.settings import BaseServiceSettings
 
@@ -196,6 +196,10 @@ class KeyStore:
         self._ttl_s = ttl_s
         self._clock = clock
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+
+    async def reachable(self) -> bool:
+        """Whether API keys can be checked now: the key table's database answers."""
+        return await ping(self._engine)
 
     async def lookup(self, key_id: str) -> ApiKey | None:
         """The key with this id (revoked or not), or None."""

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from shared.logging import REQUEST_ID
+from shared.problems import ProblemResponse, error_responses, instance_of, problem_body
 
 Check = Callable[[], Awaitable[bool]]
 
@@ -37,14 +41,30 @@ def health_router(
         """Liveness: the process serves HTTP."""
         return {"status": "ok"}
 
-    @router.get("/readyz")
-    async def readyz(response: Response) -> dict[str, object]:
-        """Readiness: every named check passes (broker, topics, database, consumer)."""
+    @router.get(
+        "/readyz",
+        responses=error_responses(
+            503, described={503: "Not ready: checks says which dependency failed."}
+        ),
+    )
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: every named check passes (broker, topics, database, consumer).
+
+        Ready: ``{"status": "ready", "checks": {...}}``. Not ready: a 503 problem
+        (``service_unavailable``) with the same ``checks`` as an extension member.
+        """
         answers = await asyncio.gather(*(_bounded(check, timeout_s) for check in checks.values()))
         results = dict(zip(checks, answers, strict=True))
-        ready = all(results.values())
-        if not ready:
-            response.status_code = 503
-        return {"status": "ready" if ready else "not_ready", "checks": results}
+        if all(results.values()):
+            return JSONResponse({"status": "ready", "checks": results})
+        failed = ", ".join(name for name, ok in results.items() if not ok)
+        body = problem_body(
+            code="service_unavailable",
+            status=503,
+            detail=f"not ready: {failed}",
+            instance=instance_of(request.scope),
+            request_id=REQUEST_ID.get(),
+        )
+        return ProblemResponse({**body, "checks": results}, status_code=503)
 
     return router

@@ -237,6 +237,15 @@ async def _unavailable(s: Service, op: Op) -> httpx.Response:
         )
 
 
+async def _not_ready(s: Service, op: Op) -> httpx.Response:
+    """The readiness probe with the service's database gone."""
+    with _database_down(s):
+        return await s.call(op.method, _url(op.path))
+
+
+SERVICE_NAMES = ("ingest", "scoring", "alerting", "outreach")
+
+
 async def _bad_cursor(s: Service, op: Op) -> httpx.Response:
     """A page cursor the service did not make (any paged listing's 400)."""
     names = {p["name"] for p in op.operation.get("parameters", []) if p["in"] == "query"}
@@ -372,6 +381,7 @@ SPECIFIC: dict[tuple[str, str, str, int], Probe] = {
     ),
     ("outreach", "POST", "/v1/sms/receipts", 404): _signed(WEBHOOK_BODIES["/v1/sms/receipts"]),
     ("outreach", "POST", "/v1/sms/receipts", 409): _receipt_for_unsent,
+    **{(name, "GET", "/readyz", 503): _not_ready for name in SERVICE_NAMES},
 }
 
 

@@ -13,10 +13,10 @@ from fastapi import FastAPI
 from services.ingest.landing import LandingParser, Relay
 from services.ingest.settings import IngestSettings
 from services.ingest.views import router
-from shared.auth import auth_responses, install_auth
+from shared.auth import KeyStore, auth_responses, install_auth
 from shared.consumer import ConsumerLoop
 from shared.crypto import use_phone_keyring
-from shared.db import create_engine, ping
+from shared.db import create_engine
 from shared.errors import install_error_handlers
 from shared.events import EVENT_ADAPTER, Event
 from shared.health import Check, health_router
@@ -114,7 +114,9 @@ def create_app(settings: IngestSettings, *, span_exporter: SpanExporter | None =
         return (await guard.check(join_inflight=True)).ok
 
     async def database() -> bool:
-        return await ping(db)
+        # Whether API keys can be checked: the key store's database.
+        keystore: KeyStore = app.state.keystore
+        return await keystore.reachable()
 
     # Ingest reads and limits its bodies itself (INGEST_MAX_BODY_BYTES, with NDJSON).
     install_error_handlers(app, max_body_bytes=None)
