@@ -30,6 +30,7 @@ from services.scoring.schemas import (
 from shared.auth import require_scope
 from shared.errors import BadRequest, NotFound, error_responses
 from shared.events import ScoreReason
+from shared.spreadsheet import safe_cell
 
 # Every route reads scores: one scope for the router (shared.auth).
 router = APIRouter(prefix="/v1", tags=["risk"], dependencies=[require_scope("scores:read")])
@@ -194,14 +195,9 @@ async def _export(engine: AsyncEngine, filters: listing.Filters, fmt: str) -> As
 def _csv_value(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        # A manager id is free text: a spreadsheet would run "=..." as a formula (OWASP
-        # "CSV injection"), so such a cell is quoted as text with a leading apostrophe.
-        return "'" + value
+    if isinstance(value, str):
+        return safe_cell(value)  # a manager id is free text: never a formula
     return str(value)
-
-
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _csv_lines(rows: list[Any]) -> bytes:

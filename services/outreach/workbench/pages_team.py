@@ -28,6 +28,7 @@ from services.outreach.workbench.web import (
     viewer,
 )
 from shared.clock import Clock
+from shared.spreadsheet import safe_cell
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -125,7 +126,7 @@ async def team_csv(
             [
                 chosen,
                 r.manager_id,
-                _cell(r.manager_name),
+                safe_cell(r.manager_name),
                 r.tier,
                 r.reminded,
                 r.suspended,
@@ -150,8 +151,3 @@ async def team_csv(
             "Cache-Control": "no-store",
         },
     )
-
-
-def _cell(value: str) -> str:
-    """A text cell a spreadsheet will not run as a formula."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
