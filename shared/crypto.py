@@ -281,6 +281,16 @@ def open_phone(stored: str | None) -> str | None:
     return None if stored is None else _keyring.decrypt(stored)
 
 
+def model_phone(model: BaseModel) -> Any:
+    """The model's ``phone`` field, or None when its type has none.
+
+    Not ``getattr(model, "phone", None)``: on a model without the field that goes
+    through pydantic's ``__getattr__`` and builds an AttributeError with its
+    message, which profiled at 8 % of ingest's time for NDJSON batches.
+    """
+    return model.__dict__.get("phone")  # pydantic keeps the fields' values in __dict__
+
+
 def sealed_event_json(event: BaseModel) -> bytes:
     """The JSON of an event as it goes on Kafka: a plain ``payload.phone`` sealed.
 
@@ -288,7 +298,7 @@ def sealed_event_json(event: BaseModel) -> bytes:
     number. Events without a phone are serialised as they are.
     """
     payload = getattr(event, "payload", None)
-    phone = getattr(payload, "phone", None)
+    phone = model_phone(payload) if isinstance(payload, BaseModel) else None
     if isinstance(payload, BaseModel) and isinstance(phone, str) and not is_encrypted(phone):
         sealed = payload.model_copy(update={"phone": _keyring.encrypt(phone)})
         event = event.model_copy(update={"payload": sealed})

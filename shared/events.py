@@ -52,7 +52,7 @@ from shared.contract_types import Period as Period
 from shared.contract_types import PhoneNumber as PhoneNumber
 from shared.contract_types import SubscriberId as SubscriberId
 from shared.contract_types import Tier as Tier
-from shared.crypto import SealedPhone, is_encrypted
+from shared.crypto import SealedPhone, is_encrypted, model_phone
 from shared.messages import TASK_MESSAGE_ADAPTER as TASK_MESSAGE_ADAPTER
 from shared.messages import TASK_NAMESPACE as TASK_NAMESPACE
 from shared.messages import CallOutcome as CallOutcome
@@ -523,7 +523,7 @@ def parse_event(data: bytes | str | dict[str, Any], *, check_clock: bool = True)
         if isinstance(data, dict)
         else EVENT_ADAPTER.validate_json(data)
     )
-    phone = getattr(event.payload, "phone", None)
+    phone = model_phone(event.payload)
     if check_clock and isinstance(phone, str) and is_encrypted(phone):
         raise ValidationError.from_exception_data(
             "Event",

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from shared.crypto import model_phone
 from shared.events import (
     EVENT_MODELS,
     SCHEMA_VERSION_KEY,
@@ -121,6 +122,14 @@ def test_valid_event_parses_to_its_model(event_type: str) -> None:
     assert str(event.event_id) == data["event_id"]
     # JSON round trip through the wire format gives the same event.
     assert parse_event(event.model_dump_json()) == event
+
+
+@pytest.mark.parametrize("event_type", sorted(VALID_PAYLOADS))
+def test_model_phone_is_the_payloads_phone_field_or_none(event_type: str) -> None:
+    event = parse_event(envelope(event_type, VALID_PAYLOADS[event_type], **_version(event_type)))
+    expected = VALID_PAYLOADS[event_type].get("phone")
+    assert model_phone(event.payload) == expected
+    assert (expected is not None) == (event_type == "subscriber")
 
 
 @pytest.mark.parametrize(("event_type", "change", "field"), INVALID_PAYLOADS)
