@@ -58,6 +58,25 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_average_1m": round(os.getloadavg()[0], 2),
+        # Only when the benchmark started the embedded server (DATABASE_URL unset).
+        "postgres_settings": None if os.environ.get("DATABASE_URL") else postgres_settings(),
+    }
+
+
+def postgres_settings() -> dict[str, str]:
+    """The embedded PostgreSQL's settings: docs/deploy.md's production ones, sized to this machine.
+
+    PostgreSQL's defaults (128 MB of shared buffers, a checkpoint every 5 minutes
+    or every 1 GB of WAL) suit a laptop, not a database holding millions of
+    states: with them a run at 1M stored subscribers evicts dirty pages all the
+    time and checkpoints in the middle of the run, and the WAL a checkpoint's
+    first touch of each page writes (full-page images) dominates (docs/performance.md).
+    """
+    quarter_mib = psutil.virtual_memory().total // 4 // 2**20
+    return {
+        "shared_buffers": f"{min(quarter_mib, 4096)}MB",
+        "max_wal_size": "16GB",
+        "checkpoint_timeout": "15min",
     }
 
 
@@ -135,6 +154,7 @@ def stack(logs: Path | None = None) -> Iterator[Stack]:
         try:
             if not os.environ.get("DATABASE_URL"):
                 postgres = EmbeddedPostgres(Path(tmp) / "pg", delete_on_stop=True).start()
+                postgres.configure(postgres_settings())
             result = Stack(
                 kafka=os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
                 or (broker.bootstrap_servers if broker else ""),

@@ -133,7 +133,17 @@ ROWS = [
     ),
     Row(
         "scoring_wal_bytes_per_event",
-        "PostgreSQL WAL per scoring event, at the most stored subscribers",
+        "PostgreSQL WAL per scoring event, at the most stored subscribers, after a checkpoint",
+        "bytes",
+    ),
+    Row(
+        "scoring_wal_full_pages_per_event",
+        "full-page images in it, per event",
+        "pages/event",
+    ),
+    Row(
+        "scoring_wal_record_bytes_per_event",
+        "PostgreSQL WAL per scoring event without full-page images (same size)",
         "bytes",
     ),
     Row("workbench_open_tasks", "workbench: open tasks in outreach's database", "tasks"),
@@ -160,7 +170,7 @@ ROWS = [
 def _fmt(value: float, unit: str) -> str:
     if isinstance(value, float) and math.isnan(value):
         return "n/a"
-    if unit == "x":
+    if unit in ("x", "pages/event"):
         return f"{value:.2f}"
     if unit == "s":
         return f"{value:.3f}"

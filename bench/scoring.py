@@ -340,12 +340,68 @@ def footprint_run(
     }
 
 
-async def wal_position(stack: Stack) -> int:
-    """PostgreSQL's current WAL position in bytes (the difference of two is WAL written)."""
+@dataclass(frozen=True)
+class WalCounters:
+    """PostgreSQL's WAL position in bytes and full-page images written so far."""
+
+    position: int
+    full_pages: int
+
+    def __sub__(self, other: WalCounters) -> WalCounters:
+        return WalCounters(self.position - other.position, self.full_pages - other.full_pages)
+
+
+async def wal_counters(stack: Stack, *, checkpoint: bool = False) -> WalCounters:
+    """The WAL written so far (the difference of two is a run's), after a checkpoint if asked.
+
+    ``checkpoint``: start a checkpoint cycle first, so that the next run pays a
+    full-page image for the first change of every page it touches (the worst
+    case; docs/capacity.md derives the steady state from it). Full-page images
+    are counted by ``pg_stat_wal``, which a backend updates when it exits: the
+    caller reads after the run's processes are stopped, and this waits for their
+    backends to be gone.
+    """
     engine = create_engine(stack.settings())
     try:
         async with engine.connect() as conn:
-            return int(await conn.scalar(text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")))
+            others = text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+            for _ in range(200):
+                if not await conn.scalar(others):
+                    break
+                await asyncio.sleep(0.05)
+            if checkpoint:
+                await conn.execute(text("CHECKPOINT"))
+                await conn.commit()
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn, "
+                        "(SELECT wal_fpi FROM pg_stat_wal)"
+                    )
+                )
+            ).one()
+            return WalCounters(int(row[0]), int(row[1]))
+    finally:
+        await engine.dispose()
+
+
+async def set_full_page_writes(stack: Stack, *, on: bool) -> None:
+    """Turn ``full_page_writes`` on or off (a reload; the benchmark's own server only).
+
+    Off, the WAL holds only the records themselves: what a run writes then is
+    the WAL per event without full-page images.
+    """
+    engine = create_engine(stack.settings())
+    try:
+        async with engine.connect() as conn:
+            # ALTER SYSTEM refuses a transaction block.
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            value = "RESET full_page_writes" if on else "SET full_page_writes = off"
+            await conn.execute(text(f"ALTER SYSTEM {value}"))
+            await conn.execute(text("SELECT pg_reload_conf()"))
     finally:
         await engine.dispose()
 

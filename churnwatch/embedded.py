@@ -23,7 +23,7 @@ import subprocess
 import sysconfig
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
@@ -492,6 +492,19 @@ class EmbeddedPostgres:
         """The value for ``DATABASE_URL`` (asyncpg over the Unix socket)."""
         assert self._uri, "start() first"
         return self._uri.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+    def configure(self, settings: Mapping[str, str]) -> None:
+        """Set server settings and restart, as ``ALTER SYSTEM`` and a restart would.
+
+        The settings go to ``postgresql.auto.conf`` (the file ``ALTER SYSTEM``
+        writes), so ``shared_buffers`` and the like take effect; ``stop()``
+        stops the restarted server too.
+        """
+        if not settings:
+            return
+        with (self.data_dir / "postgresql.auto.conf").open("a") as auto:
+            auto.writelines(f"{name} = '{value}'\n" for name, value in settings.items())
+        pg_ctl(self.data_dir, "-w", "restart")
 
     @property
     def pid(self) -> int | None:

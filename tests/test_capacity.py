@@ -15,7 +15,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bench import capacity
+import pytest
+
+from bench import capacity, capacity_wal
 from bench.capacity import MISSING, build
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,7 +157,8 @@ def test_a_missing_key_is_called_missing_never_filled_in() -> None:
 def test_with_wal_and_record_size_the_binding_part_is_computed() -> None:
     results = {**SYNTHETIC, "scoring_wal_bytes_per_event": 2_345.0, "kafka_event_bytes": 456.0}
     doc = build(results)
-    assert f"{PEAK:,.0f} {X} 2,345 (`scoring_wal_bytes_per_event`) = " in doc
+    # Without the full-page figures the plan sizes on the measured worst case, and says so.
+    assert f"{PEAK:,.0f} {X} 2,345 (`scoring_wal_bytes_per_event`) (worst case: " in doc
     one_primary = 100e6 / 2_345.0
     verdict = section(doc, "What stops scaling linearly first")
     assert "**PostgreSQL binds first.**" in verdict
@@ -173,6 +176,35 @@ def test_with_wal_and_record_size_the_binding_part_is_computed() -> None:
     )
     assert "`kafka_event_bytes`:" not in section(doc, "What was not measured")
     assert unkeyed(results) == []
+
+
+def test_the_steady_state_wal_counts_a_full_page_once_per_page_and_cycle() -> None:
+    worst, records, images = 20_000.0, 2_000.0, 2.25
+    results = {
+        **SYNTHETIC,
+        "scoring_wal_bytes_per_event": worst,
+        "scoring_wal_record_bytes_per_event": records,
+        "scoring_wal_full_pages_per_event": images,
+    }
+    doc = build(results)
+    image = (worst - records) / images
+    cycle = PEAK * capacity_wal.CHECKPOINT_TIMEOUT_S
+    state_pages = 1e8 * SYNTHETIC["pg_bytes_per_subscriber"] / 8192
+    state = state_pages * (1 - math.exp(-cycle * images / state_pages)) / (cycle * images)
+    id_pages = 3e9 * 30 * capacity_wal.PROCESSED_INDEX_BYTES / 8192
+    ids = id_pages * (1 - math.exp(-cycle / id_pages)) / cycle
+    expected = records + image * (images * state + ids)
+    assert records < expected < worst
+    assert f"**{expected:,.0f} bytes**, against 20.0 KB in the worst case" in doc
+    assert f"Peak WAL: {PEAK:,.0f} {X} {expected:,.0f} (steady state) = " in doc
+    assert f"one primary carries 100.0 MB/s ÷ {expected:,.0f} (steady state) = " in doc
+    assert unkeyed(results) == []
+
+
+def test_first_touch_share_is_one_for_sparse_touches_and_pages_over_touches_for_dense() -> None:
+    assert capacity_wal.first_touch_share(10.0, 1e9) == pytest.approx(1.0, abs=1e-6)
+    assert capacity_wal.first_touch_share(1e9, 1e3) == pytest.approx(1e-6)
+    assert capacity_wal.first_touch_share(1e6, 1e6) == pytest.approx(1 - math.exp(-1))
 
 
 def test_a_wal_rate_one_primary_can_take_leaves_size_as_the_bound() -> None:
