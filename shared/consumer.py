@@ -37,7 +37,6 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.partitioner import murmur2
 from aiokafka.structs import RecordMetadata
 from opentelemetry.context import Context
 from pydantic import BaseModel, ValidationError
@@ -46,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shared import metrics
 from shared.dlq import DeadLetter
 from shared.kafka import TopicGuard, client_options, topics_for
+from shared.partitioner import partition_for
 from shared.settings import BaseServiceSettings
 from shared.tracing import BatchTrace, Tracing
 
@@ -110,7 +110,7 @@ class Outbox:
         partitions = sorted(await self._producer.partitions_for(topic))
         open_batches: dict[int, Any] = {}
         for key, value, headers in messages:
-            partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            partition = partitions[partition_for(key, len(partitions))]
             batch = open_batches.get(partition)
             if batch is not None and batch.append(
                 timestamp=None, key=key, value=value, headers=headers
