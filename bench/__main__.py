@@ -281,7 +281,7 @@ class Bench:
         self.extra["growth_populate_s"] = round(populate_s, 1)
         self.extra["growth_events"] = self.plan.growth_events
 
-    def _wal_records(self, templates: scoring.Templates, copies: str, size: int) -> None:
+    def _wal_records(self, templates: Templates, copies: str, size: int) -> None:
         """WAL per event without full-page images, at the largest size, once per repetition.
 
         With ``full_page_writes`` off the WAL holds only the records: with the

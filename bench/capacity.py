@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import capacity_text as text
+from bench.capacity_text import X, num, size
 from bench.capacity_wal import KEYS as WAL_KEYS
 from bench.capacity_wal import steady_wal
 
@@ -26,7 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
 OUT = ROOT / "docs" / "capacity.md"
 MISSING = "not measured in this results.json"
-X = "\u00d7"  # the multiplication sign of the arithmetic
 
 # --- Assumptions (issue 20, and choices justified in the document) -----------------
 SUBSCRIBERS = 100_000_000
@@ -110,19 +110,6 @@ def prose(template: str, **values: Any) -> list[str]:
                 items[-1] += " " + line.strip()
         out += [*items, ""]
     return out[:-1]
-
-
-def num(value: float, decimals: int = 0) -> str:
-    """``value`` with thousands separators."""
-    return f"{value:,.{decimals}f}"
-
-
-def size(value: float) -> str:
-    """Bytes (or bytes/s) in decimal units."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:,.1f} {unit}"
-    return f"{value:,.0f} B"
 
 
 def growth_size(key: str) -> int | None:

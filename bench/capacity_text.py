@@ -2,10 +2,27 @@
 
 Each template is Markdown; ``str.format`` fills the ``{names}`` with figures already
 formatted, and ``bench.capacity.prose`` puts each paragraph on one line. The
-arithmetic stays in ``bench.capacity``: these are the words around it.
+arithmetic stays in ``bench.capacity``: these are the words around it, and how
+its numbers are printed (``num``, ``size``, ``X``).
 """
 
 from __future__ import annotations
+
+X = "\u00d7"  # the multiplication sign of the arithmetic
+
+
+def num(value: float, decimals: int = 0) -> str:
+    """``value`` with thousands separators."""
+    return f"{value:,.{decimals}f}"
+
+
+def size(value: float) -> str:
+    """Bytes (or bytes/s) in decimal units."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:,.1f} {unit}"
+    return f"{value:,.0f} B"
+
 
 HEADER = """
 # Capacity plan: 100 million subscribers

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from bench.capacity import Figures
+from bench.capacity_text import X, num, size
 
 CHECKPOINT_TIMEOUT_S = 900.0
 """docs/deploy.md's ``checkpoint_timeout`` (15 minutes), with ``max_wal_size`` large
@@ -43,6 +42,16 @@ KEYS: dict[str, tuple[str, int, str]] = {
     ),
 }
 """The results.json keys this module reads, as ``bench.capacity.KEYS`` lists them."""
+
+
+class Figures(Protocol):
+    """The measured figures, as ``bench.capacity.Figures`` reads and cites them."""
+
+    def get(self, key: str) -> float | None:
+        """The figure under ``key``, or None when it was not measured."""
+
+    def ref(self, key: str) -> str:
+        """The figure inside arithmetic: value (`key`)."""
 
 
 def first_touch_share(touches: float, pages: float) -> float:
@@ -72,8 +81,6 @@ def steady_wal(
     ``processed_rows``: the processed-id rows kept (their index takes one random
     insert per event, on an index far larger than a checkpoint cycle's inserts).
     """
-    from bench.capacity import X, num, size  # the plan's formatting (it imports this module)
-
     worst = f.get("scoring_wal_bytes_per_event")
     images = f.get("scoring_wal_full_pages_per_event")
     records = f.get("scoring_wal_record_bytes_per_event")
