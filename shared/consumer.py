@@ -67,6 +67,21 @@ class Outbox:
         self._producer = producer
         self._pending: list[asyncio.Future[Any]] = []
         self._on_ack = on_ack
+        self._after_commit: list[Callable[[], None]] = []
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the batch's transaction has committed (never on a rollback).
+
+        For what must not act before the batch's rows are visible: a wake-up
+        that makes another loop read them.
+        """
+        self._after_commit.append(callback)
+
+    def committed(self) -> None:
+        """Run the ``after_commit`` callbacks; whoever commits the transaction calls this."""
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
 
     def _track(self, future: asyncio.Future[Any]) -> None:
         self._pending.append(future)
@@ -512,6 +527,7 @@ class ConsumerLoop(Generic[T]):
                 # Acks before the DB commit: if the broker refuses, the transaction
                 # rolls back and the whole batch is redone, so nothing is half-done.
                 await outbox.flush()
+            outbox.committed()
             await consumer.commit()
         except Exception as exc:
             metrics.CONSUMER_BATCHES.labels(self.service, "failed").inc()

@@ -41,6 +41,7 @@ class Recorder:
         self.fail = False
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
+        self.committed: list[int] = []  # batch sizes whose after-commit callback ran
 
     async def __call__(
         self, conn: AsyncConnection, batch: Sequence[Inbound[Event]], outbox: Outbox
@@ -52,6 +53,7 @@ class Recorder:
                 {"id": str(item.value.event_id)},
             )
         self.entered.set()
+        outbox.after_commit(lambda: self.committed.append(len(batch)))
         if self.gate is not None:
             await self.gate.wait()
         if self.fail:
@@ -178,13 +180,16 @@ async def test_a_failed_batch_is_not_committed_and_is_redelivered(setup: Any) ->
     task = asyncio.create_task(loop.run())
     try:
         await eventually(lambda: _async(handler.calls >= 2), what="the batch to be redelivered")
-        # Failed twice: nothing stored (rolled back), nothing committed.
+        # Failed twice: nothing stored (rolled back), nothing committed, no callback run.
         assert await _rows(engine, table) == []
+        assert handler.committed == []
         committed = await committed_offsets(settings.kafka_bootstrap_servers, group, topics.events)
         assert all(offset is None for offset in committed.values()), committed
         handler.fail = False
         rows = await eventually(lambda: _has(engine, table, 1), what="the batch to succeed")
         assert rows == [good["event_id"]]  # stored once, not once per delivery
+        # The successful batch's after-commit callback (run once its commit returned).
+        await eventually(lambda: _async(handler.committed == [1]), what="the callback")
         ends = await end_offsets(settings.kafka_bootstrap_servers, topics.events)
         await eventually(
             lambda: _committed_equals(settings, group, topics.events, ends),

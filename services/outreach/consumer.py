@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 
 from aiokafka import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -47,12 +47,17 @@ class OutreachHandler:
         *,
         sms_hold_s: float = 0.0,
         clock: WallClock | StreamClock | None = None,
+        expect: Callable[[datetime], None] | None = None,
     ) -> None:
         """``sms_hold_s``: how long a new SMS task waits before it may be sent.
 
         ``clock``: a ``StreamClock`` is moved on to each consumed task's time.
+        ``expect`` (the dispatcher's): told, once the batch is committed, when
+        its new SMS may first go, so that it wakes then; without it, ``wakeup``
+        is set.
         """
         self.wakeup = wakeup
+        self.expect = expect
         self.sms_hold = timedelta(seconds=sms_hold_s)
         self.clock = clock or WallClock()
 
@@ -103,6 +108,12 @@ class OutreachHandler:
                     },
                 )
         if any(t.channel is Channel.SMS for t in stored):
-            # Set before our commit: if the dispatcher looks too early it finds the
-            # task on its next tick (OUTREACH_DISPATCH_INTERVAL_S), never loses it.
-            self.wakeup.set()
+            # After our commit: woken before it, the dispatcher could look before the
+            # task is visible and, not knowing its due time, sleep its whole interval
+            # (OUTREACH_DISPATCH_INTERVAL_S) past the hold's end. No SMS of the batch
+            # goes before the hold's end (a later not_before only defers it more).
+            if self.expect is not None:
+                expect, first = self.expect, now + self.sms_hold
+                outbox.after_commit(lambda: expect(first))
+            else:
+                outbox.after_commit(self.wakeup.set)

@@ -108,6 +108,7 @@ from services.outreach.service.sms import (
     expire_overdue_sms,
     lock_due_sms,
     lock_unfinished_sms,
+    next_sms_attempt,
     oldest_unfinished_sms,
 )
 from services.outreach.service.tasks import (
@@ -242,6 +243,7 @@ __all__ = [
     "mark_published",
     "may_see",
     "newest_task_time",
+    "next_sms_attempt",
     "offer_reached",
     "oldest_due_wait",
     "oldest_unfinished_sms",

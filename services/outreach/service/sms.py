@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -104,6 +104,25 @@ async def lock_due_sms(
         .with_for_update(skip_locked=True)
     )
     return [dict(r._mapping) for r in rows]
+
+
+async def next_sms_attempt(conn: AsyncConnection, *, after: datetime) -> datetime | None:
+    """When the next waiting SMS becomes due: the earliest ``next_attempt_at`` after ``after``.
+
+    ``pending`` and ``scheduled`` SMS only (held after being stored, backing off,
+    deferred by the contact policy); None if none waits for a later time. The
+    dispatcher sleeps until then rather than for its whole interval. Strictly
+    after ``after``: a task already due but skipped (another transaction holds
+    its row) must not make the dispatcher spin; its interval takes it.
+    """
+    earliest = await conn.scalar(
+        select(func.min(tasks.c.next_attempt_at)).where(
+            tasks.c.channel == Channel.SMS.value,
+            tasks.c.status.in_(SMS_WAITING),
+            tasks.c.next_attempt_at > after,
+        )
+    )
+    return cast(datetime | None, earliest)
 
 
 CONTACT_LOCK_CLASS = 0x6F757472
