@@ -211,9 +211,10 @@ class Bench:
                 rate=self.plan.e2e_rate,
                 seconds=self.plan.e2e_seconds,
             )
-            for name in ("task", "sms"):
+            for name in ("task", "sms", "sms_beyond_hold"):
                 for p in ("p50", "p95", "p99"):
                     self.add(f"e2e_{name}_{p}_s", result[name][p])
+            self.add("e2e_sms_hold_s", result["sms_hold_s"])
             self.add("e2e_achieved_eps", result["achieved_eps"])
             self.add("e2e_tasks", result["tasks"])
             self.add("e2e_sms", result["sms_count"])

@@ -82,11 +82,29 @@ ROWS = [
     Row("e2e_sms", "end-to-end: probe SMS the SMS percentiles are over", "SMS"),
     Row("e2e_sms_missing", "end-to-end: probe SMS that never arrived", "SMS"),
     Row("e2e_failed_requests", "end-to-end: requests not answered 202", "requests"),
-    Row("e2e_sms_p50_s", "end-to-end: stop_notice accepted -> SMS at gateway, p50", "s"),
-    Row("e2e_sms_p95_s", "end-to-end: stop_notice accepted -> SMS at gateway, p95", "s"),
+    Row("e2e_sms_hold_s", "end-to-end: SMS hold in force (OUTREACH_SMS_HOLD_S)", "s"),
+    Row(
+        "e2e_sms_p50_s",
+        "end-to-end: stop_notice accepted -> SMS at gateway, with the hold, p50",
+        "s",
+    ),
+    Row(
+        "e2e_sms_p95_s",
+        "end-to-end: stop_notice accepted -> SMS at gateway, with the hold, p95",
+        "s",
+    ),
+    # No target: the hold is a product choice (a payment just behind the notice must
+    # be able to cancel the SMS); issue 20's 0.5 s is the pipeline's share, below.
     Row(
         "e2e_sms_p99_s",
-        "end-to-end: stop_notice accepted -> SMS at gateway, p99",
+        "end-to-end: stop_notice accepted -> SMS at gateway, with the hold, p99",
+        "s",
+    ),
+    Row("e2e_sms_beyond_hold_p50_s", "end-to-end: accepted -> SMS beyond the hold, p50", "s"),
+    Row("e2e_sms_beyond_hold_p95_s", "end-to-end: accepted -> SMS beyond the hold, p95", "s"),
+    Row(
+        "e2e_sms_beyond_hold_p99_s",
+        "end-to-end: accepted -> SMS beyond the hold, p99",
         "s",
         target="<= 0.5 s",
         check=lambda v, r: v <= 0.5,

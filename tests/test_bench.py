@@ -40,7 +40,8 @@ def test_table_puts_each_figure_beside_its_limit_and_target() -> None:
             "scoring_eps": 12_000.0,
             "scoring_limit_eps": 40_000.0,  # ratio 0.3 < 0.4: the target is missed
             "e2e_task_p99_s": 0.5,
-            "e2e_sms_p99_s": math.nan,  # too few SMS for a percentile
+            "e2e_sms_p99_s": 3.6,  # with the 3 s hold: no target of its own
+            "e2e_sms_beyond_hold_p99_s": math.nan,  # too few SMS for a percentile
         }
     ).splitlines()
     [scoring] = [r for r in rows if r.startswith("| scoring, one process")]
@@ -48,5 +49,8 @@ def test_table_puts_each_figure_beside_its_limit_and_target() -> None:
     assert scoring.endswith("| **no** |")
     [task] = [r for r in rows if "stored task, p99" in r]
     assert "| 0.500 |" in task and task.endswith("| yes |")
-    [sms] = [r for r in rows if "SMS at gateway, p99" in r]
+    [held] = [r for r in rows if "SMS at gateway, with the hold, p99" in r]
+    assert "| 3.600 |" in held and held.endswith("|  |  |")  # no target, no verdict
+    [sms] = [r for r in rows if "SMS beyond the hold, p99" in r]
+    assert "| <= 0.5 s |" in sms  # issue 20's target is the pipeline's share
     assert "| n/a |" in sms and sms.endswith("|  |")  # no verdict without a value
