@@ -218,3 +218,18 @@ def _async_true(check: Any) -> Any:
         return check()
 
     return probe
+
+
+async def test_a_pass_moves_its_whole_batch_to_sending_with_each_audit_row(
+    dispatcher: Dispatcher, gateway: tuple[str, Any]
+) -> None:
+    batch = [task(sid(), phone=f"+1555000401{n}") for n in range(3)]
+    async with dispatcher.engine.begin() as conn:
+        await service.store_tasks(conn, new_tasks=batch, now=datetime.now(UTC))
+    await _drain(dispatcher)
+    for t in batch:
+        row = await _row(dispatcher, t)
+        assert row["status"] == "sent" and row["attempts"] == 1
+        moves = [(m["from_status"], m["to_status"], m["reason"]) for m in row["transitions"]]
+        assert ("pending", "sending", "attempt 1") in moves
+        assert [m.reference for m in gateway[1]].count(str(t.task_id)) == 1

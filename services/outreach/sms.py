@@ -386,7 +386,7 @@ class Dispatcher:
                 now=now,
                 exclude={t["task_id"] for t in due},
             )
-            claimed = []
+            claimed: list[dict[str, Any]] = []
             for task in due:
                 subscriber = task["subscriber_id"]
                 decision = policy.decide(
@@ -402,6 +402,15 @@ class Dispatcher:
                     if task["marketing"]:
                         # Counts toward the cap of this subscriber's next task in the batch.
                         facts.sent_marketing.setdefault(subscriber, []).append(now)
+            # The senders' move to 'sending', all in two statements (see mark_sending).
+            await service.mark_sending(
+                conn,
+                claimed=[
+                    (t["task_id"], t.pop("from_status"), t["attempts"], t.pop("claim_reason"))
+                    for t in claimed
+                ],
+                now=now,
+            )
             next_due = None if due else await service.next_sms_attempt(conn, after=now)
         if expired:
             metrics.SMS.labels("any", "expired").inc(expired)
@@ -410,23 +419,18 @@ class Dispatcher:
     async def _apply(
         self, conn: AsyncConnection, task: dict[str, Any], decision: policy.Decision, now: datetime
     ) -> bool:
-        """Record the policy's decision for a locked task; True if it is to be sent now."""
+        """Record the policy's decision for a locked task; True if it is to be sent now.
+
+        A task to send is only marked here (``from_status``, ``claim_reason``):
+        the caller moves all of them to ``sending`` at once.
+        """
         task_id, kind, status = task["task_id"], task["kind"], task["status"]
         if decision.action is policy.Action.SEND:
             task["attempts"] += 1
             reason = f"attempt {task['attempts']}"
             if status == SmsStatus.SENDING:
                 reason += " (again: the outcome of the last one is unknown)"
-            await service.transition(
-                conn,
-                task_id=task_id,
-                from_status=status,
-                to_status=SmsStatus.SENDING,
-                actor=service.DISPATCHER,
-                reason=reason,
-                now=now,
-                attempts=task["attempts"],
-            )
+            task["from_status"], task["claim_reason"] = status, reason
             task["status"] = SmsStatus.SENDING
             return True
         assert decision.reason is not None

@@ -108,6 +108,7 @@ from services.outreach.service.sms import (
     expire_overdue_sms,
     lock_due_sms,
     lock_unfinished_sms,
+    mark_sending,
     next_sms_attempt,
     oldest_unfinished_sms,
 )
@@ -241,6 +242,7 @@ __all__ = [
     "manager_names",
     "manual_task_id",
     "mark_published",
+    "mark_sending",
     "may_see",
     "newest_task_time",
     "next_sms_attempt",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -123,6 +123,38 @@ async def next_sms_attempt(conn: AsyncConnection, *, after: datetime) -> datetim
         )
     )
     return cast(datetime | None, earliest)
+
+
+async def mark_sending(
+    conn: AsyncConnection,
+    *,
+    claimed: Sequence[tuple[uuid.UUID, str, int, str]],
+    now: datetime,
+) -> None:
+    """Move locked SMS tasks to ``sending``, each ``(task_id, from, attempts, reason)``; audit it.
+
+    Two statements however many tasks (one update per task, pipelined, and one
+    insert of the audit rows), instead of two round trips each: a pass that
+    claims a backlog of fifty no longer spends a hundred round trips before
+    its first send. The rows must be locked by the caller's transaction
+    (``lock_due_sms``), so their status is still ``from``.
+    """
+    if not claimed:
+        return
+    await conn.execute(
+        update(tasks)
+        .where(tasks.c.task_id == bindparam("b_task_id"))
+        .values(status=SmsStatus.SENDING, updated_at=now, attempts=bindparam("b_attempts")),
+        [{"b_task_id": t, "b_attempts": attempts} for t, _, attempts, _ in claimed],
+    )
+    await record_transitions(
+        conn,
+        rows=[
+            (t, from_status, SmsStatus.SENDING, DISPATCHER, reason)
+            for t, from_status, _, reason in claimed
+        ],
+        now=now,
+    )
 
 
 CONTACT_LOCK_CLASS = 0x6F757472
