@@ -201,6 +201,27 @@ def test_the_steady_state_wal_counts_a_full_page_once_per_page_and_cycle() -> No
     assert unkeyed(results) == []
 
 
+def test_wal_beyond_a_page_per_counted_image_is_carried_whole() -> None:
+    worst, records, images = 30_000.0, 2_000.0, 2.0
+    results = {
+        **SYNTHETIC,
+        "scoring_wal_bytes_per_event": worst,
+        "scoring_wal_record_bytes_per_event": records,
+        "scoring_wal_full_pages_per_event": images,
+    }
+    doc = build(results)
+    unattributed = worst - records - images * 8192
+    assert f"= {unattributed:,.0f} bytes." in doc
+    cycle = PEAK * capacity_wal.CHECKPOINT_TIMEOUT_S
+    state_pages = 1e8 * SYNTHETIC["pg_bytes_per_subscriber"] / 8192
+    state = state_pages * (1 - math.exp(-cycle * images / state_pages)) / (cycle * images)
+    id_pages = 3e9 * 30 * capacity_wal.PROCESSED_INDEX_BYTES / 8192
+    ids = id_pages * (1 - math.exp(-cycle / id_pages)) / cycle
+    expected = records + unattributed + 8192 * (images * state + ids)
+    assert f"**{expected:,.0f} bytes**, against 30.0 KB in the worst case" in doc
+    assert unkeyed(results) == []
+
+
 def test_first_touch_share_is_one_for_sparse_touches_and_pages_over_touches_for_dense() -> None:
     assert capacity_wal.first_touch_share(10.0, 1e9) == pytest.approx(1.0, abs=1e-6)
     assert capacity_wal.first_touch_share(1e9, 1e3) == pytest.approx(1e-6)
