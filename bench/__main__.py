@@ -261,13 +261,7 @@ class Bench:
             populate_s += time.monotonic() - begin
             key = GROWTH_KEYS.get(size, f"scoring_eps_{size}")
             for n in range(self.repeat):
-                raw = scoring.growth_events(
-                    templates,
-                    copies=copies,
-                    population=size,
-                    events=self.plan.growth_events,
-                    seed=n,
-                )
+                raw = self._growth_events(templates, copies, size, seed=n)
                 before = run(scoring.wal_counters(st, checkpoint=True))
                 result = scoring.service_run(st, raw, self.blob, label=f"g{size}")
                 wal = run(scoring.wal_counters(st)) - before
@@ -281,6 +275,18 @@ class Bench:
         self._wal_records(templates, copies, size)
         self.extra["growth_populate_s"] = round(populate_s, 1)
         self.extra["growth_events"] = self.plan.growth_events
+
+    def _growth_events(
+        self, templates: Templates, copies: str, size: int, *, seed: int
+    ) -> list[dict[str, Any]]:
+        """One growth run's events: to subscribers drawn uniformly from ``size`` copies."""
+        return scoring.growth_events(
+            templates,
+            copies=copies,
+            population=size,
+            events=self.plan.growth_events,
+            seed=seed,
+        )
 
     def _wal_records(self, templates: Templates, copies: str, size: int) -> None:
         """WAL per event without full-page images, at the largest size, once per repetition.
@@ -296,13 +302,7 @@ class Bench:
         run(scoring.set_full_page_writes(st, on=False))
         try:
             for n in range(self.repeat):
-                raw = scoring.growth_events(
-                    templates,
-                    copies=copies,
-                    population=size,
-                    events=self.plan.growth_events,
-                    seed=1000 + n,
-                )
+                raw = self._growth_events(templates, copies, size, seed=1000 + n)
                 before = run(scoring.wal_counters(st, checkpoint=True))
                 scoring.service_run(st, raw, self.blob, label=f"g{size}r")
                 wal = run(scoring.wal_counters(st)) - before

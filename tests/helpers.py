@@ -18,7 +18,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from churnwatch.embedded import free_port
-from churnwatch.gateway import GatewaySettings
+from churnwatch.gateway import GatewaySettings, create_gateway_app
 from services.alerting.settings import AlertingSettings
 from services.ingest.settings import IngestSettings
 from services.outreach.settings import OutreachSettings
@@ -260,3 +260,22 @@ async def scratch_database(database_url: str, *, prefix: str) -> AsyncIterator[s
         async with admin.connect() as conn:
             await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         await admin.dispose()
+
+
+@asynccontextmanager
+async def sms_gateway(token: str) -> AsyncIterator[tuple[str, Any]]:
+    """Our SMS provider stand-in on a free port, without receipts: its URL and its messages.
+
+    (Nothing serves receipts in the tests that use it; tests/test_sms.py covers them.)
+    """
+    settings = GatewaySettings(
+        sms_gateway_port=free_port(), sms_gateway_token=token, sms_gateway_receipt_url=""
+    )
+    app = create_gateway_app(settings)
+    server, serving = await serve(app, settings.sms_gateway_port)
+    try:
+        yield f"http://127.0.0.1:{settings.sms_gateway_port}", app.state.messages
+    finally:
+        server.should_exit = True
+        await serving
+        await app.state.gateway.aclose()

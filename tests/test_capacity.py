@@ -178,22 +178,31 @@ def test_with_wal_and_record_size_the_binding_part_is_computed() -> None:
     assert unkeyed(results) == []
 
 
-def test_the_steady_state_wal_counts_a_full_page_once_per_page_and_cycle() -> None:
-    worst, records, images = 20_000.0, 2_000.0, 2.25
+def steady_plan(worst: float, records: float, images: float) -> tuple[dict[str, Any], str]:
+    """The synthetic results with these three WAL figures, and the plan built from them."""
     results = {
         **SYNTHETIC,
         "scoring_wal_bytes_per_event": worst,
         "scoring_wal_record_bytes_per_event": records,
         "scoring_wal_full_pages_per_event": images,
     }
-    doc = build(results)
-    image = (worst - records) / images
+    return results, build(results)
+
+
+def first_touch_shares(images: float) -> tuple[float, float]:
+    """The state pages' and the processed-id index's first-touch shares, worked out here."""
     cycle = PEAK * capacity_wal.CHECKPOINT_TIMEOUT_S
     state_pages = 1e8 * SYNTHETIC["pg_bytes_per_subscriber"] / 8192
     state = state_pages * (1 - math.exp(-cycle * images / state_pages)) / (cycle * images)
     id_pages = 3e9 * 30 * capacity_wal.PROCESSED_INDEX_BYTES / 8192
-    ids = id_pages * (1 - math.exp(-cycle / id_pages)) / cycle
-    expected = records + image * (images * state + ids)
+    return state, id_pages * (1 - math.exp(-cycle / id_pages)) / cycle
+
+
+def test_the_steady_state_wal_counts_a_full_page_once_per_page_and_cycle() -> None:
+    worst, records, images = 20_000.0, 2_000.0, 2.25
+    results, doc = steady_plan(worst, records, images)
+    state, ids = first_touch_shares(images)
+    expected = records + (worst - records) / images * (images * state + ids)
     assert records < expected < worst
     assert f"**{expected:,.0f} bytes**, against 20.0 KB in the worst case" in doc
     assert f"Peak WAL: {PEAK:,.0f} {X} {expected:,.0f} (steady state) = " in doc
@@ -203,20 +212,10 @@ def test_the_steady_state_wal_counts_a_full_page_once_per_page_and_cycle() -> No
 
 def test_wal_beyond_a_page_per_counted_image_is_carried_whole() -> None:
     worst, records, images = 30_000.0, 2_000.0, 2.0
-    results = {
-        **SYNTHETIC,
-        "scoring_wal_bytes_per_event": worst,
-        "scoring_wal_record_bytes_per_event": records,
-        "scoring_wal_full_pages_per_event": images,
-    }
-    doc = build(results)
+    results, doc = steady_plan(worst, records, images)
     unattributed = worst - records - images * 8192
     assert f"= {unattributed:,.0f} bytes." in doc
-    cycle = PEAK * capacity_wal.CHECKPOINT_TIMEOUT_S
-    state_pages = 1e8 * SYNTHETIC["pg_bytes_per_subscriber"] / 8192
-    state = state_pages * (1 - math.exp(-cycle * images / state_pages)) / (cycle * images)
-    id_pages = 3e9 * 30 * capacity_wal.PROCESSED_INDEX_BYTES / 8192
-    ids = id_pages * (1 - math.exp(-cycle / id_pages)) / cycle
+    state, ids = first_touch_shares(images)
     expected = records + unattributed + 8192 * (images * state + ids)
     assert f"**{expected:,.0f} bytes**, against 30.0 KB in the worst case" in doc
     assert unkeyed(results) == []

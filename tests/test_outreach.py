@@ -14,8 +14,6 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import update
 
-from churnwatch.embedded import free_port
-from churnwatch.gateway import GatewaySettings, create_gateway_app
 from services.outreach import service
 from services.outreach.app import create_app
 from services.outreach.consumer import OutreachHandler
@@ -38,7 +36,7 @@ from shared.events import (
     derive_id,
 )
 from shared.kafka import make_producer, topics_for
-from tests.helpers import eventually, serve, sid
+from tests.helpers import eventually, sid, sms_gateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 TOKEN = "test-token"
@@ -239,16 +237,8 @@ async def test_what_each_update_does_in_each_state(
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[tuple[str, Any]]:
-    # No receipts: nothing serves them here (tests/test_sms.py covers them).
-    settings = GatewaySettings(
-        sms_gateway_port=free_port(), sms_gateway_token=TOKEN, sms_gateway_receipt_url=""
-    )
-    app = create_gateway_app(settings)
-    server, serving = await serve(app, settings.sms_gateway_port)
-    yield f"http://127.0.0.1:{settings.sms_gateway_port}", app.state.messages
-    server.should_exit = True
-    await serving
-    await app.state.gateway.aclose()
+    async with sms_gateway(TOKEN) as running:
+        yield running
 
 
 @pytest.fixture

@@ -17,8 +17,6 @@ from typing import Any
 import httpx
 import pytest
 
-from churnwatch.embedded import free_port
-from churnwatch.gateway import GatewaySettings, create_gateway_app
 from services.outreach import service
 from services.outreach.consumer import OutreachHandler, TaskMessage
 from services.outreach.settings import OutreachSettings
@@ -27,7 +25,7 @@ from shared.clock import StreamClock
 from shared.consumer import Inbound, Outbox
 from shared.db import create_engine
 from shared.events import OutreachTask, TaskAction
-from tests.helpers import eventually, serve, sid
+from tests.helpers import eventually, sid, sms_gateway
 from tests.test_outreach import task, task_update
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -38,15 +36,8 @@ HOLD_S = 1.0
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[tuple[str, Any]]:
-    settings = GatewaySettings(
-        sms_gateway_port=free_port(), sms_gateway_token=TOKEN, sms_gateway_receipt_url=""
-    )
-    app = create_gateway_app(settings)
-    server, serving = await serve(app, settings.sms_gateway_port)
-    yield f"http://127.0.0.1:{settings.sms_gateway_port}", app.state.messages
-    server.should_exit = True
-    await serving
-    await app.state.gateway.aclose()
+    async with sms_gateway(TOKEN) as running:
+        yield running
 
 
 @pytest.fixture
