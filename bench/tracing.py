@@ -22,7 +22,8 @@ from typing import Any
 from aiokafka import ConsumerRecord
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from shared.consumer import ConsumerLoop, Inbound, Outbox
+from shared.consumer import ConsumerLoop, Inbound
+from shared.outbox import Outbox
 from shared.settings import BaseServiceSettings
 from shared.tracing import Tracing
 

@@ -26,10 +26,11 @@ from services.alerting.tables import alerts, rule_state, tasks
 from services.alerting.tables import metadata as alerting_metadata
 from services.outreach.tables import metadata as outreach_metadata
 from services.scoring.tables import metadata as scoring_metadata
-from shared.consumer import Inbound, Outbox
+from shared.consumer import Inbound
 from shared.db import create_engine
 from shared.events import RiskScore, ScoreReason, parse_event
 from shared.kafka import ensure_topics, make_producer
+from shared.outbox import Outbox
 from shared.topics import Topics
 from tests.helpers import end_offsets, profile, read_topic, sid, stop_notice
 

@@ -39,10 +39,11 @@ from services.alerting.tables import alerts, tasks
 from services.scoring.consumer import ScoringHandler, ScoringInput
 from services.scoring.settings import ScoringSettings
 from services.scoring.tables import features
-from shared.consumer import Inbound, Outbox
+from shared.consumer import Inbound
 from shared.db import create_engine
 from shared.events import OutreachTask, TaskUpdate, parse_event
 from shared.kafka import ensure_topics, make_producer
+from shared.outbox import Outbox
 from shared.topics import Topics
 
 FIGURES = {

@@ -14,10 +14,11 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared.consumer import ConsumerLoop, Inbound, Outbox
+from shared.consumer import ConsumerLoop, Inbound
 from shared.db import create_engine
 from shared.events import Event, parse_event
 from shared.kafka import ensure_topics, make_producer
+from shared.outbox import Outbox
 from shared.settings import BaseServiceSettings
 from shared.topics import Topics
 from tests.helpers import (

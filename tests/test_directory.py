@@ -35,9 +35,10 @@ from services.scoring.app import create_app as create_scoring
 from services.scoring.settings import ScoringSettings
 from services.scoring.tables import snapshots
 from shared.auth import create_key
-from shared.consumer import Inbound, Outbox
+from shared.consumer import Inbound
 from shared.events import parse_event
 from shared.kafka import ensure_topics, make_producer
+from shared.outbox import Outbox
 from shared.topics import Topics
 from tests.helpers import calls, event, profile, sid
 

@@ -29,7 +29,7 @@ from services.scoring.model import ChurnModel, ModelParams
 from services.scoring.scorer import EngineParams, Scorer
 from services.scoring.settings import ScoringSettings
 from services.scoring.tables import processed_events, snapshots
-from shared.consumer import Inbound, Outbox
+from shared.consumer import Inbound
 from shared.db import create_engine
 from shared.events import (
     Channel,
@@ -44,6 +44,7 @@ from shared.events import (
     parse_event,
 )
 from shared.kafka import ensure_topics, make_producer
+from shared.outbox import Outbox
 from shared.topics import Topics
 from tests.helpers import calls, end_offsets, eventually, read_topic, sid
 

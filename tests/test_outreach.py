@@ -24,7 +24,7 @@ from services.outreach.settings import OutreachSettings
 from services.outreach.sms import Dispatcher, ProviderError, SmsClient
 from services.outreach.tables import tasks as tasks_table
 from services.outreach.templates import TEMPLATES, TemplateError, render, template_fields
-from shared.consumer import Inbound, Outbox
+from shared.consumer import Inbound
 from shared.db import create_engine
 from shared.events import (
     Channel,
@@ -36,6 +36,7 @@ from shared.events import (
     derive_id,
 )
 from shared.kafka import make_producer, topics_for
+from shared.outbox import Outbox
 from tests.helpers import eventually, sid, sms_gateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -27,8 +27,9 @@ from services.scoring.codec import decode
 from services.scoring.consumer import ScoringHandler
 from services.scoring.settings import ScoringSettings
 from services.scoring.tables import features, processed_events
-from shared.consumer import Handler, Inbound, Outbox
+from shared.consumer import Handler, Inbound
 from shared.kafka import make_producer
+from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
 from tests.helpers import calls, eventually, profile, sid
 

@@ -24,10 +24,11 @@ from services.scoring.codec import decode
 from services.scoring.consumer import ScoringHandler
 from services.scoring.settings import ScoringSettings
 from services.scoring.tables import features, model_checkpoints, snapshots
-from shared.consumer import Inbound, Outbox
+from shared.consumer import Inbound
 from shared.db import create_engine
 from shared.events import Event, parse_event
 from shared.kafka import ensure_topics, make_producer
+from shared.outbox import Outbox
 from shared.topics import Topics
 from tests.conftest import REPO, as_environ
 from tests.helpers import calls, event, eventually, profile, read_topic, sid

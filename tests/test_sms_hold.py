@@ -22,9 +22,10 @@ from services.outreach.consumer import OutreachHandler, TaskMessage
 from services.outreach.settings import OutreachSettings
 from services.outreach.sms import DUE_MARGIN_S, Dispatcher, SmsClient
 from shared.clock import StreamClock
-from shared.consumer import Inbound, Outbox
+from shared.consumer import Inbound
 from shared.db import create_engine
 from shared.events import OutreachTask, TaskAction
+from shared.outbox import Outbox
 from tests.helpers import eventually, sid, sms_gateway
 from tests.test_outreach import task, task_update
 

@@ -21,8 +21,9 @@ import pytest
 from services.outreach.consumer import OutreachHandler
 from services.outreach.settings import OutreachSettings
 from shared.clock import StreamClock, WallClock
-from shared.consumer import Inbound, Outbox
+from shared.consumer import Inbound
 from shared.events import Channel, OutreachTask, TaskKind, Tier
+from shared.outbox import Outbox
 from tests.helpers import sid
 from tests.outreach_api import OutreachApi, outreach_api
 

@@ -32,9 +32,10 @@ from services.scoring.consumer import ScoringHandler
 from services.scoring.features import new_state
 from services.scoring.settings import ScoringSettings
 from shared.auth import create_key
-from shared.consumer import Inbound, Outbox
+from shared.consumer import Inbound
 from shared.events import Event, parse_event
 from shared.kafka import ensure_topics, make_producer
+from shared.outbox import Outbox
 from shared.topics import Topics
 from tests.conftest import Stack
 from tests.helpers import calls, event, profile, scratch_database, sid

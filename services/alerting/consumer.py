@@ -20,7 +20,7 @@ from services.alerting.rules import ScoreTrigger
 from services.alerting.settings import AlertingSettings
 from services.alerting.tables import processed_messages, subscriber_facts, subscribers
 from shared import metrics as shared_metrics
-from shared.consumer import Inbound, Outbox
+from shared.consumer import Inbound
 from shared.db import keep_new
 from shared.events import (
     OutreachTask,
@@ -29,6 +29,7 @@ from shared.events import (
     Tier,
     parse_event,
 )
+from shared.outbox import Outbox
 from shared.periodic import Periodic
 from shared.topics import Topics
 from shared.tracing import headers

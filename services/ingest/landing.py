@@ -34,8 +34,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ingest import metrics
 from services.ingest.service import duplicate_key_in, event_records
-from shared.consumer import Inbound, Outbox, describe
+from shared.consumer import Inbound, describe
 from shared.events import Event, parse_event
+from shared.outbox import Outbox
 from shared.topics import Topics
 from shared.tracing import headers
 

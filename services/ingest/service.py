@@ -19,11 +19,11 @@ from pydantic import ValidationError
 
 from services.ingest import metrics
 from services.ingest.schemas import Rejection
-from shared.consumer import Outbox
 from shared.crypto import sealed_event_json
 from shared.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
 from shared.events import Event, parse_event
 from shared.kafka import OffsetLedger, TopicGuard, TopicVerdict
+from shared.outbox import Outbox
 from shared.topics import Topics
 from shared.tracing import Tracing, context_of, headers
 

@@ -12,9 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.outreach import metrics, service
 from shared.clock import StreamClock, WallClock
-from shared.consumer import Inbound, Outbox
+from shared.consumer import Inbound
 from shared.crypto import open_phone
 from shared.events import TASK_MESSAGE_ADAPTER, Channel, OutreachTask, TaskUpdate
+from shared.outbox import Outbox
 from shared.tracing import traceparent
 
 log = logging.getLogger(__name__)

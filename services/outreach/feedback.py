@@ -46,7 +46,7 @@ from services.outreach.service import (
 )
 from services.outreach.settings import OutreachSettings
 from shared.clock import Clock, WallClock
-from shared.consumer import Outbox
+from shared.outbox import Outbox
 from shared.periodic import Periodic
 from shared.topics import Topics
 

@@ -36,7 +36,7 @@ from services.scoring.model import ChurnModel
 from services.scoring.scorer import Scorer, Snapshot
 from services.scoring.settings import ScoringSettings
 from services.scoring.tables import processed_events
-from shared.consumer import Inbound, Outbox
+from shared.consumer import Inbound
 from shared.db import keep_new
 from shared.events import (
     CallOutcome,
@@ -44,6 +44,7 @@ from shared.events import (
     TaskOutcome,
     parse_event,
 )
+from shared.outbox import Outbox
 from shared.topics import Topics
 from shared.tracing import headers
 
