@@ -143,9 +143,13 @@ async def mark_sending(
         return
     await conn.execute(
         update(tasks)
-        .where(tasks.c.task_id == bindparam("b_task_id"))
+        # Still guarded by the status, as ``transition`` guards one task.
+        .where(tasks.c.task_id == bindparam("b_task_id"), tasks.c.status == bindparam("b_from"))
         .values(status=SmsStatus.SENDING, updated_at=now, attempts=bindparam("b_attempts")),
-        [{"b_task_id": t, "b_attempts": attempts} for t, _, attempts, _ in claimed],
+        [
+            {"b_task_id": t, "b_from": from_status, "b_attempts": attempts}
+            for t, from_status, attempts, _ in claimed
+        ],
     )
     await record_transitions(
         conn,
