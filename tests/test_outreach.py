@@ -457,7 +457,7 @@ async def test_replayed_updates_change_nothing(dispatcher: Dispatcher) -> None:
 
 async def test_updates_for_unknown_tasks_are_counted_and_ignored(env: dict[str, Any]) -> None:
     engine = create_engine(OutreachSettings(**env))
-    handler = OutreachHandler(asyncio.Event())
+    handler = OutreachHandler(lambda at: None)  # nothing sends here
     ghost = task_update(task(sid()), TaskAction.CANCEL)
     labels = {"action": "cancel", "result": "unknown_task"}
     before = REGISTRY.get_sample_value("churnwatch_outreach_task_updates_total", labels) or 0

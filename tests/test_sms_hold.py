@@ -65,12 +65,8 @@ async def _consume(
     ``wakeup``: the event the handler sets; by default it tells the dispatcher
     when the batch's SMS are due, as the service wires it.
     """
-    if wakeup is None:
-        handler = OutreachHandler(
-            d.wakeup, sms_hold_s=d.settings.outreach_sms_hold_s, expect=d.expect
-        )
-    else:
-        handler = OutreachHandler(wakeup, sms_hold_s=d.settings.outreach_sms_hold_s)
+    sms_due = d.expect if wakeup is None else lambda at: wakeup.set()
+    handler = OutreachHandler(sms_due, sms_hold_s=d.settings.outreach_sms_hold_s)
     outbox = Outbox(None)  # the handler produces nothing
     batch = [Inbound(m, "tasks", 0, n, 0) for n, m in enumerate(messages)]
     async with d.engine.begin() as conn:
@@ -105,7 +101,7 @@ async def test_the_handler_wakes_the_dispatcher_after_its_commit_only(
     assert wakeup.is_set()
     # Rolled back: no commit, no wake-up.
     rolled_back = asyncio.Event()
-    handler = OutreachHandler(rolled_back, sms_hold_s=HOLD_S)
+    handler = OutreachHandler(lambda at: rolled_back.set(), sms_hold_s=HOLD_S)
 
     async def failing_batch() -> None:
         async with dispatcher.engine.begin() as conn:

@@ -9,7 +9,6 @@ outcome is stamped with the replayed time, and the KPI counts it.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -55,7 +54,7 @@ async def replay(env: dict[str, Any]) -> AsyncIterator[OutreachApi]:
 
 async def consume(api: OutreachApi, *tasks: OutreachTask) -> None:
     """What the consumer does with a batch of the tasks topic (the stream clock moves on)."""
-    handler = OutreachHandler(asyncio.Event(), clock=api.app.state.clock)
+    handler = OutreachHandler(lambda at: None, clock=api.app.state.clock)
     async with api.engine.begin() as conn:
         inbound = [Inbound(t, "tasks", 0, i, 0) for i, t in enumerate(tasks)]
         await handler(conn, inbound, Outbox(None))  # type: ignore[arg-type]

@@ -97,10 +97,7 @@ def create_app(settings: OutreachSettings, *, span_exporter: SpanExporter | None
                 group_id=settings.outreach_consumer_group,
                 parser=parse_record,
                 handler=OutreachHandler(
-                    dispatcher.wakeup,
-                    sms_hold_s=settings.outreach_sms_hold_s,
-                    clock=clock,
-                    expect=dispatcher.expect,
+                    dispatcher.expect, sms_hold_s=settings.outreach_sms_hold_s, clock=clock
                 ),
             )
             relay = Relay(settings, runtime.engine, runtime.topics, lambda: runtime.producer)

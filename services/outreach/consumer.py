@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -44,21 +43,18 @@ class OutreachHandler:
 
     def __init__(
         self,
-        wakeup: asyncio.Event,
+        sms_due: Callable[[datetime], None],
         *,
         sms_hold_s: float = 0.0,
         clock: WallClock | StreamClock | None = None,
-        expect: Callable[[datetime], None] | None = None,
     ) -> None:
-        """``sms_hold_s``: how long a new SMS task waits before it may be sent.
+        """``sms_due``: the dispatcher's ``expect``, so that it wakes when new SMS are due.
 
+        It is told, once a batch that stored SMS tasks is committed, when its
+        new SMS may first go. ``sms_hold_s``: how long a new SMS task waits before it may be sent.
         ``clock``: a ``StreamClock`` is moved on to each consumed task's time.
-        ``expect`` (the dispatcher's): told, once the batch is committed, when
-        its new SMS may first go, so that it wakes then; without it, ``wakeup``
-        is set.
         """
-        self.wakeup = wakeup
-        self.expect = expect
+        self.sms_due = sms_due
         self.sms_hold = timedelta(seconds=sms_hold_s)
         self.clock = clock or WallClock()
 
@@ -113,8 +109,5 @@ class OutreachHandler:
             # task is visible and, not knowing its due time, sleep its whole interval
             # (OUTREACH_DISPATCH_INTERVAL_S) past the hold's end. No SMS of the batch
             # goes before the hold's end (a later not_before only defers it more).
-            if self.expect is not None:
-                expect, first = self.expect, now + self.sms_hold
-                outbox.after_commit(lambda: expect(first))
-            else:
-                outbox.after_commit(self.wakeup.set)
+            sms_due, first = self.sms_due, now + self.sms_hold
+            outbox.after_commit(lambda: sms_due(first))
