@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ import httpx
 import orjson
 import psutil
 from aiokafka import AIOKafkaProducer
+from pydantic_settings import BaseSettings
 
 from churnwatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from churnwatch.migrate import upgrade
@@ -61,6 +62,14 @@ def machine() -> dict[str, Any]:
         # Only when the benchmark started the embedded server (DATABASE_URL unset).
         "postgres_settings": None if os.environ.get("DATABASE_URL") else postgres_settings(),
     }
+
+
+def service_setting(settings: type[BaseSettings], name: str, environ: Mapping[str, str]) -> Any:
+    """The value of setting ``name`` a service started with ``environ`` runs with.
+
+    Its variable there (the setting's name in capitals), else the setting's default.
+    """
+    return environ.get(name.upper(), settings.model_fields[name].default)
 
 
 def postgres_settings() -> dict[str, str]:

@@ -22,7 +22,16 @@ import httpx
 import orjson
 from sqlalchemy import text
 
-from bench.common import Proc, Stack, fresh_prefix, run, start, table_bytes, wait_ready
+from bench.common import (
+    Proc,
+    Stack,
+    fresh_prefix,
+    run,
+    service_setting,
+    start,
+    table_bytes,
+    wait_ready,
+)
 from bench.scoring import relabel, store_model
 from churnwatch.embedded import free_port, stop_processes
 from churnwatch.gateway import GatewaySettings, gateway_headers
@@ -72,12 +81,6 @@ def probe(prefix: str, n: int) -> list[Raw]:
             },
         ),
     ]
-
-
-def sms_hold_s(environ: dict[str, str]) -> float:
-    """The ``OUTREACH_SMS_HOLD_S`` outreach runs with: the environment's, else the default."""
-    default = OutreachSettings.model_fields["outreach_sms_hold_s"].default
-    return float(environ.get("OUTREACH_SMS_HOLD_S", default))
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
@@ -230,7 +233,7 @@ def e2e_run(
     # The SMS hold stays as the product ships it (unless the benchmark's own
     # environment sets it): the SMS figures include it, and the figures
     # "beyond the hold" are the same SMS without it.
-    hold_s = sms_hold_s(environ)
+    hold_s = float(service_setting(OutreachSettings, "outreach_sms_hold_s", environ))
     # The gateway posts signed receipts to outreach, so outreach's port is chosen first.
     outreach_port = free_port()
     environ["SMS_GATEWAY_RECEIPT_URL"] = f"http://127.0.0.1:{outreach_port}/v1/sms/receipts"

@@ -15,7 +15,17 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
-from bench.common import Proc, Stack, fresh_prefix, run, send_raw, start, table_bytes, wait_ready
+from bench.common import (
+    Proc,
+    Stack,
+    fresh_prefix,
+    run,
+    send_raw,
+    service_setting,
+    start,
+    table_bytes,
+    wait_ready,
+)
 from churnwatch.embedded import stop_processes
 from churnwatch.synth import generate
 from services.scoring.batch import run_in_memory
@@ -313,11 +323,7 @@ def footprint_warm_up() -> int:
     grew with the subscribers: 1,139 bytes a subscriber against 731 with this
     warm-up, the same code (docs/performance.md).
     """
-    largest = (
-        os.environ.get("SCORING_BATCH_MAX_RECORDS")
-        or ScoringSettings.model_fields["scoring_batch_max_records"].default
-    )
-    return 2 * int(largest)
+    return 2 * int(service_setting(ScoringSettings, "scoring_batch_max_records", os.environ))
 
 
 def footprint_run(
