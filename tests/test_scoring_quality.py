@@ -23,7 +23,8 @@ from churnwatch.evaluation.stats import roc_auc
 from churnwatch.simulator import Simulation, SimulationConfig
 from churnwatch.synth import generate, write_ndjson
 from services.scoring.batch import run_in_memory
-from services.scoring.model import ChurnModel, ModelParams
+from services.scoring.model import TRUST_BAND, ChurnModel, ModelParams
+from services.scoring.quality import Quality
 from services.scoring.scorer import Scorer
 from services.scoring.settings import ScoringSettings
 from shared.events import parse_event
@@ -91,6 +92,35 @@ def test_a_weak_model_hands_the_score_back_to_the_prior() -> None:
         model.learn(x, churned, 0.5, (prior, learned))
     assert model.quality.prior_lead() == pytest.approx(1.0)
     assert model.weight == 0.0
+
+
+def test_a_model_level_with_the_prior_serves_in_full() -> None:
+    """Level with the prior, the model (the prior plus what it learnt) carries the
+    score; behind it, it hands the score back over ``TRUST_BAND`` of AUC."""
+    model = ChurnModel(ModelParams(min_labels=10))
+    assert model.quality is not None
+    x = {"competitor_share_7d": 0.0}
+    for i in range(300):  # both components rank alike
+        churned = i % 5 == 0
+        both = 0.8 if churned else (0.3 if i % 3 else 0.6)
+        model.learn(x, churned, 0.5, (both, both))
+    assert model.quality.prior_lead() == pytest.approx(0.0)
+    assert model.weight == pytest.approx(1.0)
+    for lead, weight in ((-0.1, 1.0), (TRUST_BAND / 2, 0.5), (TRUST_BAND, 0.0), (0.3, 0.0)):
+        judged = ChurnModel(ModelParams(min_labels=10), quality=_Lead(lead))
+        judged.labels_seen, judged.positives_seen = 300, 60
+        assert judged.weight == pytest.approx(weight), lead
+
+
+class _Lead(Quality):
+    """Quality whose prior's lead is given: the weight's rule alone."""
+
+    def __init__(self, lead: float) -> None:
+        super().__init__()
+        self.lead = lead
+
+    def prior_lead(self) -> float | None:
+        return self.lead
 
 
 def test_a_window_of_a_handful_of_churns_does_not_decide_the_weight() -> None:
