@@ -23,7 +23,7 @@ import subprocess
 import sysconfig
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
@@ -40,17 +40,21 @@ LISTEN_PORTS = range(20_000, 32_768)
 """Where ``free_port`` looks: below Linux's ephemeral range (32768-60999 by default)."""
 
 
-def free_port() -> int:
+def free_port(*, exclude: Collection[int] = ()) -> int:
     """A TCP port on 127.0.0.1 that is free right now, outside the ephemeral range.
 
     A port the kernel hands out (``bind(0)``) comes from the ephemeral range, the
     same range every outgoing connection takes its local port from: between
     choosing a port and a server binding it, a client connection (the broker to
     its S3 store makes many) can take it. Below that range only listeners bind.
+    ``exclude``: ports already chosen for listeners not started yet (still free,
+    so only this can keep two of them apart).
     """
     rng = random.Random()
     for _ in range(200):
         port = rng.choice(LISTEN_PORTS)
+        if port in exclude:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -224,16 +228,20 @@ def weed_binary() -> str:
     return found
 
 
-def _free_port_pair(offset: int) -> tuple[int, int]:
-    """Free ports ``p`` and ``p + offset``.
+def _free_port_pair(offset: int, *, exclude: Collection[int] = ()) -> tuple[int, int]:
+    """Free ports ``p`` and ``p + offset``, neither in ``exclude``.
 
     ``weed mini``'s maintenance worker dials the admin server's gRPC port at
     its HTTP port + 10000 whatever ``-admin.port.grpc`` says, so both must be free.
     """
     for _ in range(200):
-        port = free_port()
+        port = free_port(exclude=exclude)
         # Both below the ephemeral range (see ``free_port``).
-        if port + offset < LISTEN_PORTS.stop and not port_open("127.0.0.1", port + offset):
+        if (
+            port + offset < LISTEN_PORTS.stop
+            and port + offset not in exclude
+            and not port_open("127.0.0.1", port + offset)
+        ):
             with contextlib.suppress(OSError), socket.socket() as sock:
                 sock.bind(("127.0.0.1", port + offset))
                 return port, port + offset
@@ -283,18 +291,29 @@ class EmbeddedObjectStore(EmbeddedProcess):
     ) -> None:
         super().__init__()
         self.data_dir = data_dir
-        self.s3_port = s3_port or free_port()
         self.log_path = log_path
         self.credentials = S3Credentials.load_or_create(data_dir / "credentials")
-        self.filer_port = free_port()
-        admin_port, admin_grpc = _free_port_pair(10_000)
+        # Ten listeners, each port free when chosen but none bound until weed
+        # starts: each choice excludes the ones before it, or two components
+        # could get the same port and the later one fail to bind (seen: the
+        # Iceberg listener, "address already in use", weed exiting with 255).
+        taken: list[int] = [s3_port] if s3_port else []
+
+        def choose() -> int:
+            taken.append(free_port(exclude=taken))
+            return taken[-1]
+
+        self.s3_port = s3_port or choose()
+        self.filer_port = choose()
+        admin_port, admin_grpc = _free_port_pair(10_000, exclude=taken)
+        taken += (admin_port, admin_grpc)
         self._ports = {
             "s3.port": self.s3_port,
             "filer.port": self.filer_port,
             "admin.port": admin_port,
             "admin.port.grpc": admin_grpc,
             **{
-                flag: free_port()
+                flag: choose()
                 for flag in (
                     "master.port",
                     "master.port.grpc",
