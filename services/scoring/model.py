@@ -174,9 +174,7 @@ class ChurnModel:
         gap = self.quality.prior_lead() if self.quality is not None else None
         if gap is None:
             return 0.0
-        # Not 0.5 at a tie (as it was): on make run's stream the two
-        # end level and the lead moves by about 0.01 from run to run, so a
-        # symmetric band made a level model's share a coin flip around a half.
+        # Full at a tie, nothing at TRUST_BAND: why, beside the constant.
         trust = max(0.0, min(1.0, 1.0 - gap / TRUST_BAND))
         return ramp * trust
 
